@@ -1,0 +1,68 @@
+"""Benchmarks: each prints its figures; none is a test. Run `python bench.py NAME --help`.
+
+    python bench.py episodes     # segmentation of a synthetic 16k-token R1-style trace (Sec. 5, App. D)
+"""
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+import episodes
+
+# Paragraph openings of an R1-style thought: mostly plain steps, some episode phrases (Fig. 21),
+# and words that must not open an episode.
+_OPENINGS = ["So", "Then", "Let me compute", "Hmm,", "Now", "Therefore,", "Waiting on that,", "Okay,"] * 6 + \
+            list(episodes.EPISODE_PHRASES)
+_WORDS = ("the sum of x and y is 12 so x = 12 - y and substituting gives 3y + 2 = 14 hence y = 4 "
+          "which means the area equals \\frac{1}{2} b h = 10 and we check the constraint again").split()
+
+
+def synthetic_trace(num_tokens, tokenizer, seed=0):
+    """An R1-style thought of about num_tokens tokens: blank-line steps, some opening with phrases."""
+    rng = random.Random(seed)
+    steps, count = [], 0
+    while count < num_tokens:
+        step = rng.choice(_OPENINGS) + " " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 60))) + "."
+        steps.append(step)
+        count += len(tokenizer.encode(step + "\n\n", add_special_tokens=False))
+    return "\n\n".join(steps), count
+
+
+def bench_episodes(argv):
+    p = argparse.ArgumentParser(prog="bench.py episodes", description="Episode segmentation throughput.")
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per synthetic trace (default 16384)")
+    p.add_argument("--traces", type=int, default=20, help="distinct synthetic traces (default 20)")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over all traces (default 5)")
+    args = p.parse_args(argv)
+
+    from transformers import AutoTokenizer
+    import prover
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(prover.build_tiny_model(tmp))
+    traces = [synthetic_trace(args.tokens, tokenizer, seed=i) for i in range(args.traces)]
+    thoughts = [t for t, _ in traces]
+    counts = [len(episodes.split_episodes(t)) for t in thoughts]
+    seconds = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for t in thoughts:
+            episodes.thought_prefixes(episodes.split_episodes(t))
+        seconds.append(time.perf_counter() - t0)
+    best = min(seconds)
+    print(f"synthetic traces: {args.traces} x ~{statistics.mean(c for _, c in traces):.0f} tokens "
+          f"(~{statistics.mean(len(t) for t in thoughts) / 1e3:.0f}k chars), "
+          f"{statistics.mean(len(episodes.split_steps(t)) for t in thoughts):.0f} steps each")
+    print(f"episodes per trace (min_steps=3): mean {statistics.mean(counts):.1f}, min {min(counts)}, max {max(counts)}")
+    print(f"segmentation + prefixes: {args.traces / best:.0f} traces/s "
+          f"({best / args.traces * 1e3:.2f} ms per trace, best of {args.repeats})")
+
+
+BENCHES = {"episodes": bench_episodes}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
+        sys.exit(f"usage: python bench.py {{{','.join(BENCHES)}}} [--help]")
+    BENCHES[sys.argv[1]](sys.argv[2:])

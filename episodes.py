@@ -1,0 +1,306 @@
+"""Episodes: cutting a model's output stream z into z_0, z_1, ..., z_{k-1}.
+
+Paper: Sec. 4.2 (episodes), Sec. 5 and App. D (the Wait/Alternatively segmentation of R1 thoughts,
+Fig. 21), App. A and Fig. 30 (the backtracking-search format), App. F (budget-forcing phrases).
+
+Text only: no torch, no tokenizer. Every function here is lossless where it cuts text, so that a
+thought prefix z_{0:j} is always a literal prefix of what the model wrote.
+"""
+
+import re
+from dataclasses import dataclass
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# Fig. 21: a step that begins with one of these phrases starts a new episode.
+EPISODE_PHRASES = (
+    "Wait",
+    "But wait",
+    "Alternatively",
+    "Is there another way to think about this?",
+    "But let me double-check",
+    "But hold on",
+)
+
+# App. F: budget forcing appends these, cycled in this order, each time the model closes its thought.
+FORCING_PHRASES = ("Wait", "Alternatively", "But hold on", "But wait")
+
+# Fig. 30: the backtracking-search format's marker between an attempt and its revision.
+BACKTRACK_MARKER = "Wait, this seems off. Let's try something else."
+
+
+# ----------------------------------------------------------------------------------------------
+# The thought block
+# ----------------------------------------------------------------------------------------------
+
+def split_think(response, in_thought=True):
+    """Split a response z into (thought, outside, closed).
+
+    thought: the text between `<think>` and the first `</think>`.
+    outside: the text outside the thought: what follows `</think>`, plus whatever (rarely) came
+             before `<think>`. This is the part a grader reads (prover.reward).
+    closed:  False when the generation never wrote `</think>` (truncated at max_tokens).
+
+    `in_thought` says whether the response starts inside an already opened thought, as it does when
+    the chat template's generation prompt ends with "<think>\\n" (DeepSeek-R1-Distill does). With
+    in_thought=True a response without any tag is all thought and not closed (a truncated trace);
+    with in_thought=False it has no thought at all: ("", response, True).
+    """
+    close = response.find(THINK_CLOSE)
+    search_end = close if close >= 0 else len(response)
+    open_ = response.find(THINK_OPEN, 0, search_end)
+    if open_ >= 0:
+        before, start = response[:open_], open_ + len(THINK_OPEN)
+    elif in_thought or close >= 0:
+        before, start = "", 0
+    else:
+        return "", response, True
+    if close < 0:
+        return response[start:], before, False
+    return response[start:close], before + response[close + len(THINK_CLOSE):], True
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps and episodes (Sec. 5, App. D)
+# ----------------------------------------------------------------------------------------------
+
+# A step break is a blank line ("\n\n" in App. D); a run of blank lines, lines of spaces and "\r\n"
+# endings count as one break. We take runs as one break so that "\n\n\n" does not make empty steps.
+_STEP_BREAK = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
+
+
+def split_steps(thought):
+    """Cut a thought into steps, App. D: "each step is an entry separated by the delimiter \\n\\n".
+
+    Each step keeps the break that follows it, and blank text at the very start stays with the
+    first step, so "".join(split_steps(t)) == t for every t. An empty thought has no steps.
+    """
+    steps, start = [], 0
+    for m in _STEP_BREAK.finditer(thought):
+        piece = thought[start:m.end()]
+        if steps or thought[start:m.start()].strip():
+            steps.append(piece)
+            start = m.end()
+        # else: only blank text so far; keep extending the first step
+    if start < len(thought):
+        if steps and not thought[start:].strip():
+            steps[-1] += thought[start:]
+        else:
+            steps.append(thought[start:])
+    return steps
+
+
+def starts_with_phrase(step, phrases=EPISODE_PHRASES):
+    """True when the step, after leading whitespace, begins with one of the phrases as whole words.
+
+    "Wait, ..." and "But wait, ..." match; "Waiting ..." does not match "Wait". Case-sensitive, as
+    R1 writes these phrases capitalised at the start of a step.
+    """
+    text = step.lstrip()
+    for phrase in phrases:
+        if text.startswith(phrase):
+            rest = text[len(phrase):len(phrase) + 1]
+            if not rest or not (rest.isalnum() or rest == "_") or not phrase[-1].isalnum():
+                return True
+    return False
+
+
+def split_episodes(thought, phrases=EPISODE_PHRASES, min_steps=3, max_episodes=None):
+    """Segment a thought into episodes z_0, ..., z_{k-1} (Sec. 5, App. D, Fig. 21).
+
+    A step that begins with one of `phrases` opens a new episode, unless the current episode has
+    fewer than `min_steps` steps (App. D: "at least three steps ... to avoid consecutive trivial
+    episodes"), in which case it stays in the current one. `max_episodes` merges the last l - k
+    episodes into one (footnote 1). Lossless: "".join(episodes) == thought. An empty thought has
+    no episodes.
+    """
+    if min_steps < 1:
+        raise ValueError(f"split_episodes: min_steps must be >= 1, got {min_steps}")
+    if max_episodes is not None and max_episodes < 1:
+        raise ValueError(f"split_episodes: max_episodes must be >= 1 or None, got {max_episodes}")
+    episodes, current = [], []  # current: the steps of the episode being built
+    for step in split_steps(thought):
+        if current and len(current) >= min_steps and starts_with_phrase(step, phrases):
+            episodes.append("".join(current))
+            current = []
+        current.append(step)
+    if current:
+        episodes.append("".join(current))
+    if max_episodes is not None and len(episodes) > max_episodes:
+        episodes = episodes[:max_episodes - 1] + ["".join(episodes[max_episodes - 1:])]
+    return episodes
+
+
+def group_episodes(episodes, size):
+    """Concatenate consecutive episodes in groups of `size` (App. D: 5 for Omni-MATH, 3 for AIME).
+
+    The last group holds the remainder. Grouping only coarsens the cut points, so the groups are
+    again a lossless segmentation of the same thought.
+    """
+    if size < 1:
+        raise ValueError(f"group_episodes: size must be >= 1, got {size}")
+    return ["".join(episodes[i:i + size]) for i in range(0, len(episodes), size)]
+
+
+def thought_prefixes(episodes):
+    """The k + 1 thought prefixes z_{0:j} = z_0 ... z_{j-1} for j = 0..k, the empty one first.
+
+    These are what the meta-prover mu(.|x, z_{0:j}) (Eq. 4) is conditioned on; prefix j is a
+    literal prefix of prefix j + 1.
+    """
+    prefixes, text = [""], ""
+    for episode in episodes:
+        text += episode
+        prefixes.append(text)
+    return prefixes
+
+
+def forcing_phrase(i):
+    """The phrase budget forcing appends the i-th time (i = 0, 1, ...), App. F: cycled in order."""
+    return FORCING_PHRASES[i % len(FORCING_PHRASES)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Backtracking search (App. A, Fig. 5 right, Fig. 30)
+# ----------------------------------------------------------------------------------------------
+#
+# Format (Fig. 30), one backtrack:
+#
+#     [preamble]Step 1: ...\n\nStep 2: ...\n\n ... Step n: ...\n\nAnswer: ...\n\n      <- attempt z_0
+#     Wait, this seems off. Let's try something else.\n\n[error analysis]               <- backtrack z_1
+#     Step k: ...\n\n ... Answer: ...                                                   <- revision z_2
+#
+# Restarting at "Step k:" means backtracking to step k - 1: the revised solution is the attempt's
+# steps 1..k-1 followed by the revision. In the linearized mode of Sec. 8.4 the text carries on with
+# more markers and revisions, each one backtracking into the previous revised solution.
+
+_STEP_LINE = re.compile(r"^[ \t]*Step[ \t]+(\d+)[ \t]*:", re.MULTILINE)
+_ANSWER_LINE = re.compile(r"^[ \t]*Answer[ \t]*:", re.MULTILINE)
+
+
+@dataclass
+class Backtrack:
+    """One backtrack of the backtracking-search format (App. A): episodes z_0, z_1, z_2.
+
+    attempt, backtrack and revision are the literal episodes as they appear in the text, so
+    attempt + backtrack + revision is a substring of it. backtrack_step is k - 1 when the revision
+    restarts at "Step k:". revised_solution is the solution the revision produces: the first
+    backtrack_step steps of the solution backtracked from, then the revision's steps and answer.
+    """
+    attempt: str
+    backtrack: str
+    revision: str
+    backtrack_step: int
+    attempt_answer: str
+    revision_answer: str
+    revised_solution: str
+
+    @property
+    def episodes(self):
+        return [self.attempt, self.backtrack, self.revision]
+
+
+@dataclass
+class _Solution:
+    """A parsed attempt: preamble, "Step n:" chunks (with trailing breaks), the "Answer:" chunk."""
+    preamble: str
+    steps: list
+    answer_chunk: str
+    first_step: int
+
+    @property
+    def answer(self):
+        line = self.answer_chunk.split("\n", 1)[0]
+        return line[line.index(":") + 1:].strip()
+
+
+def _line_of(text, pos):
+    return text.count("\n", 0, pos) + 1
+
+
+def _parse_solution(text, offset, whole, what, first_step=None):
+    """Parse `text` (found at `offset` in `whole`) as preamble, Step lines and an Answer line."""
+    steps = list(_STEP_LINE.finditer(text))
+    answers = list(_ANSWER_LINE.finditer(text))
+    where = f"{what} (line {_line_of(whole, offset)})"
+    if not steps:
+        raise ValueError(f"parse_backtrack: {where}: expected a line starting 'Step <n>:', found none")
+    if not answers:
+        raise ValueError(f"parse_backtrack: {where}: expected an 'Answer:' line after the steps, found none")
+    answer = answers[0]
+    if answer.start() < steps[0].start():
+        raise ValueError(f"parse_backtrack: {where}: 'Answer:' at line "
+                         f"{_line_of(whole, offset + answer.start())} comes before the first step")
+    inside = [m for m in steps if m.start() < answer.start()]
+    after = [m for m in steps if m.start() > answer.start()]
+    if after:
+        raise ValueError(f"parse_backtrack: {where}: 'Step {after[0].group(1)}:' at line "
+                         f"{_line_of(whole, offset + after[0].start())} comes after the 'Answer:' line; "
+                         f"a new attempt must follow the marker {BACKTRACK_MARKER!r}")
+    numbers = [int(m.group(1)) for m in inside]
+    start = numbers[0] if first_step is None else first_step
+    for i, (m, n) in enumerate(zip(inside, numbers)):
+        if n != start + i:
+            raise ValueError(f"parse_backtrack: {where}: expected 'Step {start + i}:' at line "
+                             f"{_line_of(whole, offset + m.start())}, found 'Step {n}:'")
+    bounds = [m.start() for m in inside] + [answer.start()]
+    return _Solution(preamble=text[:bounds[0]],
+                     steps=[text[a:b] for a, b in zip(bounds, bounds[1:])],
+                     answer_chunk=text[answer.start():], first_step=start)
+
+
+def parse_backtrack(text):
+    """Parse backtracking-search text (App. A, Fig. 30) into a list of Backtrack, one per marker.
+
+    The first attempt must number its steps 1, 2, ...; each revision restarts at some "Step k:" with
+    1 <= k <= (steps of the solution it revises) and counts up from there. Text that does not follow
+    the format raises ValueError saying what was expected and on which line. Text with no marker is
+    an error too: it has no backtrack.
+    """
+    cuts = [m.start() for m in re.finditer(re.escape(BACKTRACK_MARKER), text)]
+    if not cuts:
+        raise ValueError(f"parse_backtrack: no backtrack marker {BACKTRACK_MARKER!r} in the text")
+    first = _parse_solution(text[:cuts[0]], 0, text, "attempt 1", first_step=1)
+    solution_steps = first.steps  # the steps of the current (revised) solution, renumbered 1..n
+    previous_episode, previous_answer = text[:cuts[0]], first.answer
+    backtracks = []
+    for i, cut in enumerate(cuts):
+        end = cuts[i + 1] if i + 1 < len(cuts) else len(text)
+        segment = text[cut:end]
+        step = _STEP_LINE.search(segment)
+        what = f"revision {i + 1}"
+        if step is None:
+            raise ValueError(f"parse_backtrack: {what} (line {_line_of(text, cut)}): expected a "
+                             f"'Step <k>:' line after the marker, found none")
+        k = int(step.group(1))
+        if not 1 <= k <= len(solution_steps):
+            raise ValueError(f"parse_backtrack: {what}: 'Step {k}:' at line {_line_of(text, cut + step.start())} "
+                             f"must restart at a step 1..{len(solution_steps)} of the solution it revises")
+        revision = _parse_solution(segment[step.start():], cut + step.start(), text, what, first_step=k)
+        kept = solution_steps[:k - 1]
+        revised = first.preamble + "".join(kept) + "".join(revision.steps) + revision.answer_chunk
+        backtracks.append(Backtrack(
+            attempt=previous_episode, backtrack=segment[:step.start()], revision=segment[step.start():],
+            backtrack_step=k - 1, attempt_answer=previous_answer, revision_answer=revision.answer,
+            revised_solution=revised))
+        solution_steps = kept + revision.steps
+        previous_episode, previous_answer = segment[step.start():], revision.answer
+    return backtracks
+
+
+def render_backtrack(backtracks):
+    """Inverse of parse_backtrack: the text the list of Backtrack was parsed from, byte for byte."""
+    if not backtracks:
+        return ""
+    return backtracks[0].attempt + "".join(b.backtrack + b.revision for b in backtracks)
+
+
+def format_attempt(steps, answer, first_step=1, preamble=""):
+    """Write steps and an answer in the Fig. 30 format: "Step n: ...", blank lines, "Answer: ...".
+
+    The inverse direction of parse_backtrack for building data (warm-start SFT traces, App. A.2):
+    format_attempt(attempt) + BACKTRACK_MARKER + "\\n\\n" + format_attempt(revision, first_step=k)
+    parses back into the same steps and answers.
+    """
+    body = "".join(f"Step {first_step + i}: {s.strip()}\n\n" for i, s in enumerate(steps))
+    return f"{preamble}{body}Answer: {answer}"
