@@ -1,6 +1,7 @@
 """Benchmarks: each prints its figures; none is a test. Run `python bench.py NAME --help`.
 
     python bench.py episodes     # segmentation of a synthetic 16k-token R1-style trace (Sec. 5, App. D)
+    python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
 """
 
 import argparse
@@ -60,7 +61,49 @@ def bench_episodes(argv):
           f"({best / args.traces * 1e3:.2f} ms per trace, best of {args.repeats})")
 
 
-BENCHES = {"episodes": bench_episodes}
+def perturb(answer):
+    """A wrong answer close to the gold one: its first integer plus one, or "+1" appended."""
+    import re
+    m = re.search(r"\d+", answer)
+    return answer[:m.start()] + str(int(m.group()) + 1) + answer[m.end():] if m else answer + "+1"
+
+
+def bench_reward(argv):
+    p = argparse.ArgumentParser(prog="bench.py reward", description="Grader throughput and latency.")
+    p.add_argument("--sets", default="math500,minerva", help="comma-separated data/ sets (default math500,minerva)")
+    p.add_argument("--timeout", type=float, default=None, help="per-pair bound in seconds (default prover.EQUIV_TIMEOUT)")
+    args = p.parse_args(argv)
+
+    import json
+    import os
+    import prover
+    timeout = prover.EQUIV_TIMEOUT if args.timeout is None else args.timeout
+    golds = []
+    for name in args.sets.split(","):
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", f"{name}.jsonl")) as f:
+            golds += [json.loads(line)["answer"] for line in f if line.strip()]
+    prover._sympy_equal("1", "1", 60.0)  # start the sympy helper outside the timed part
+    prover.SYMPY_STATS.update(calls=0, timeouts=0)
+    rows = {"(a) boxed gold": [], "(b) perturbed": []}
+    wrong = {k: 0 for k in rows}
+    for gold in golds:
+        for kind, response, expected in (("(a) boxed gold", f"<think>\nok\n</think>\n\n\\boxed{{{gold}}}", 1.0),
+                                          ("(b) perturbed", f"</think>\\boxed{{{perturb(gold)}}}", 0.0)):
+            t0 = time.perf_counter()
+            got = float(prover.is_equiv(prover.extract_answer(response), gold, timeout=timeout))  # = reward()
+            rows[kind].append(time.perf_counter() - t0)
+            wrong[kind] += got != expected
+    everything = sorted(rows["(a) boxed gold"] + rows["(b) perturbed"])
+    print(f"{len(golds)} gold answers from {args.sets}; per-pair bound {timeout} s")
+    for kind, lat in list(rows.items()) + [("all", everything)]:
+        lat = sorted(lat)
+        print(f"{kind:15s} {len(lat):5d} pairs  {len(lat) / sum(lat):8.0f} pairs/s  p50 {lat[len(lat) // 2] * 1e3:7.2f} ms  "
+              f"p99 {lat[int(len(lat) * 0.99)] * 1e3:7.1f} ms  max {lat[-1] * 1e3:7.1f} ms"
+              + (f"  wrong verdicts {wrong[kind]}" if kind in wrong else ""))
+    print(f"sympy helper calls {prover.SYMPY_STATS['calls']}, timeouts {prover.SYMPY_STATS['timeouts']}")
+
+
+BENCHES = {"episodes": bench_episodes, "reward": bench_reward}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
