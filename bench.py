@@ -2,6 +2,7 @@
 
     python bench.py episodes     # segmentation of a synthetic 16k-token R1-style trace (Sec. 5, App. D)
     python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
+    python bench.py prefix-cache # scoring all prefixes of one trace with mu (Eq. 4): vLLM cache on/off, HF
 """
 
 import argparse
@@ -103,7 +104,70 @@ def bench_reward(argv):
     print(f"sympy helper calls {prover.SYMPY_STATS['calls']}, timeouts {prover.SYMPY_STATS['timeouts']}")
 
 
-BENCHES = {"episodes": bench_episodes, "reward": bench_reward}
+def bench_prefix_cache(argv):
+    p = argparse.ArgumentParser(prog="bench.py prefix-cache",
+                                description="Time and prompt compute of MetaProver.success_rates on one k-episode trace.")
+    p.add_argument("--episodes", type=int, default=10, help="episodes k of the trace (default 10)")
+    p.add_argument("--m", type=int, default=8, help="forced-termination samples per prefix (default 8, App. D)")
+    p.add_argument("--max-tokens", type=int, default=32, help="tokens per forced answer (default 32)")
+    p.add_argument("--trace-tokens", type=int, default=8000, help="synthetic trace length before cutting to k episodes")
+    p.add_argument("--min-steps", type=int, default=3, help="min steps per episode (App. D: 3); more = longer episodes")
+    p.add_argument("--variant", choices=("vllm-cache", "vllm-nocache", "hf"), default=None,
+                   help="run one variant in this process (default: all three, each in a fresh process)")
+    p.add_argument("--model", default=None, help="model folder (default: a tiny model built here)")
+    args = p.parse_args(argv)
+
+    import json
+    import os
+    import subprocess
+    import prover
+    if args.variant is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            prover.build_tiny_model(tmp, max_position_embeddings=16384)
+            rows = []
+            for variant in ("vllm-cache", "vllm-nocache", "hf"):
+                cmd = [sys.executable, os.path.abspath(__file__), "prefix-cache", "--variant", variant, "--model", tmp,
+                       "--episodes", str(args.episodes), "--m", str(args.m), "--max-tokens", str(args.max_tokens),
+                       "--trace-tokens", str(args.trace_tokens), "--min-steps", str(args.min_steps)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                rows.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
+        r = rows[0]
+        print(f"one trace: k = {r['k']} episodes, {r['thought_tokens']} thought tokens, {r['k'] + 1} prefixes, "
+              f"m = {args.m} forced answers of <= {args.max_tokens} tokens each")
+        print(f"naive prompt tokens = sum of the k+1 prompt lengths = {r['naive']}; "
+              f"x m samples = {r['naive'] * args.m} (what vLLM without the cache and transformers compute)")
+        for r in rows:
+            computed = r["prompt_tokens"] - r["cached"] if r["prompt_tokens"] is not None else None
+            print(f"{r['variant']:13s} {r['seconds']:7.2f} s" + (
+                f"   prompt tokens computed {computed} of {r['prompt_tokens']} scheduled "
+                f"({r['cached']} from the prefix cache); naive sum / computed = {r['naive'] / max(computed, 1):.1f}, "
+                f"naive x m / computed = {r['naive'] * args.m / max(computed, 1):.1f}"
+                if computed is not None else "   (transformers: each prompt computed in full for its batch of m)"))
+        return
+
+    problem = "Let $x$ be a real number with $2x + 3 = 11$. Find $x$."
+    model = args.model
+    engine = prover.make_engine(model, engine="hf" if args.variant == "hf" else "vllm", dtype="float32",
+                                max_model_len=16384, **({} if args.variant == "hf" else
+                                                        {"enable_prefix_caching": args.variant == "vllm-cache"}))
+    thought, count = synthetic_trace(args.trace_tokens, engine.tokenizer)
+    eps = episodes.split_episodes(thought, min_steps=args.min_steps)[:args.episodes]
+    prefixes = episodes.thought_prefixes(eps)
+    mu = prover.MetaProver(engine, m=args.m, max_tokens=args.max_tokens, seed=0)
+    engine.generate([prover.build_prompt(engine.tokenizer, "warm up")], n=1, max_tokens=2)  # not timed
+    before = engine.prompt_stats() if args.variant != "hf" else None
+    t0 = time.perf_counter()
+    mu.success_rates(problem, "4", prefixes)
+    seconds = time.perf_counter() - t0
+    after = engine.prompt_stats() if args.variant != "hf" else None
+    print(json.dumps({"variant": args.variant, "seconds": seconds, "k": len(eps),
+                      "thought_tokens": len(engine.tokenizer.encode("".join(eps), add_special_tokens=False)),
+                      "naive": sum(len(q) for q in mu.prompts(problem, prefixes)),
+                      "prompt_tokens": after and after["prompt_tokens"] - before["prompt_tokens"],
+                      "cached": after and after["cached_prompt_tokens"] - before["cached_prompt_tokens"]}))
+
+
+BENCHES = {"episodes": bench_episodes, "reward": bench_reward, "prefix-cache": bench_prefix_cache}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:

@@ -3,8 +3,9 @@
     python mrt.py                     # smoke run: tiny model, vLLM, a few traces cut into episodes
     python mrt.py --model PATH ...    # the same on a real checkpoint
 
-For now this is the smoke run of the pipeline's first half: sample responses z ~ pi(.|x) with vLLM,
-split the thought (<think> ... </think>) and cut it into episodes z_0 .. z_{k-1} (Sec. 5, App. D).
+For now this is the smoke run of the pipeline's first half: sample responses z ~ pi(.|x), split the
+thought (<think> ... </think>), cut it into episodes z_0 .. z_{k-1} (Sec. 5, App. D), and score every
+thought prefix with the meta-prover: J_r(mu | x, z_{0:j}) (Eq. 4) and progress r_prg (Def. 6.1).
 Algorithm 2 (the RL variant) and the choice of variant and baseline land here in later issues.
 """
 
@@ -29,11 +30,16 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=256, help="max generated tokens per response (default 256)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (App. D: 0.7)")
     p.add_argument("--min-steps", type=int, default=3, help="min steps per episode (App. D: 3)")
+    p.add_argument("--m", type=int, default=4, help="forced-termination samples per prefix for J_r (App. D: 8)")
+    p.add_argument("--prover-max-tokens", type=int, default=32, help="max tokens of each forced answer (App. D: 4096)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    prover.add_engine_args(p)
     args = p.parse_args(argv)
-    for flag in ("num_problems", "n", "max_tokens", "min_steps"):
+    for flag in ("num_problems", "n", "max_tokens", "min_steps", "m", "prover_max_tokens"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.engine == "vllm" and not prover.vllm_available():
+        p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
     if not os.path.isfile(args.problems):
         p.error(f"--problems: no such file: {args.problems}")
     if args.model is not None and not os.path.isdir(args.model):
@@ -50,44 +56,50 @@ def read_problems(path, limit):
             if not line.strip():
                 continue
             try:
-                problems.append(json.loads(line)["problem"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                row = json.loads(line)
+                problems.append((row["problem"], row.get("answer", "")))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 sys.exit(f"{path}:{lineno}: expected a JSON object with a 'problem' field ({e})")
     return problems
 
 
 def smoke(args):
-    from transformers import AutoTokenizer
-    from vllm import SamplingParams
-
     tmp = None
     model = args.model
     if model is None:
         tmp = tempfile.TemporaryDirectory(prefix="mrt-tiny-")
         model = prover.build_tiny_model(tmp.name)
         print(f"built tiny random-weight model in {model}")
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    engine = prover.make_engine(model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
+                                gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
     problems = read_problems(args.problems, args.num_problems)
-    prompts = [{"prompt_token_ids": prover.build_prompt(tokenizer, x)} for x in problems]
-    llm = prover.load_vllm(model, max_model_len=max(len(p["prompt_token_ids"]) for p in prompts) + args.max_tokens,
-                           seed=args.seed)
-    # One engine-wide seed (load_vllm): a per-request seed would give every prompt the same random stream.
-    params = SamplingParams(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens)
+    mu = prover.MetaProver(engine, m=args.m, max_tokens=args.prover_max_tokens, seed=args.seed)
 
     # ---- generate: z ~ pi(.|x) -------------------------------------------------------------------
-    outputs = llm.generate(prompts, params)
+    prompts = [prover.build_prompt(engine.tokenizer, x) for x, _ in problems]
+    outputs = engine.generate(prompts, n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
+                              seed=args.seed)
 
     # ---- segment: z -> <think> z_0 .. z_{k-1} </think> answer (Sec. 5, App. D) --------------------
-    for x, out in zip(problems, outputs):
+    traces = []
+    for (x, gold), samples in zip(problems, outputs):
+        for sample in samples:
+            thought, _, closed = episodes.split_think(sample.text)
+            traces.append((x, gold, sample, closed, episodes.split_episodes(thought, min_steps=args.min_steps)))
+
+    # ---- score: J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), progress (Def. 6.1) ----------------
+    scores = mu.score([(x, gold, episodes.thought_prefixes(eps), s.token_ids) for x, gold, s, _, eps in traces])
+
+    for (x, gold, sample, closed, eps), score in zip(traces, scores):
+        per_episode, _ = prover.progress(score.success_rates)
         print("=" * 100)
-        print("problem:", x[:200].replace("\n", " "))
-        for i, sample in enumerate(out.outputs):
-            thought, outside, closed = episodes.split_think(sample.text)
-            eps = episodes.split_episodes(thought, min_steps=args.min_steps)
-            print(f"-- response {i}: {len(sample.token_ids)} tokens, finish={sample.finish_reason}, "
-                  f"thought closed={closed}, episodes k={len(eps)}")
-            for j, ep in enumerate(eps):
-                print(f"   z_{j}: {ep[:120]!r}{'...' if len(ep) > 120 else ''}")
+        print(f"problem: {x[:150]!r}  gold: {gold!r}")
+        print(f"response: {sample.num_tokens} tokens, finish={sample.finish_reason}, thought closed={closed}, "
+              f"episodes k={len(eps)}, reward r(x, z)={prover.reward(sample.text, gold)}")
+        print(f"   J_r(mu | x, z_0:0) = {score.success_rates[0]:.2f}")
+        for j, ep in enumerate(eps):
+            print(f"   z_{j}: {ep[:100]!r}{'...' if len(ep) > 100 else ''}")
+            print(f"        J_r(mu | x, z_0:{j + 1}) = {score.success_rates[j + 1]:.2f}   r_prg = {per_episode[j]:+.2f}")
     if tmp is not None:
         tmp.cleanup()
 
