@@ -610,11 +610,16 @@ TIME_IS_UP = ("Time is up.\n\nGiven the time I've spent and the approaches I've 
               "**Step-by-Step Explanation and Answer:**\n\n1. **")
 
 
+def paragraph_break(text):
+    """What to append to `text` so that what follows starts a new paragraph (a new step)."""
+    if not text or text.endswith("\n\n"):
+        return ""
+    return "\n" if text.endswith("\n") else "\n\n"
+
+
 def time_is_up_suffix(thought_prefix):
-    """TIME_IS_UP on a paragraph of its own after the prefix (prefixes usually end with "\\n\\n")."""
-    if not thought_prefix or thought_prefix.endswith("\n\n"):
-        return TIME_IS_UP
-    return ("\n" if thought_prefix.endswith("\n") else "\n\n") + TIME_IS_UP
+    """TIME_IS_UP on a paragraph of its own after the prefix (prefixes usually end with a blank line)."""
+    return paragraph_break(thought_prefix) + TIME_IS_UP
 
 
 # ==============================================================================================
@@ -666,7 +671,7 @@ class Engine(typing.Protocol):
     strings are tokenized without added special tokens (build_prompt already wrote the BOS)."""
     tokenizer: typing.Any
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None) -> list: ...
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None) -> list: ...
 
     def update_weights(self, named_tensors) -> None: ...
 
@@ -698,13 +703,14 @@ class VLLMEngine:
         from transformers import AutoConfig
         self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(model), "tie_word_embeddings", False))
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
+        """n samples per prompt; generation also ends at any string in `stop` (left out of the text)."""
         from vllm import SamplingParams
         ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
         copies = n if temperature == 0 else 1  # vLLM allows n = 1 only when greedy: copy the one sample
         params = [SamplingParams(n=n // copies, temperature=temperature, top_p=top_p,
                                  max_tokens=min(max_tokens, self.max_model_len - len(p)),
-                                 seed=None if seed is None else seed + i * n) for i, p in enumerate(ids)]
+                                 seed=None if seed is None else seed + i * n, stop=stop) for i, p in enumerate(ids)]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         samples = []
         for out in outputs:
@@ -749,7 +755,8 @@ class HFEngine:
         self.max_model_len = max_model_len
         self.seed = seed
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
+        """n samples per prompt; a string in `stop` ends a sample (cut after generation, left out of the text)."""
         import torch
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -767,8 +774,20 @@ class HFEngine:
             for row in out[:, len(ids):].tolist():
                 stopped = eos in row
                 tokens = row[:row.index(eos) + 1] if stopped else row
-                row_samples.append(Sample(self.tokenizer.decode(tokens, skip_special_tokens=True), tokens,
-                                          "stop" if stopped else "length"))
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                found = min(((text.find(s), s) for s in stop or () if s in text), default=None)
+                if found is not None:  # keep the tokens up to the one that completes the stop string
+                    cut, end = found[0], found[0] + len(found[1])
+                    stopped, text = True, text[:cut]
+                    lo, hi = 1, len(tokens)
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if len(self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)) >= end:
+                            hi = mid
+                        else:
+                            lo = mid + 1
+                    tokens = tokens[:lo]
+                row_samples.append(Sample(text, tokens, "stop" if stopped else "length"))
             samples.append(row_samples)
         return samples
 

@@ -4,6 +4,7 @@ Tiny models are built in-process (random weights, a tokenizer trained on the fly
 downloaded. Tests that need vLLM share one engine per session and fail, not skip, without it.
 """
 
+import json
 import os
 import random
 import time
@@ -356,8 +357,6 @@ def test_tiny_model_loads_in_transformers_and_vllm_greedy_agree(tiny_model, toke
 # prover.py: the 0/1 reward r(x, z) -- extraction, equivalence, time bound
 # ==============================================================================================
 
-import json as _json
-import glob as _glob
 import threading as _threading
 
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -368,7 +367,7 @@ def _gold_answers():
     out = []
     for name in _EVAL_SETS:
         with open(os.path.join(_DATA, f"{name}.jsonl"), encoding="utf-8") as f:
-            out += [(name, _json.loads(line)["answer"]) for line in f if line.strip()]
+            out += [(name, json.loads(line)["answer"]) for line in f if line.strip()]
     return out
 
 
@@ -759,3 +758,215 @@ def test_end_to_end_trace_segmented_and_scored_by_vllm(tokenizer, vllm_engine):
     assert all(n <= 8 for row in scores.num_tokens for n in row)
     per_episode, cumulative = prover.progress(scores.success_rates)
     assert len(per_episode) == k and cumulative[-1] == pytest.approx(scores.success_rates[-1] - scores.success_rates[0])
+
+
+# ==============================================================================================
+# evaluate.py: metrics by hand, the CLI end to end
+# ==============================================================================================
+
+def test_pass_at_k_equals_brute_force_enumeration():
+    import itertools
+    import math
+    import evaluate
+    for n in range(1, 8):
+        for c in range(n + 1):
+            outcomes = [1] * c + [0] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(outcomes, k))
+                brute = sum(any(s) for s in subsets) / math.comb(n, k)
+                assert evaluate.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+    assert evaluate.pass_at_k(1000, 1, 1) == pytest.approx(0.001)
+    assert 0.0 <= evaluate.pass_at_k(10000, 3, 5000) <= 1.0
+    with pytest.raises(ValueError):
+        evaluate.pass_at_k(5, 6, 1)
+
+
+def test_maj_at_k_groups_equivalent_answers():
+    import evaluate
+    # raw strings differ, answers agree: 1/2 three times beats 3 twice
+    answers = ["\\frac{1}{2}", "0.5", "3", "3", "\\dfrac12"]
+    assert evaluate.answer_clusters(answers) == [0, 0, 1, 1, 0]
+    assert evaluate.maj_at_k(answers, "1/2", 5) == 1.0
+    assert evaluate.maj_at_k(answers, "3", 5) == 0.0
+    # maj@1 = mean accuracy; maj@k averaged over all k-subsets: by hand for k = 2:
+    # 10 pairs; both from {0,1,4}: 3 pairs -> 1/2 wins; both 3s (2,3): 1 pair -> 3; the 6 mixed pairs
+    # tie and the sample seen first wins: (0,2) (0,3) (1,2) (1,3) -> 1/2, (2,4) (3,4) -> 3.  So 7/10.
+    assert evaluate.maj_at_k(answers, "1/2", 1) == pytest.approx(3 / 5)
+    assert evaluate.maj_at_k(answers, "1/2", 2) == pytest.approx(7 / 10)
+    # missing answers do not vote; all missing: wrong
+    assert evaluate.maj_at_k([None, None, "7"], "7", 3) == 1.0
+    assert evaluate.maj_at_k([None, None], "7", 2) == 0.0
+    # more subsets than max_subsets: sampled with a fixed seed, deterministic
+    many = ["1", "2"] * 10
+    assert evaluate.maj_at_k(many, "1", 10, max_subsets=50) == evaluate.maj_at_k(many, "1", 10, max_subsets=50)
+
+
+def test_cumulative_regret_definition_4_1_by_hand():
+    import evaluate
+    assert evaluate.cumulative_regret([0.25, 0.5, 1.0]) == pytest.approx(0.75 + 0.5 + 0.0)
+    assert evaluate.cumulative_regret([0.25, 0.5], oracle=[0.5, 0.5]) == pytest.approx(0.25)
+
+
+def test_normalized_regret_is_the_area_of_a_step_curve():
+    import evaluate
+    # curve: 0 until 100 tokens, 0.5 on [100, 300), 0.75 from 300 on; oracle 1
+    tokens, acc = [100, 300], [0.5, 0.75]
+    # C0 = 400: area = 100*1 + 200*0.5 + 100*0.25 = 225 -> 225/400
+    assert evaluate.normalized_regret(tokens, acc, 400) == pytest.approx(225 / 400)
+    # C0 = 200 cuts the second step: 100*1 + 100*0.5 = 150 -> 0.75
+    assert evaluate.normalized_regret(tokens, acc, 200) == pytest.approx(0.75)
+    # C0 = 50: all before the first point
+    assert evaluate.normalized_regret(tokens, acc, 50) == pytest.approx(1.0)
+    # a point at 0 tokens (the empty prefix) counts from the start
+    assert evaluate.normalized_regret([0, 100], [0.5, 1.0], 200) == pytest.approx((100 * 0.5) / 200)
+    with pytest.raises(ValueError):
+        evaluate.normalized_regret([300, 100], [0.5, 0.75], 400)
+
+
+def test_appendix_e_comparator_by_hand():
+    import evaluate
+    # [maj@1]_j and [maj@2]_j for j = 0..3 episodes
+    maj = {1: [0.0, 0.4, 0.5, 0.9], 2: [0.0, 0.6, 0.55, 0.95]}
+    # b=1: comparator = max(0.4, none with 2*j' <= 1) = 0.4 -> 0
+    # b=2: max(0.5, [maj@2]_1 = 0.6) -> 0.1
+    # b=3: max(0.9, [maj@2]_1 = 0.6) -> 0
+    assert evaluate.appendix_e_regret(maj, 1) == pytest.approx(0.0)
+    assert evaluate.appendix_e_regret(maj, 2) == pytest.approx(0.1 / 2)
+    assert evaluate.appendix_e_regret(maj, 3) == pytest.approx(0.1 / 3)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"\n', ":2: not valid JSON"),
+    ('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n', ":2: missing or empty string field 'answer'"),
+    ('{"problem": "1+1", "answer": "2"}\n\n[1, 2]\n', ":3: expected a JSON object"),
+    ('{"answer": "2"}\n', ":1: missing or empty string field 'problem'"),
+    ("", "no problems"),
+])
+def test_malformed_jsonl_errors_name_file_and_line(tmp_path, content, message):
+    import evaluate
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=__import__("re").escape(message)) as info:
+        evaluate.load_problems(str(path))
+    assert str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError, match="aime99"):
+        evaluate.load_problems("aime99")
+
+
+def test_every_benchmark_loads():
+    import evaluate
+    assert [len(evaluate.load_problems(b)) for b in evaluate.BENCHMARKS] == [30, 30, 40, 500, 272]
+
+
+class ForcingEngine:
+    """Scripted engine for budget forcing: a first response closes its thought and answers 1;
+    every extension writes one step and closes; an answer after F forced phrases is F."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
+        import prover
+        out = []
+        for p in prompts:
+            text = self.tokenizer.decode(p)
+            thought = text.split("<think>\n", 1)[1]
+            forced = sum(thought.count(f) for f in ("\n\nWait", "\n\nAlternatively", "\n\nBut hold on", "\n\nBut wait"))
+            if thought == "":
+                rows = ["First step.\n\n</think>\n\n\\boxed{0}"]          # the original response: wrong
+            elif thought.endswith("</think>\n\n"):
+                rows = [f"\\boxed{{{forced}}}"]                           # the answer after F extensions
+            else:
+                assert stop == ["</think>"] and thought.endswith(tuple(FORCING_PHRASES))
+                rows = [", one more step.\n\n"]                           # an extension, ended by </think>
+            out.append([prover.Sample(r, self.tokenizer.encode(r, add_special_tokens=False), "stop") for r in rows] * n)
+        return out
+
+
+def test_budget_forcing_appends_phrases_in_order_and_scores_each_count(tokenizer):
+    import types
+    import evaluate
+    cfg = types.SimpleNamespace(extrapolate_n=1, trace_temperature=0.7, top_p=1.0, max_tokens=64, seed=0,
+                                forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16)
+    problems = [{"id": "a", "problem": "What is 2+2?", "answer": "2"}, {"id": "b", "problem": "3?", "answer": "4"}]
+    (ra, rb) = evaluate.budget_forcing(ForcingEngine(tokenizer), problems, cfg)
+    # the answer after F forced phrases is F: problem a (gold 2) is right only at F = 2, b (gold 4) at F = 4
+    assert ra["traces"][0]["correct"] == [0.0, 1.0, 0.0] and rb["traces"][0]["correct"] == [0.0, 0.0, 1.0]
+    tokens = ra["traces"][0]["tokens"]
+    assert tokens[0] < tokens[1] < tokens[2]  # every extension spends tokens
+
+
+def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp_path):
+    import evaluate
+    out = str(tmp_path / "results.json")
+    argv = ["--model", tiny_model, "--benchmarks", "aime24", "--limit", "3", "--out", out, "--no-plots",
+            "--analysis", ",".join(evaluate.ANALYSES), "--n", "4", "--max-tokens", "48", "--traces", "2",
+            "--m", "2", "--prover-max-tokens", "8", "--maj-p", "1,2", "--direct-n", "2", "--direct-max-tokens", "8",
+            "--budgets", "16,32,64", "--forcings", "0,2", "--force-tokens", "8", "--extrapolate-n", "1",
+            "--extrapolate-budgets", "64,80", "--group-size", "1", "--buckets", "1-1,2-100", "--chunk-size", "2"]
+    results = evaluate.run(evaluate.parse_args(argv), engine=vllm_engine)
+    with open(out) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(results))
+    b = saved["benchmarks"]["aime24"]
+    assert b["num_problems"] == 3 and saved["config"]["limit"] == 3
+    acc = b["accuracy"]
+    assert set(acc) >= {"pass@1", "pass@2", "pass@4", "maj@1", "maj@4", "mean_response_tokens", "fraction_truncated"}
+    assert 0 < acc["mean_response_tokens"] <= 48 and 0 <= acc["pass@1"] <= acc["pass@4"] <= 1
+    assert [r["K"] for r in b["efficiency"]] == [1, 2, 3, 4]
+    ep = b["episodes"]
+    assert ep["traces"] == 6 and ep["buckets"][-1]["episodes"] == "all" and ep["buckets"][-1]["traces"] == 6
+    assert set(ep["buckets"][-1]["maj"]) == {"1", "2"}
+    assert set(b["regret"]["normalized_regret_by_tokens"]) == {"16", "32", "64"}
+    assert all(0 <= v <= 1 for v in b["regret"]["normalized_regret_by_tokens"].values())
+    x = b["extrapolate"]
+    assert x["forcings"] == [0, 2] and set(x["normalized_regret"]) == {"64", "80"}
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p or p.endswith(".done")]
+
+
+def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
+    import evaluate
+    out = str(tmp_path / "r.json")
+    argv = ["--model", tiny_model, "--benchmarks", "amc23", "--limit", "3", "--out", out, "--no-plots",
+            "--n", "2", "--max-tokens", "16", "--chunk-size", "1"]
+    args = evaluate.parse_args(argv)
+    first = evaluate.run(args, engine=vllm_engine)
+    # a killed run: the partial file with one problem done and a half-written line
+    config = {k: getattr(args, k) for k in evaluate.CONFIG_KEYS}
+    config["analysis_parts"] = ["samples"]
+
+    class CountingEngine:
+        def __init__(self, inner):
+            self.inner, self.tokenizer, self.prompts = inner, inner.tokenizer, 0
+
+        def generate(self, prompts, **kw):
+            self.prompts += len(prompts)
+            return self.inner.generate(prompts, **kw)
+
+    rec = evaluate.sample_responses(vllm_engine, evaluate.load_problems("amc23")[:1], args)[0]
+    with open(out + ".rank0.partial.jsonl", "w") as f:
+        f.write(json.dumps({"config": config}) + "\n")
+        f.write(json.dumps({"benchmark": "amc23", "id": "amc23-0", "part": "samples", "record": rec}) + "\n")
+        f.write('{"benchmark": "amc23", "id": "amc')
+    counting = CountingEngine(vllm_engine)
+    second = evaluate.run(args, engine=counting)
+    assert counting.prompts == 2  # only the two problems not done before
+    assert second["benchmarks"]["amc23"]["accuracy"] == first["benchmarks"]["amc23"]["accuracy"]
+    # a partial file of another configuration is refused, not mixed in
+    with open(out + ".rank0.partial.jsonl", "w") as f:
+        f.write(json.dumps({"config": {**config, "n": 3}}) + "\n")
+    with pytest.raises(SystemExit, match="different configuration"):
+        evaluate.run(args, engine=vllm_engine)
+
+
+def test_cli_rejects_bad_flags(tiny_model, capsys):
+    import evaluate
+    for argv, message in [(["--analysis", "accuracy,nope"], "--analysis"), (["--n", "0"], "--n must be"),
+                          (["--budgets", "a,b"], "--budgets"), (["--buckets", "5"], "--buckets"),
+                          (["--top-p", "0"], "--top-p")]:
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["--model", tiny_model] + argv)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--model", "/no/such/model"])
+    assert "--model: no such folder" in capsys.readouterr().err

@@ -1,0 +1,695 @@
+"""evaluate.py: the paper's measurements, as functions and as a CLI pointed at a checkpoint.
+
+    python evaluate.py --model PATH --benchmarks aime24,math500 --analysis accuracy,episodes,regret --out r.json
+    torchrun --nproc_per_node 8 evaluate.py --model PATH ...     # each rank scores its shard of problems
+
+Paper: pass@1 with n = 20 samples (Sec. 8.2, Table 1); the episode scaling curves [maj@p]_j of Sec. 5
+(Fig. 3, 24, 25, App. D); cumulative regret (Definition 4.1); normalized regret against token budgets
+(Sec. 8.5.1, Fig. 9) and against episode budgets with the App. E comparator (Fig. 26); budget-forcing
+extrapolation (App. F, Fig. 29); token efficiency, maj@K against tokens (Sec. 8.3, Fig. 7).
+
+Analyses (--analysis, comma-separated):
+  accuracy     n samples per problem: pass@1, pass@k, maj@k, mean response tokens, fraction truncated
+  episodes     traces -> episodes -> groups -> J_r(mu | x, z_{0:j}) (m samples each) -> [maj@p]_j per bucket
+               of total episodes, beside a `direct` pass@k baseline (--direct-model, or the same model
+               answering with an empty thought)
+  regret       normalized regret at token budgets (Fig. 9) and per episode budget (Fig. 26, App. E)
+  extrapolate  budget forcing (App. F): 0/2/4/6/8 extensions of a closed thought, accuracy and
+               normalized regret at the extended budgets
+  efficiency   maj@K against total tokens spent (Fig. 7)
+Results: one JSON file (every number plus the configuration), a table on stdout, and with matplotlib
+installed (optional) Fig. 3- and Fig. 9-style PNGs beside it. A killed run resumes from its partial
+files (<out>.rank<r>.partial.jsonl).
+"""
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+
+# Under torchrun every rank drives its own engine on its own GPU: make that GPU the only one it
+# sees, before torch or vLLM is imported.
+if "LOCAL_RANK" in os.environ and "," in os.environ.get("CUDA_VISIBLE_DEVICES", ","):
+    _visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    _local = int(os.environ["LOCAL_RANK"])
+    os.environ["CUDA_VISIBLE_DEVICES"] = _visible.split(",")[_local] if _visible else str(_local)
+
+import numpy as np
+
+import episodes
+import prover
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva")
+ANALYSES = ("accuracy", "episodes", "regret", "extrapolate", "efficiency")
+
+
+# ==============================================================================================
+# Data
+# ==============================================================================================
+
+def load_problems(name_or_path):
+    """Problems of a benchmark (a name in data/, or any JSONL path) as dicts with id, problem, answer.
+
+    Every line must be a JSON object with string fields "problem" and "answer"; anything else is an
+    error naming the file and line. Lines without an "id" get "<file stem>-<line>".
+    """
+    path = name_or_path if os.path.exists(name_or_path) else os.path.join(HERE, "data", f"{name_or_path}.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"benchmark {name_or_path!r}: no file {path} (known: {', '.join(BENCHMARKS)})")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in ("problem", "answer"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ValueError(f"{path}:{lineno}: missing or empty string field {key!r}")
+            problems.append({"id": str(row.get("id", f"{stem}-{lineno}")), "problem": row["problem"],
+                             "answer": row["answer"]})
+    if not problems:
+        raise ValueError(f"{path}: no problems")
+    return problems
+
+
+# ==============================================================================================
+# Metrics (pure functions)
+# ==============================================================================================
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as 1 - prod_{i=n-c+1}^{n} (1 - k / i), which never forms the huge binomials.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def answer_clusters(answers):
+    """Group answers by equivalence (prover.is_equiv), not by raw string.
+
+    Returns one cluster id per answer (None for a missing answer); cluster ids are numbered in
+    order of first appearance. Each answer joins the first cluster whose first member it equals.
+    """
+    ids, representatives = [], []
+    for a in answers:
+        if a is None or not str(a).strip():
+            ids.append(None)
+            continue
+        for cid, rep in enumerate(representatives):
+            if a == rep or prover.is_equiv(a, rep):
+                ids.append(cid)
+                break
+        else:
+            representatives.append(a)
+            ids.append(len(representatives) - 1)
+    return ids
+
+
+def _vote(cluster_ids):
+    """The winning cluster of a vote: most members; ties go to the cluster seen first. None: no answers."""
+    counts = {}
+    for cid in cluster_ids:
+        if cid is not None:
+            counts[cid] = counts.get(cid, 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(cid for cid in cluster_ids if cid is not None and counts[cid] == best)
+
+
+def maj_at_k(answers, gold, k, max_subsets=512, seed=0):
+    """maj@k: accuracy of the majority answer among k samples, answers grouped by equivalence.
+
+    With n = len(answers) > k the value is averaged over k-subsets of the n samples: all of them
+    when there are at most max_subsets, else max_subsets drawn with a fixed seed (deterministic).
+    Ties go to the answer seen first in sample order; samples without an answer do not vote.
+    """
+    n = len(answers)
+    if not 1 <= k <= n:
+        raise ValueError(f"maj_at_k: need 1 <= k <= {n} samples, got k={k}")
+    clusters = answer_clusters(answers)
+    correct = {}
+    for cid, a in zip(clusters, answers):
+        if cid is not None and cid not in correct:
+            correct[cid] = prover.is_equiv(a, gold)
+    if math.comb(n, k) <= max_subsets:
+        subsets = itertools.combinations(range(n), k)
+    else:
+        rng = np.random.default_rng(seed)
+        subsets = (sorted(rng.choice(n, size=k, replace=False)) for _ in range(max_subsets))
+    votes = [_vote([clusters[i] for i in s]) for s in subsets]
+    return float(np.mean([v is not None and correct[v] for v in votes]))
+
+
+def cumulative_regret(curve, oracle=1.0):
+    """Definition 4.1: Delta_k = sum_{j=0}^{k-1} [ J_r(pi*_j) - J_r(mu(. | x, z_{0:j})) ].
+
+    curve[j] is mu's success after episode j (the k points of a scaling curve, e.g. success_rates[1:]
+    of a MetaProver result); oracle is J_r(pi*_j), a number (the paper's 1.0) or one value per j.
+    """
+    curve = np.asarray(curve, dtype=float)
+    return float(np.sum(np.broadcast_to(np.asarray(oracle, dtype=float), curve.shape) - curve))
+
+
+def normalized_regret(tokens, accuracy, budget, oracle=1.0):
+    """Sec. 8.5.1 / Fig. 9: the area between the oracle line and the scaling curve on [0, C0], / C0.
+
+    The scaling curve is a step function of the token budget c: accuracy[j] from tokens[j] until the
+    next point (the accuracy of mu when the thought is cut at c tokens), 0 before tokens[0], and the
+    last value after the last point (more budget than the trace used changes nothing).
+    """
+    tokens, accuracy = np.asarray(tokens, dtype=float), np.asarray(accuracy, dtype=float)
+    if tokens.shape != accuracy.shape or tokens.ndim != 1 or len(tokens) == 0:
+        raise ValueError("normalized_regret: tokens and accuracy must be equal-length, non-empty 1-D")
+    if np.any(np.diff(tokens) < 0):
+        raise ValueError("normalized_regret: tokens must be non-decreasing")
+    if budget <= 0:
+        raise ValueError(f"normalized_regret: budget must be > 0, got {budget}")
+    edges = np.clip(np.concatenate([[0.0], tokens, [budget]]), 0.0, budget)
+    heights = np.concatenate([[0.0], accuracy])          # value on [edges[i], edges[i+1])
+    area = np.sum((oracle - heights) * np.diff(edges))
+    return float(area / budget)
+
+
+def appendix_e_regret(maj, budget):
+    """App. E / Fig. 26: normalized regret at an episode budget B against a stronger comparator.
+
+    maj[p][j] = [maj@p]_j for j = 0..J episodes (j = 0: the empty thought). At budget b the
+    comparator is the better of [maj@1]_b and every [maj@p]_{j'} whose cost p * j' <= b (j' >= 1:
+    stopping at an earlier episode and voting over p answers); the regret at b is comparator minus
+    [maj@1]_b, zero when no green curve lies above the blue one. Returns the mean over b = 1..B.
+    """
+    blue = maj[1]
+    if not 1 <= budget < len(blue):
+        raise ValueError(f"appendix_e_regret: budget must be in 1..{len(blue) - 1}, got {budget}")
+    total = 0.0
+    for b in range(1, budget + 1):
+        comparator = blue[b]
+        for p, curve in maj.items():
+            for j in range(1, len(curve)):
+                if p * j <= b:
+                    comparator = max(comparator, curve[j])
+        total += comparator - blue[b]
+    return total / budget
+
+
+# ==============================================================================================
+# Analyses: per chunk of problems, one record per problem (what the partial files hold)
+# ==============================================================================================
+
+def sample_responses(engine, problems, cfg):
+    """accuracy / efficiency: n samples z ~ pi(.|x) per problem, graded by r(x, z)."""
+    prompts = [prover.build_prompt(engine.tokenizer, q["problem"]) for q in problems]
+    outputs = engine.generate(prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_tokens, seed=cfg.seed)
+    records = []
+    for q, samples in zip(problems, outputs):
+        answers = [prover.extract_answer(s.text) for s in samples]
+        records.append({"answers": answers, "correct": [bool(prover.is_equiv(a, q["answer"])) for a in answers],
+                        "num_tokens": [s.num_tokens for s in samples],
+                        "truncated": [s.finish_reason == "length" for s in samples]})
+    return records
+
+
+def score_episodes(engine, direct_engine, problems, cfg):
+    """episodes / regret: traces -> episodes (Sec. 5) -> grouped prefixes -> mu (Eq. 4) -> [maj@p]_j.
+
+    Per trace: total episodes k, the token length of every grouped prefix, J_r(mu | x, z_{0:j}) and
+    [maj@p]_j for every j; per problem also the direct baseline's 0/1 results (App. D).
+    """
+    tok = engine.tokenizer
+    prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
+    outputs = engine.generate(prompts, n=cfg.traces, temperature=cfg.trace_temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_tokens, seed=cfg.seed)
+    traces, meta = [], []
+    for q, samples in zip(problems, outputs):
+        for s in samples:
+            thought, _, closed = episodes.split_think(s.text)
+            eps = episodes.split_episodes(thought)
+            prefixes = episodes.thought_prefixes(episodes.group_episodes(eps, cfg.group_size))
+            traces.append((q["problem"], q["answer"], prefixes, s.token_ids))
+            meta.append({"k": len(eps), "closed": closed, "num_tokens": s.num_tokens,
+                         "reward": prover.reward(s.text, q["answer"]),
+                         "prefix_tokens": [len(prover.prefix_token_ids(tok, s.token_ids, p)) for p in prefixes]})
+    mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, top_p=1.0,
+                           max_tokens=cfg.prover_max_tokens, seed=cfg.seed)
+    scores = mu.score(traces)
+    ps = [p for p in cfg.maj_p if p <= cfg.m]
+    for info, score, (_, gold, _, _) in zip(meta, scores, traces):
+        info["success_rates"] = score.success_rates
+        info["maj"] = {str(p): [maj_at_k(a, gold, p) for a in score.answers] for p in ps}
+        info["answer_tokens"] = float(np.mean(score.num_tokens))
+    # the direct baseline: the same prompt with an empty, closed thought (or another model)
+    direct = direct_engine.generate([prover.build_prompt(direct_engine.tokenizer, q["problem"], "</think>\n\n")
+                                     for q in problems], n=cfg.direct_n, temperature=cfg.trace_temperature,
+                                    top_p=cfg.top_p, max_tokens=cfg.direct_max_tokens, seed=cfg.seed)
+    records = []
+    for i, q in enumerate(problems):
+        records.append({"traces": meta[i * cfg.traces:(i + 1) * cfg.traces],
+                        "direct_correct": [prover.reward(s.text, q["answer"], thinking=False) == 1.0 for s in direct[i]]})
+    return records
+
+
+def budget_forcing(engine, problems, cfg):
+    """extrapolate (App. F): when a trace closes its thought, drop </think>, append the next
+    FORCING_PHRASES entry and let it think on (each extension capped at cfg.force_tokens tokens,
+    ending at </think>); after F extensions close the thought and let the model answer.
+
+    Per trace and F in cfg.forcings: total tokens spent and 0/1 correctness. F = 0 is the original
+    response. A trace that never closed its thought used its whole budget and is not extended.
+    """
+    tok = engine.tokenizer
+    prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
+    outputs = engine.generate(prompts, n=cfg.extrapolate_n, temperature=cfg.trace_temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_tokens, seed=cfg.seed)
+    states = []
+    for q, samples in zip(problems, outputs):
+        for s in samples:
+            thought, _, closed = episodes.split_think(s.text)
+            states.append({"q": q, "thought": thought, "closed": closed, "thought_tokens":
+                           len(prover.prefix_token_ids(tok, s.token_ids, thought)), "extra": 0,
+                           "points": {0: (s.num_tokens, prover.reward(s.text, q["answer"]))}})
+    for r in range(1, max(cfg.forcings) + 1):
+        live = [st for st in states if st["closed"]]
+        if not live:
+            break
+        phrase = episodes.forcing_phrase(r - 1)
+        for st in live:
+            st["thought"] += prover.paragraph_break(st["thought"]) + phrase
+        outs = engine.generate([prover.build_prompt(tok, st["q"]["problem"], st["thought"]) for st in live], n=1,
+                               temperature=cfg.trace_temperature, top_p=cfg.top_p, max_tokens=cfg.force_tokens,
+                               seed=cfg.seed + r, stop=[episodes.THINK_CLOSE])
+        for st, (s,) in zip(live, outs):
+            st["thought"] += s.text
+            st["extra"] += s.num_tokens
+        if r in cfg.forcings:
+            answers = engine.generate([prover.build_prompt(tok, st["q"]["problem"], st["thought"]
+                                                           + prover.paragraph_break(st["thought"]) + "</think>\n\n")
+                                       for st in live], n=1, temperature=cfg.trace_temperature, top_p=cfg.top_p,
+                                      max_tokens=cfg.prover_max_tokens, seed=cfg.seed + 1000 + r)
+            for st, (a,) in zip(live, answers):
+                st["points"][r] = (st["thought_tokens"] + st["extra"] + a.num_tokens,
+                                   prover.reward(a.text, st["q"]["answer"], thinking=False))
+    records = []
+    for i, q in enumerate(problems):
+        mine = states[i * cfg.extrapolate_n:(i + 1) * cfg.extrapolate_n]
+        records.append({"traces": [{"forcings": cfg.forcings,
+                                    "tokens": [st["points"].get(f, st["points"][0])[0] for f in cfg.forcings],
+                                    "correct": [st["points"].get(f, st["points"][0])[1] for f in cfg.forcings]}
+                                   for st in mine]})
+    return records
+
+
+# ==============================================================================================
+# Aggregation: records -> the numbers of the paper's tables and figures
+# ==============================================================================================
+
+def _ks(n):
+    return sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n} | {n})
+
+
+def summarize_accuracy(problems, records):
+    n = len(records[0]["correct"])
+    out = {"n": n, "pass@1": float(np.mean([np.mean(r["correct"]) for r in records]))}
+    for k in _ks(n):
+        out[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(r["correct"]), k) for r in records]))
+        out[f"maj@{k}"] = float(np.mean([maj_at_k(r["answers"], q["answer"], k) for q, r in zip(problems, records)]))
+    out["mean_response_tokens"] = float(np.mean([t for r in records for t in r["num_tokens"]]))
+    out["fraction_truncated"] = float(np.mean([t for r in records for t in r["truncated"]]))
+    return out
+
+
+def summarize_efficiency(problems, records):
+    """Fig. 7: maj@K against the total tokens of K responses, K = 1..n."""
+    n = len(records[0]["correct"])
+    mean_tokens = float(np.mean([t for r in records for t in r["num_tokens"]]))
+    return [{"K": k, "total_tokens": k * mean_tokens,
+             "maj@K": float(np.mean([maj_at_k(r["answers"], q["answer"], k) for q, r in zip(problems, records)]))}
+            for k in range(1, n + 1)]
+
+
+def _mean_curves(curves):
+    """Average curves of different lengths point by point: (mean, count) per index."""
+    length = max((len(c) for c in curves), default=0)
+    means = [float(np.mean([c[j] for c in curves if len(c) > j])) for j in range(length)]
+    counts = [sum(len(c) > j for c in curves) for j in range(length)]
+    return means, counts
+
+
+def summarize_episodes(records, cfg):
+    """Fig. 3 / 24 / 25: per bucket of total episodes, [maj@p]_j for each grouped prefix j."""
+    buckets = []
+    for lo, hi in cfg.buckets + [(0, 10 ** 9)]:
+        chosen = [(r, t) for r in records for t in r["traces"] if lo <= t["k"] <= hi]
+        entry = {"episodes": f"{lo}-{hi}" if hi < 10 ** 9 else "all", "traces": len(chosen)}
+        if chosen:
+            entry["prefix_tokens"], entry["traces_per_j"] = _mean_curves([t["prefix_tokens"] for _, t in chosen])
+            entry["J_r"] = _mean_curves([t["success_rates"] for _, t in chosen])[0]
+            entry["maj"] = {p: _mean_curves([t["maj"][p] for _, t in chosen])[0] for p in chosen[0][1]["maj"]}
+            n_direct = len(chosen[0][0]["direct_correct"])
+            entry["direct_pass@k"] = {str(k): float(np.mean([pass_at_k(n_direct, sum(r["direct_correct"]), k)
+                                                             for r, _ in chosen])) for k in _ks(n_direct)}
+        buckets.append(entry)
+    traces = [t for r in records for t in r["traces"]]
+    return {"group_size": cfg.group_size, "traces": len(traces),
+            "mean_episodes": float(np.mean([t["k"] for t in traces])),
+            "fraction_closed": float(np.mean([t["closed"] for t in traces])), "buckets": buckets}
+
+
+def summarize_regret(records, cfg):
+    """Def. 4.1, Fig. 9 (token budgets) and Fig. 26 (episode budgets, App. E comparator)."""
+    traces = [t for r in records for t in r["traces"]]
+    out = {"cumulative_regret": float(np.mean([cumulative_regret(t["success_rates"][1:]) for t in traces
+                                               if len(t["success_rates"]) > 1] or [0.0])),
+           "normalized_regret_by_tokens": {str(c): float(np.mean([normalized_regret(t["prefix_tokens"], t["success_rates"], c)
+                                                                 for t in traces])) for c in cfg.budgets}}
+    by_episodes = {}
+    for b in range(1, max(len(t["maj"]["1"]) for t in traces)):
+        eligible = [t for t in traces if len(t["maj"]["1"]) > b]
+        by_episodes[str(b)] = float(np.mean([appendix_e_regret({int(p): c for p, c in t["maj"].items()}, b)
+                                             for t in eligible]))
+    out["normalized_regret_by_episodes"] = by_episodes
+    return out
+
+
+def summarize_extrapolation(records, cfg):
+    traces = [t for r in records for t in r["traces"]]
+    out = {"forcings": cfg.forcings, "accuracy": {}, "mean_tokens": {}}
+    for i, f in enumerate(cfg.forcings):
+        out["accuracy"][str(f)] = float(np.mean([t["correct"][i] for t in traces]))
+        out["mean_tokens"][str(f)] = float(np.mean([t["tokens"][i] for t in traces]))
+    out["normalized_regret"] = {str(c): float(np.mean([normalized_regret(np.maximum.accumulate(t["tokens"]), t["correct"], c)
+                                                       for t in traces])) for c in cfg.extrapolate_budgets}
+    return out
+
+
+# ==============================================================================================
+# The run: shards, partial files, resume, results
+# ==============================================================================================
+
+PARTS = {"accuracy": "samples", "efficiency": "samples", "episodes": "episodes", "regret": "episodes",
+         "extrapolate": "forcing"}
+CONFIG_KEYS = ("model", "benchmarks", "n", "temperature", "top_p", "max_tokens", "traces", "trace_temperature",
+               "group_size", "m", "prover_temperature", "prover_max_tokens", "maj_p", "direct_model", "direct_n",
+               "direct_max_tokens", "forcings", "force_tokens", "extrapolate_n", "limit", "seed")
+
+
+def _parse_ints(parser, flag, text, minimum=0):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"{flag}: expected comma-separated integers, got {text!r}")
+    if not values or any(v < minimum for v in values):
+        parser.error(f"{flag}: expected integers >= {minimum}, got {text!r}")
+    return values
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="HF model folder (or a local HF-cache name) to evaluate")
+    p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
+                   help=f"comma-separated names in data/ or JSONL paths (default: {','.join(BENCHMARKS)})")
+    p.add_argument("--analysis", default="accuracy", help=f"comma-separated, from: {','.join(ANALYSES)} (default accuracy)")
+    p.add_argument("--out", default=None, help="results JSON (default results/<model folder name>.json)")
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark (default all)")
+    p.add_argument("--n", type=int, default=20, help="accuracy: samples per problem (Sec. 8.2: 20)")
+    p.add_argument("--temperature", type=float, default=0.6, help="accuracy: sampling temperature (default 0.6)")
+    p.add_argument("--top-p", type=float, default=0.95, help="top-p for all sampling (default 0.95)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="response budget (Sec. 8.1: 16K)")
+    p.add_argument("--traces", type=int, default=4, help="episodes: traces per problem (App. D: 4)")
+    p.add_argument("--trace-temperature", type=float, default=0.7, help="episodes/extrapolate/direct temperature (App. D: 0.7)")
+    p.add_argument("--group-size", type=int, default=3, help="episodes per group (App. D: 3 for AIME, 5 for Omni-MATH)")
+    p.add_argument("--buckets", default="6-10,26-30,41-45", help="buckets of total episodes for the Fig. 3 table")
+    p.add_argument("--m", type=int, default=8, help="forced-termination samples per prefix (App. D: 8)")
+    p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
+    p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
+    p.add_argument("--maj-p", default="1,2,4,8", help="p of [maj@p]_j (default 1,2,4,8; p <= m)")
+    p.add_argument("--direct-model", default=None, help="model for the direct pass@k baseline (default: --model "
+                                                        "answering after an empty thought)")
+    p.add_argument("--direct-n", type=int, default=32, help="direct baseline samples per problem (App. D: 32)")
+    p.add_argument("--direct-max-tokens", type=int, default=4096, help="direct baseline response budget")
+    p.add_argument("--budgets", default="4096,8192,12288,16384", help="token budgets C0 of normalized regret (Fig. 9)")
+    p.add_argument("--forcings", default="0,2,4,6,8", help="budget-forcing extension counts (App. F)")
+    p.add_argument("--force-tokens", type=int, default=2048, help="cap of each forced extension (App. F: 2048)")
+    p.add_argument("--extrapolate-n", type=int, default=4, help="extrapolate: traces per problem")
+    p.add_argument("--extrapolate-budgets", default="20480,24576,28672,32768",
+                   help="token budgets of the extrapolated normalized regret (Fig. 9 dashed)")
+    p.add_argument("--chunk-size", type=int, default=32, help="problems per engine batch; also the resume granularity")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots even when matplotlib is installed")
+    prover.add_engine_args(p)
+    args = p.parse_args(argv)
+    args.analysis = [a.strip() for a in args.analysis.split(",") if a.strip()]
+    bad = [a for a in args.analysis if a not in ANALYSES]
+    if bad or not args.analysis:
+        p.error(f"--analysis: unknown {bad}; choose from {', '.join(ANALYSES)}")
+    for flag in ("n", "max_tokens", "traces", "group_size", "m", "prover_max_tokens", "direct_n", "direct_max_tokens",
+                 "force_tokens", "extrapolate_n", "chunk_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
+    for flag in ("temperature", "trace_temperature", "prover_temperature"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} must be >= 0")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    args.maj_p = _parse_ints(p, "--maj-p", args.maj_p, 1)
+    args.budgets = _parse_ints(p, "--budgets", args.budgets, 1)
+    args.forcings = sorted(set(_parse_ints(p, "--forcings", args.forcings, 0)) | {0})
+    args.extrapolate_budgets = _parse_ints(p, "--extrapolate-budgets", args.extrapolate_budgets, 1)
+    try:
+        args.buckets = [tuple(int(x) for x in b.split("-")) for b in args.buckets.split(",") if b.strip()]
+        assert all(len(b) == 2 and 0 <= b[0] <= b[1] for b in args.buckets)
+    except (ValueError, AssertionError):
+        p.error(f"--buckets: expected ranges like 6-10,26-30, got {args.buckets!r}")
+    if not os.path.isdir(args.model):
+        p.error(f"--model: no such folder: {args.model}")
+    if args.direct_model is not None and not os.path.isdir(args.direct_model):
+        p.error(f"--direct-model: no such folder: {args.direct_model}")
+    if args.engine == "vllm" and not prover.vllm_available():
+        p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+    args.out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.model)) + ".json")
+    return args
+
+
+def _atomic_write_json(path, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_partial(path, config):
+    """Records of an earlier, interrupted run with the same configuration: {(bench, id, part): record}."""
+    done = {}
+    if not os.path.exists(path):
+        return done
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for lineno, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if lineno == len(lines):
+                break  # the run was killed while writing its last line: redo that problem
+            raise SystemExit(f"{path}:{lineno}: corrupt partial results line; delete the file to start over")
+        if lineno == 1:
+            if row.get("config") != config:
+                raise SystemExit(f"{path}: partial results of a different configuration; delete it or use another --out")
+            continue
+        done[(row["benchmark"], row["id"], row["part"])] = row["record"]
+    return done
+
+
+def run(args, engine=None):
+    """Run the analyses; `engine` lets a caller (the tests) pass an engine it already has."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    config = {k: getattr(args, k) for k in CONFIG_KEYS}
+    config["analysis_parts"] = sorted({PARTS[a] for a in args.analysis})
+    parts = config["analysis_parts"]
+
+    # ---- data (errors before any engine starts) --------------------------------------------------
+    benchmarks = {}
+    for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
+        key = os.path.splitext(os.path.basename(name))[0]
+        benchmarks[key] = load_problems(name)[:args.limit]
+    work = [(b, q) for b in benchmarks for q in benchmarks[b]]
+    mine = [w for i, w in enumerate(work) if i % world == rank]
+
+    partial_path = f"{args.out}.rank{rank}.partial.jsonl"
+    done = _read_partial(partial_path, config)
+    todo = [(b, q) for b, q in mine if any((b, q["id"], part) not in done for part in parts)]
+    t0, seconds = time.time(), {}
+    if todo:
+        os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
+        fresh = not os.path.exists(partial_path) or os.path.getsize(partial_path) == 0
+        if engine is None:
+            engine = prover.make_engine(args.model, engine=args.engine, dtype=args.dtype,
+                                        max_model_len=args.max_model_len,
+                                        gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
+        direct_engine = engine
+        if "episodes" in parts and args.direct_model:
+            direct_engine = prover.make_engine(args.direct_model, engine=args.engine, dtype=args.dtype,
+                                               max_model_len=args.max_model_len, seed=args.seed,
+                                               gpu_memory_utilization=args.gpu_memory_utilization)
+        from tqdm import tqdm
+        with open(partial_path, "a", encoding="utf-8") as log, \
+                tqdm(total=len(todo), desc=f"evaluate (rank {rank})", unit="problem", disable=rank != 0) as bar:
+            if fresh:
+                log.write(json.dumps({"config": config}) + "\n")
+            for start in range(0, len(todo), args.chunk_size):
+                chunk = todo[start:start + args.chunk_size]
+                for part, fn in (("samples", lambda qs: sample_responses(engine, qs, args)),
+                                 ("episodes", lambda qs: score_episodes(engine, direct_engine, qs, args)),
+                                 ("forcing", lambda qs: budget_forcing(engine, qs, args))):
+                    if part not in parts:
+                        continue
+                    need = [(b, q) for b, q in chunk if (b, q["id"], part) not in done]
+                    if not need:
+                        continue
+                    t_part = time.time()
+                    records = fn([q for _, q in need])
+                    seconds[part] = seconds.get(part, 0.0) + time.time() - t_part
+                    for (b, q), record in zip(need, records):
+                        done[(b, q["id"], part)] = record
+                        log.write(json.dumps({"benchmark": b, "id": q["id"], "part": part, "record": record}) + "\n")
+                    log.flush()
+                    os.fsync(log.fileno())
+                bar.update(len(chunk))
+    with open(f"{args.out}.rank{rank}.done", "w") as f:
+        f.write(str(time.time() - t0))
+    if rank != 0:
+        return None
+
+    # ---- gather: rank 0 reads every rank's records -------------------------------------------------
+    for r in range(1, world):
+        while not os.path.exists(f"{args.out}.rank{r}.done"):
+            time.sleep(2)
+        done.update(_read_partial(f"{args.out}.rank{r}.partial.jsonl", config))
+    results = {"config": {**config, "analysis": args.analysis, "budgets": args.budgets, "buckets": args.buckets,
+                          "extrapolate_budgets": args.extrapolate_budgets, "world_size": world,
+                          "engine": args.engine or ("vllm" if prover.vllm_available() else "hf")},
+               "benchmarks": {}}
+    for b, problems in benchmarks.items():
+        entry = {"num_problems": len(problems)}
+        get = lambda part: [done[(b, q["id"], part)] for q in problems]  # noqa: E731
+        if "accuracy" in args.analysis:
+            entry["accuracy"] = summarize_accuracy(problems, get("samples"))
+        if "efficiency" in args.analysis:
+            entry["efficiency"] = summarize_efficiency(problems, get("samples"))
+        if "episodes" in args.analysis:
+            entry["episodes"] = summarize_episodes(get("episodes"), args)
+        if "regret" in args.analysis:
+            entry["regret"] = summarize_regret(get("episodes"), args)
+        if "extrapolate" in args.analysis:
+            entry["extrapolate"] = summarize_extrapolation(get("forcing"), args)
+        results["benchmarks"][b] = entry
+    if "accuracy" in args.analysis:
+        results["average_pass@1"] = float(np.mean([e["accuracy"]["pass@1"] for e in results["benchmarks"].values()]))
+    results["seconds"] = {"total": time.time() - t0, **{f"{part} (rank 0)": s for part, s in seconds.items()}}
+    _atomic_write_json(args.out, results)
+    for r in range(world):  # the results file now holds everything: drop the run's scratch files
+        for suffix in (".partial.jsonl", ".done"):
+            if os.path.exists(f"{args.out}.rank{r}{suffix}"):
+                os.remove(f"{args.out}.rank{r}{suffix}")
+    print_table(results)
+    if not args.no_plots:
+        plot(results, args.out)
+    return results
+
+
+def print_table(results):
+    for b, e in results["benchmarks"].items():
+        print(f"== {b} ({e['num_problems']} problems)")
+        if "accuracy" in e:
+            a = e["accuracy"]
+            print("   accuracy: " + "  ".join(f"{k} {v:.3f}" for k, v in a.items() if "@" in k)
+                  + f"  tokens {a['mean_response_tokens']:.0f}  truncated {a['fraction_truncated']:.2f}")
+        if "efficiency" in e:
+            print("   efficiency (K: tokens, maj@K): " + "  ".join(
+                f"{r['K']}: {r['total_tokens']:.0f}, {r['maj@K']:.3f}" for r in e["efficiency"]))
+        if "episodes" in e:
+            ep = e["episodes"]
+            print(f"   episodes: {ep['traces']} traces, mean k {ep['mean_episodes']:.1f}, groups of {ep['group_size']}")
+            for bucket in ep["buckets"]:
+                if bucket["traces"]:
+                    print(f"     k in {bucket['episodes']:>7s} ({bucket['traces']} traces): " + "  ".join(
+                        f"[maj@{p}]_j " + " ".join(f"{v:.2f}" for v in curve) for p, curve in bucket["maj"].items())
+                        + "  direct " + " ".join(f"pass@{k} {v:.2f}" for k, v in bucket["direct_pass@k"].items()))
+        if "regret" in e:
+            r = e["regret"]
+            print(f"   regret: cumulative (Def. 4.1) {r['cumulative_regret']:.3f}; normalized by tokens "
+                  + "  ".join(f"C0={c}: {v:.3f}" for c, v in r["normalized_regret_by_tokens"].items())
+                  + "; by episodes " + "  ".join(f"{b}: {v:.3f}" for b, v in r["normalized_regret_by_episodes"].items()))
+        if "extrapolate" in e:
+            x = e["extrapolate"]
+            print("   extrapolate: " + "  ".join(f"F={f}: acc {x['accuracy'][f]:.3f} tokens {x['mean_tokens'][f]:.0f}"
+                                                for f in x["accuracy"])
+                  + "; normalized regret " + "  ".join(f"C0={c}: {v:.3f}" for c, v in x["normalized_regret"].items()))
+    if "average_pass@1" in results:
+        print(f"== average pass@1 {results['average_pass@1']:.3f}")
+
+
+def plot(results, out):
+    """Fig. 3- and Fig. 9-style PNGs beside the results file, when matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    stem = os.path.splitext(out)[0]
+    for b, e in results["benchmarks"].items():
+        if "episodes" in e:
+            buckets = [x for x in e["episodes"]["buckets"] if x["traces"]]
+            fig, axes = plt.subplots(1, len(buckets), figsize=(5 * len(buckets), 4), squeeze=False)
+            for ax, x in zip(axes[0], buckets):
+                tokens = x["prefix_tokens"]
+                ax.plot(tokens, x["maj"]["1"], "o-", color="tab:blue", label="[maj@1]_j")
+                for j, t in enumerate(tokens):  # green: maj@p at episode j, placed at p times the tokens
+                    ps = sorted(int(p) for p in x["maj"])
+                    ax.plot([t * p for p in ps], [x["maj"][str(p)][j] for p in ps], "--", color="tab:green", alpha=0.6)
+                ax.set(title=f"{b}: k in {x['episodes']}", xlabel="tokens", ylabel="accuracy")
+                ax.legend()
+            fig.tight_layout()
+            fig.savefig(f"{stem}.{b}.fig3.png")
+            plt.close(fig)
+        curves = {k: e[k] for k in ("regret", "extrapolate") if k in e}
+        if curves:
+            fig, ax = plt.subplots(figsize=(5, 4))
+            if "regret" in curves:
+                r = curves["regret"]["normalized_regret_by_tokens"]
+                ax.plot([int(c) for c in r], list(r.values()), "o-", label="within budget")
+            if "extrapolate" in curves:
+                r = curves["extrapolate"]["normalized_regret"]
+                ax.plot([int(c) for c in r], list(r.values()), "o--", label="budget forcing")
+            ax.set(title=f"{b}: normalized regret", xlabel="token budget C0", ylabel="normalized regret")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(f"{stem}.{b}.fig9.png")
+            plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        run(parse_args())
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"evaluate.py: {e}")
