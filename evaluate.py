@@ -418,6 +418,11 @@ def _parse_ints(parser, flag, text, minimum=0):
     return values
 
 
+def _option(parser, dest):
+    """The command-line spelling of an argument, for error messages."""
+    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF model folder (or a local HF-cache name) to evaluate")
@@ -426,7 +431,7 @@ def parse_args(argv=None):
     p.add_argument("--analysis", default="accuracy", help=f"comma-separated, from: {','.join(ANALYSES)} (default accuracy)")
     p.add_argument("--out", default=None, help="results JSON (default results/<model folder name>.json)")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark (default all)")
-    p.add_argument("--n", type=int, default=20, help="accuracy: samples per problem (Sec. 8.2: 20)")
+    p.add_argument("--num-samples", dest="n", type=int, default=20, help="accuracy: samples per problem (Sec. 8.2: 20)")
     p.add_argument("--temperature", type=float, default=0.6, help="accuracy: sampling temperature (default 0.6)")
     p.add_argument("--top-p", type=float, default=0.95, help="top-p for all sampling (default 0.95)")
     p.add_argument("--max-tokens", type=int, default=16384, help="response budget (Sec. 8.1: 16K)")
@@ -434,7 +439,8 @@ def parse_args(argv=None):
     p.add_argument("--trace-temperature", type=float, default=0.7, help="episodes/extrapolate/direct temperature (App. D: 0.7)")
     p.add_argument("--group-size", type=int, default=3, help="episodes per group (App. D: 3 for AIME, 5 for Omni-MATH)")
     p.add_argument("--buckets", default="6-10,26-30,41-45", help="buckets of total episodes for the Fig. 3 table")
-    p.add_argument("--m", type=int, default=8, help="forced-termination samples per prefix (App. D: 8)")
+    p.add_argument("--prover-samples", dest="m", type=int, default=8,
+                   help="m: forced-termination samples per prefix (App. D: 8)")
     p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
     p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
     p.add_argument("--maj-p", default="1,2,4,8", help="p of [maj@p]_j (default 1,2,4,8; p <= m)")
@@ -460,12 +466,12 @@ def parse_args(argv=None):
     for flag in ("n", "max_tokens", "traces", "group_size", "m", "prover_max_tokens", "direct_n", "direct_max_tokens",
                  "force_tokens", "extrapolate_n", "chunk_size"):
         if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+            p.error(f"{_option(p, flag)} must be >= 1, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be >= 1, got {args.limit}")
     for flag in ("temperature", "trace_temperature", "prover_temperature"):
         if getattr(args, flag) < 0:
-            p.error(f"--{flag.replace('_', '-')} must be >= 0")
+            p.error(f"{_option(p, flag)} must be >= 0")
     if not 0 < args.top_p <= 1:
         p.error(f"--top-p must be in (0, 1], got {args.top_p}")
     args.maj_p = _parse_ints(p, "--maj-p", args.maj_p, 1)
@@ -574,14 +580,23 @@ def run(args, engine=None):
                     log.flush()
                     os.fsync(log.fileno())
                 bar.update(len(chunk))
+    # No process group is needed: each rank marks its shard done with this launch's id (so a marker
+    # left by an earlier, killed launch is not mistaken for one of this launch) and rank 0 reads files.
+    launch = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}:{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     with open(f"{args.out}.rank{rank}.done", "w") as f:
-        f.write(str(time.time() - t0))
+        f.write(launch)
     if rank != 0:
         return None
 
     # ---- gather: rank 0 reads every rank's records -------------------------------------------------
+    def finished(r):
+        try:
+            with open(f"{args.out}.rank{r}.done") as f:
+                return f.read() == launch
+        except FileNotFoundError:
+            return False
     for r in range(1, world):
-        while not os.path.exists(f"{args.out}.rank{r}.done"):
+        while not finished(r):
             time.sleep(2)
         done.update(_read_partial(f"{args.out}.rank{r}.partial.jsonl", config))
     results = {"config": {**config, "analysis": args.analysis, "budgets": args.budgets, "buckets": args.buckets,

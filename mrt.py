@@ -19,6 +19,11 @@ import episodes
 import prover
 
 
+def _option(parser, dest):
+    """The command-line spelling of an argument, for error messages."""
+    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
@@ -26,18 +31,19 @@ def parse_args(argv=None):
     p.add_argument("--problems", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "aime24.jsonl"),
                    help="JSONL file with a 'problem' field per line (default: data/aime24.jsonl)")
     p.add_argument("--num-problems", type=int, default=3, help="how many problems to sample for (default 3)")
-    p.add_argument("--n", type=int, default=2, help="responses per problem (default 2)")
+    p.add_argument("--num-samples", dest="n", type=int, default=2, help="responses per problem (default 2)")
     p.add_argument("--max-tokens", type=int, default=256, help="max generated tokens per response (default 256)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (App. D: 0.7)")
     p.add_argument("--min-steps", type=int, default=3, help="min steps per episode (App. D: 3)")
-    p.add_argument("--m", type=int, default=4, help="forced-termination samples per prefix for J_r (App. D: 8)")
+    p.add_argument("--prover-samples", dest="m", type=int, default=4,
+                   help="m: forced-termination samples per prefix for J_r (App. D: 8)")
     p.add_argument("--prover-max-tokens", type=int, default=32, help="max tokens of each forced answer (App. D: 4096)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     prover.add_engine_args(p)
     args = p.parse_args(argv)
     for flag in ("num_problems", "n", "max_tokens", "min_steps", "m", "prover_max_tokens"):
         if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+            p.error(f"{_option(p, flag)} must be >= 1, got {getattr(args, flag)}")
     if args.engine == "vllm" and not prover.vllm_available():
         p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
     if not os.path.isfile(args.problems):

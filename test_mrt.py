@@ -900,8 +900,8 @@ def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp
     import evaluate
     out = str(tmp_path / "results.json")
     argv = ["--model", tiny_model, "--benchmarks", "aime24", "--limit", "3", "--out", out, "--no-plots",
-            "--analysis", ",".join(evaluate.ANALYSES), "--n", "4", "--max-tokens", "48", "--traces", "2",
-            "--m", "2", "--prover-max-tokens", "8", "--maj-p", "1,2", "--direct-n", "2", "--direct-max-tokens", "8",
+            "--analysis", ",".join(evaluate.ANALYSES), "--num-samples", "4", "--max-tokens", "48", "--traces", "2",
+            "--prover-samples", "2", "--prover-max-tokens", "8", "--maj-p", "1,2", "--direct-n", "2", "--direct-max-tokens", "8",
             "--budgets", "16,32,64", "--forcings", "0,2", "--force-tokens", "8", "--extrapolate-n", "1",
             "--extrapolate-budgets", "64,80", "--group-size", "1", "--buckets", "1-1,2-100", "--chunk-size", "2"]
     results = evaluate.run(evaluate.parse_args(argv), engine=vllm_engine)
@@ -928,7 +928,7 @@ def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
     import evaluate
     out = str(tmp_path / "r.json")
     argv = ["--model", tiny_model, "--benchmarks", "amc23", "--limit", "3", "--out", out, "--no-plots",
-            "--n", "2", "--max-tokens", "16", "--chunk-size", "1"]
+            "--num-samples", "2", "--max-tokens", "16", "--chunk-size", "1"]
     args = evaluate.parse_args(argv)
     first = evaluate.run(args, engine=vllm_engine)
     # a killed run: the partial file with one problem done and a half-written line
@@ -961,7 +961,7 @@ def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
 
 def test_cli_rejects_bad_flags(tiny_model, capsys):
     import evaluate
-    for argv, message in [(["--analysis", "accuracy,nope"], "--analysis"), (["--n", "0"], "--n must be"),
+    for argv, message in [(["--analysis", "accuracy,nope"], "--analysis"), (["--num-samples", "0"], "--num-samples must be"),
                           (["--budgets", "a,b"], "--budgets"), (["--buckets", "5"], "--buckets"),
                           (["--top-p", "0"], "--top-p")]:
         with pytest.raises(SystemExit):
@@ -970,3 +970,22 @@ def test_cli_rejects_bad_flags(tiny_model, capsys):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model", "/no/such/model"])
     assert "--model: no such folder" in capsys.readouterr().err
+
+
+def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
+    # Data parallel: each rank its shard, rank 0 gathers. Greedy, so both runs sample the same.
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    common = ["evaluate.py", "--engine", "hf", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
+              "--num-samples", "2", "--temperature", "0", "--max-tokens", "12", "--dtype", "float32",
+              "--max-model-len", "1024", "--no-plots"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    subprocess.run(torchrun + common + ["--out", str(tmp_path / "two.json")], cwd=here, check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable] + common + ["--out", str(tmp_path / "one.json")], cwd=here, check=True,
+                   capture_output=True, timeout=300)
+    two, one = (json.load(open(tmp_path / f"{name}.json")) for name in ("two", "one"))
+    assert two["config"]["world_size"] == 2 and one["config"]["world_size"] == 1
+    assert two["benchmarks"] == one["benchmarks"]
+    assert sorted(os.listdir(tmp_path)) == ["one.json", "two.json"]
