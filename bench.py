@@ -3,6 +3,7 @@
     python bench.py episodes     # segmentation of a synthetic 16k-token R1-style trace (Sec. 5, App. D)
     python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
     python bench.py prefix-cache # scoring all prefixes of one trace with mu (Eq. 4): vLLM cache on/off, HF
+    python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s
 """
 
 import argparse
@@ -167,7 +168,42 @@ def bench_prefix_cache(argv):
                       "cached": after and after["cached_prompt_tokens"] - before["cached_prompt_tokens"]}))
 
 
-BENCHES = {"episodes": bench_episodes, "reward": bench_reward, "prefix-cache": bench_prefix_cache}
+def bench_grpo(argv):
+    p = argparse.ArgumentParser(prog="bench.py grpo", description="GRPO throughput on the tiny model, 1 and 2 ranks.")
+    p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="rollout engine (default vllm)")
+    p.add_argument("--steps", type=int, default=6, help="steps per run; the first is left out as warm-up (default 6)")
+    p.add_argument("--ranks", default="1,2", help="world sizes to run (default 1,2)")
+    p.add_argument("--batch-size", type=int, default=64, help="completions per step, all ranks (default 64)")
+    p.add_argument("--max-completion-length", type=int, default=256, help="tokens per completion (default 256)")
+    args = p.parse_args(argv)
+
+    import json
+    import os
+    import subprocess
+    import prover
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = prover.build_tiny_model(os.path.join(tmp, "model"))
+        print(f"tiny model, {args.engine} engine, batch {args.batch_size} completions of <= "
+              f"{args.max_completion_length} tokens (G = 8), steps 2..{args.steps} averaged")
+        for world in [int(w) for w in args.ranks.split(",")]:
+            out = os.path.join(tmp, f"run{world}")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+                   os.path.join(here, "grpo.py"), "--model", model, "--out", out, "--engine", args.engine,
+                   "--batch-size", str(args.batch_size), "--num-generations", "8", "--max-prompt-length", "512",
+                   "--max-completion-length", str(args.max_completion_length), "--max-steps", str(args.steps),
+                   "--save-every", "1000000", "--lr", "1e-4", "--temperature", "1.0", "--dtype", "float32"]
+            subprocess.run(cmd, check=True, capture_output=True, cwd=here)
+            rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][1:]
+            mean = lambda key: statistics.mean(r[key] for r in rows)  # noqa: E731
+            print(f"{world} rank(s): generation {mean('generation_tokens_per_s'):8.0f} completion tokens/s, "
+                  f"training {mean('training_tokens_per_s'):8.0f} tokens/s (prompt + completion), "
+                  f"step {mean('seconds_generate') + mean('seconds_score') + mean('seconds_train') + mean('seconds_sync'):.2f} s "
+                  f"(generate {mean('seconds_generate'):.2f}, score {mean('seconds_score'):.2f}, "
+                  f"train {mean('seconds_train'):.2f}, sync {mean('seconds_sync'):.2f})")
+
+
+BENCHES = {"episodes": bench_episodes, "reward": bench_reward, "prefix-cache": bench_prefix_cache, "grpo": bench_grpo}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:

@@ -1218,3 +1218,25 @@ def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
         with pytest.raises(SystemExit):
             _grpo_cfg(tiny_model, tmp_path / "x", *extra)
         assert message in capsys.readouterr().err
+
+
+def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
+    # The whole loop under torchrun: prompts sharded over 2 ranks, each with its own engine, weight
+    # sync on both, a checkpoint that transformers loads.
+    import subprocess
+    import sys
+    from transformers import AutoModelForCausalLM
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "grpo.py",
+                    "--model", tiny_model, "--out", str(out), "--engine", "hf", "--batch-size", "16",
+                    "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "8",
+                    "--max-steps", "2", "--save-every", "1", "--lr", "1e-3", "--max-model-len", "1024"],
+                   cwd=here, check=True, capture_output=True, timeout=300)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["completion_tokens"] == 16 * 8 or r["truncation_rate"] < 1 for r in rows)
+    assert {"reward_mean", "accuracy", "clip_fraction", "kl", "grad_norm", "lr", "generation_tokens_per_s",
+            "training_tokens_per_s", "seconds_generate", "seconds_train", "seconds_sync"} <= set(rows[0])
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_1", "step_2"]
+    AutoModelForCausalLM.from_pretrained(str(out / "checkpoints" / "step_2"))
