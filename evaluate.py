@@ -30,17 +30,13 @@ import os
 import sys
 import time
 
-# Under torchrun every rank drives its own engine on its own GPU: make that GPU the only one it
-# sees, before torch or vLLM is imported.
-if "LOCAL_RANK" in os.environ and "," in os.environ.get("CUDA_VISIBLE_DEVICES", ","):
-    _visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    _local = int(os.environ["LOCAL_RANK"])
-    os.environ["CUDA_VISIBLE_DEVICES"] = _visible.split(",")[_local] if _visible else str(_local)
-
-import numpy as np
-
-import episodes
 import prover
+
+prover.pin_local_gpu()  # before torch or vLLM is imported
+
+import numpy as np  # noqa: E402
+
+import episodes  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva")

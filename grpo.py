@@ -24,20 +24,15 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
-# Under torchrun every rank owns one GPU: make it the only one this process (and its vLLM) sees.
-if "LOCAL_RANK" in os.environ and "," in os.environ.get("CUDA_VISIBLE_DEVICES", ","):
-    _visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = (_visible.split(",")[int(os.environ["LOCAL_RANK"])] if _visible
-                                          else os.environ["LOCAL_RANK"])
-
-import torch
-import torch.distributed as dist
-
 import prover
+
+prover.pin_local_gpu()  # before torch is imported: this rank's GPU is the only one it sees
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 
 # ==============================================================================================

@@ -24,6 +24,15 @@ from functools import lru_cache
 
 import episodes
 
+def pin_local_gpu():
+    """Under torchrun every rank drives its own GPU (and its own vLLM engine): make GPU LOCAL_RANK
+    the only one this process sees. Call before torch is imported (prover imports no torch at load)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if "LOCAL_RANK" in os.environ and (visible is None or "," in visible):
+        local = int(os.environ["LOCAL_RANK"])
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[local] if visible else str(local)
+
+
 # ==============================================================================================
 # The 0/1 reward r(x, z) (Sec. 3): answer extraction and equivalence
 # ==============================================================================================
