@@ -371,7 +371,7 @@ def summarize_regret(records, cfg):
     traces = [t for r in records for t in r["traces"]]
     out = {"cumulative_regret": float(np.mean([cumulative_regret(t["success_rates"][1:]) for t in traces
                                                if len(t["success_rates"]) > 1] or [0.0])),
-           "normalized_regret_by_tokens": {str(c): float(np.mean([normalized_regret(t["prefix_tokens"], t["success_rates"], c)
+           "normalized_regret_by_tokens": {str(c): float(np.mean([normalized_regret(np.maximum.accumulate(t["prefix_tokens"]), t["success_rates"], c)
                                                                  for t in traces])) for c in cfg.budgets}}
     by_episodes = {}
     for b in range(1, max(len(t["maj"]["1"]) for t in traces)):
