@@ -907,9 +907,10 @@ class MetaProver:
     def score(self, traces, m=None, max_tokens=None, progress_bar=False):
         """PrefixScores for many traces: (problem, gold, thought_prefixes[, response_ids]) tuples.
 
-        Traces are packed into batches of about batch_prompts prompts, never splitting a trace; each
-        batch takes two generate calls (the longest prefix of every trace, then the rest), so the
-        engine computes each trace's shared prefix once.
+        Traces are packed into generate calls of about batch_prompts prompts; a trace's prefixes
+        always go into the same call, so the engine (vLLM prefix caching) computes their shared
+        prefix once. (Sending each trace's longest prompt first, in a call of its own, was measured
+        too: bench.py prefix-cache computed the same number of prompt tokens either way.)
         """
         from tqdm import tqdm
         m, max_tokens = m or self.m, max_tokens or self.max_tokens
@@ -917,20 +918,13 @@ class MetaProver:
         bar = tqdm(total=len(traces), desc="meta-prover", unit="trace", disable=not progress_bar)
 
         def flush():
-            # Each trace's longest prompt goes first, on its own: it computes the trace's whole thought
-            # once, and the k shorter prompts, sent next, read their prefixes from the engine's cache.
-            # (Sent together they are prefilled side by side in one scheduler step and each computes
-            # the shared part itself: bench.py prefix-cache measured 2.4x less prompt compute than
-            # naive that way, against k-fold less in this order.)
-            longest = [ps[-1] for _, ps in batch]
-            shorter = [q for _, ps in batch for q in ps[:-1]]
-            sampling = dict(n=m, temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens)
-            first = self.engine.generate(longest, seed=self.seed, **sampling)
-            rest = self.engine.generate(shorter, seed=self.seed + len(longest) * m, **sampling) if shorter else []
+            prompts = [q for _, ps in batch for q in ps]
+            samples = self.engine.generate(prompts, n=m, temperature=self.temperature, top_p=self.top_p,
+                                           max_tokens=max_tokens, seed=self.seed)
             at = 0
-            for (gold, ps), last in zip(batch, first):
-                rows = rest[at:at + len(ps) - 1] + [last]
-                at += len(ps) - 1
+            for gold, ps in batch:
+                rows = samples[at:at + len(ps)]
+                at += len(ps)
                 # mu's samples are answers after a closed thought: graded whole (thinking=False)
                 answers = [[extract_answer(s.text, thinking=False) for s in row] for row in rows]
                 rewards = [[1.0 if is_equiv(a, gold) else 0.0 for a in row] for row in answers]
@@ -954,7 +948,7 @@ class MetaProver:
         return results
 
     def success_rates(self, problem, gold, thought_prefixes, m=None, max_tokens=None, response_ids=None):
-        """J_r(mu | x, z_{0:j}) for j = 0..k (Eq. 4), with the answers behind them, in one batch."""
+        """J_r(mu | x, z_{0:j}) for j = 0..k (Eq. 4), with the answers behind them, in one generate call."""
         return self.score([(problem, gold, thought_prefixes, response_ids)], m=m, max_tokens=max_tokens)[0]
 
 

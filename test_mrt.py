@@ -702,7 +702,7 @@ def test_meta_prover_on_scripted_engine_exact_values(tokenizer):
     engine = ScriptedEngine(tokenizer)
     mu = prover.MetaProver(engine, m=4)
     scores = mu.success_rates(PROBLEMS[0], "7", thought_prefixes(eps))
-    assert engine.calls == [1, 3]  # the longest prefix first (it fills the prefix cache), then the rest
+    assert engine.calls == [4]  # all k + 1 prefixes in one generate call
     # prefix j holds j-1 "Wait"s for j >= 1 (episode 0 has none): 0, 0, 1, 2 correct of 4
     assert scores.success_rates == [0.0, 0.0, 0.25, 0.5]
     assert scores.answers[0] == ["3", "3", "3", None] and scores.answers[3] == ["7", "7", "3", "3"]
@@ -725,8 +725,7 @@ def test_meta_prover_score_batches_whole_traces(tokenizer):
     traces = [(PROBLEMS[i % 3], "7", thought_prefixes(["a\n\n", "Wait, b\n\n"][: 1 + i % 2])) for i in range(5)]
     results = mu.score(traces)
     assert [len(r.success_rates) for r in results] == [2, 3, 2, 3, 2]
-    # batches 2+3 | 2+3 | 2 prompts (traces never split), each as longest-first then the rest
-    assert engine.calls == [2, 3, 2, 3, 1, 1]
+    assert engine.calls == [5, 5, 2]  # 2+3 | 2+3 | 2: traces are never split across calls
 
 
 def test_prefix_token_ids_reuse_the_response_tokens(tokenizer):
