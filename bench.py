@@ -188,7 +188,7 @@ def bench_grpo(argv):
               f"{args.max_completion_length} tokens (G = 8), steps 2..{args.steps} averaged")
         for world in [int(w) for w in args.ranks.split(",")]:
             out = os.path.join(tmp, f"run{world}")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
                    os.path.join(here, "grpo.py"), "--model", model, "--out", out, "--engine", args.engine,
                    "--batch-size", str(args.batch_size), "--num-generations", "8", "--max-prompt-length", "512",
                    "--max-completion-length", str(args.max_completion_length), "--max-steps", str(args.steps),

@@ -53,6 +53,16 @@ def hf_engine(tiny_model):
     return prover.HFEngine(tiny_model, dtype="float32", max_model_len=1024)
 
 
+def run_torchrun(nproc, args, cwd, timeout=300):
+    """torchrun as a subprocess on a free port (--standalone); on failure, show what the ranks said."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
 # ==============================================================================================
 # episodes.py: the thought block
 # ==============================================================================================
@@ -979,9 +989,7 @@ def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
     common = ["evaluate.py", "--engine", "hf", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
               "--num-samples", "2", "--temperature", "0", "--max-tokens", "12", "--dtype", "float32",
               "--max-model-len", "1024", "--no-plots"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    subprocess.run(torchrun + common + ["--out", str(tmp_path / "two.json")], cwd=here, check=True,
-                   capture_output=True, timeout=300)
+    run_torchrun(2, common + ["--out", str(tmp_path / "two.json")], cwd=here)
     subprocess.run([sys.executable] + common + ["--out", str(tmp_path / "one.json")], cwd=here, check=True,
                    capture_output=True, timeout=300)
     two, one = (json.load(open(tmp_path / f"{name}.json")) for name in ("two", "one"))
@@ -1093,8 +1101,6 @@ dist.destroy_process_group()
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
 def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg):
-    import subprocess
-    import sys
     import torch
     here = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / "step.py"
@@ -1102,8 +1108,7 @@ def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg):
     results = {}
     for world in (1, 2):
         out = tmp_path / f"world{world}.pt"
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), str(script),
-                        here, str(out), tiny_model, loss_agg], check=True, capture_output=True, timeout=300)
+        run_torchrun(world, [str(script), here, str(out), tiny_model, loss_agg], cwd=here)
         results[world] = torch.load(out)
     one, two = results[1], results[2]
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
@@ -1222,16 +1227,13 @@ def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
 def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
     # The whole loop under torchrun: prompts sharded over 2 ranks, each with its own engine, weight
     # sync on both, a checkpoint that transformers loads.
-    import subprocess
-    import sys
     from transformers import AutoModelForCausalLM
     here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "grpo.py",
-                    "--model", tiny_model, "--out", str(out), "--engine", "hf", "--batch-size", "16",
+    run_torchrun(2, ["grpo.py", "--model", tiny_model, "--out", str(out), "--engine", "hf", "--batch-size", "16",
                     "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "8",
                     "--max-steps", "2", "--save-every", "1", "--lr", "1e-3", "--max-model-len", "1024"],
-                   cwd=here, check=True, capture_output=True, timeout=300)
+                 cwd=here)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["completion_tokens"] == 16 * 8 or r["truncation_rate"] < 1 for r in rows)
