@@ -414,11 +414,6 @@ def _parse_ints(parser, flag, text, minimum=0):
     return values
 
 
-def _option(parser, dest):
-    """The command-line spelling of an argument, for error messages."""
-    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF model folder (or a local HF-cache name) to evaluate")
@@ -462,12 +457,12 @@ def parse_args(argv=None):
     for flag in ("n", "max_tokens", "traces", "group_size", "m", "prover_max_tokens", "direct_n", "direct_max_tokens",
                  "force_tokens", "extrapolate_n", "chunk_size"):
         if getattr(args, flag) < 1:
-            p.error(f"{_option(p, flag)} must be >= 1, got {getattr(args, flag)}")
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be >= 1, got {args.limit}")
     for flag in ("temperature", "trace_temperature", "prover_temperature"):
         if getattr(args, flag) < 0:
-            p.error(f"{_option(p, flag)} must be >= 0")
+            p.error(f"{prover.option_name(p, flag)} must be >= 0")
     if not 0 < args.top_p <= 1:
         p.error(f"--top-p must be in (0, 1], got {args.top_p}")
     args.maj_p = _parse_ints(p, "--maj-p", args.maj_p, 1)

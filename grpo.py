@@ -545,12 +545,12 @@ def check_args(p, cfg):
     for flag in ("epochs", "batch_size", "num_generations", "max_prompt_length", "max_completion_length", "mu",
                  "micro_batch_tokens", "save_every", "keep_checkpoints"):
         if getattr(cfg, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(cfg, flag)}")
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         p.error(f"--max-steps must be >= 1, got {cfg.max_steps}")
     for flag in ("lr", "epsilon", "epsilon_high"):
         if getattr(cfg, flag) <= 0:
-            p.error(f"--{flag.replace('_', '-')} must be > 0")
+            p.error(f"{prover.option_name(p, flag)} must be > 0")
     if cfg.beta < 0 or cfg.weight_decay < 0 or cfg.temperature < 0 or not 0 <= cfg.warmup_ratio < 1:
         p.error("--beta, --weight-decay, --temperature must be >= 0 and --warmup-ratio in [0, 1)")
     world = int(os.environ.get("WORLD_SIZE", 1))

@@ -19,11 +19,6 @@ import episodes
 import prover
 
 
-def _option(parser, dest):
-    """The command-line spelling of an argument, for error messages."""
-    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
@@ -43,7 +38,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     for flag in ("num_problems", "n", "max_tokens", "min_steps", "m", "prover_max_tokens"):
         if getattr(args, flag) < 1:
-            p.error(f"{_option(p, flag)} must be >= 1, got {getattr(args, flag)}")
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
     if args.engine == "vllm" and not prover.vllm_available():
         p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
     if not os.path.isfile(args.problems):

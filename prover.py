@@ -834,6 +834,11 @@ def add_engine_args(parser):
                         help="vLLM memory fraction (default 0.8 on GPU as in Table 3, 0.1 of host RAM on CPU)")
 
 
+def option_name(parser, dest):
+    """The command-line spelling of an argument (--num-samples for dest n), for error messages."""
+    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
+
+
 def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory_utilization=None, seed=0, **kwargs):
     """VLLMEngine or HFEngine by name; engine=None picks vllm when it can be imported.
 
