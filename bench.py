@@ -73,26 +73,26 @@ def perturb(answer):
 def bench_reward(argv):
     p = argparse.ArgumentParser(prog="bench.py reward", description="Grader throughput and latency.")
     p.add_argument("--sets", default="math500,minerva", help="comma-separated data/ sets (default math500,minerva)")
-    p.add_argument("--timeout", type=float, default=None, help="per-pair bound in seconds (default prover.EQUIV_TIMEOUT)")
+    p.add_argument("--timeout", type=float, default=None, help="per-pair bound in seconds (default grader.EQUIV_TIMEOUT)")
     args = p.parse_args(argv)
 
     import json
     import os
-    import prover
-    timeout = prover.EQUIV_TIMEOUT if args.timeout is None else args.timeout
+    import grader
+    timeout = grader.EQUIV_TIMEOUT if args.timeout is None else args.timeout
     golds = []
     for name in args.sets.split(","):
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", f"{name}.jsonl")) as f:
             golds += [json.loads(line)["answer"] for line in f if line.strip()]
-    prover._sympy_equal("1", "1", 60.0)  # start the sympy helper outside the timed part
-    prover.SYMPY_STATS.update(calls=0, timeouts=0)
+    grader._sympy_equal("1", "1", 60.0)  # start the sympy helper outside the timed part
+    grader.SYMPY_STATS.update(calls=0, timeouts=0)
     rows = {"(a) boxed gold": [], "(b) perturbed": []}
     wrong = {k: 0 for k in rows}
     for gold in golds:
         for kind, response, expected in (("(a) boxed gold", f"<think>\nok\n</think>\n\n\\boxed{{{gold}}}", 1.0),
                                           ("(b) perturbed", f"</think>\\boxed{{{perturb(gold)}}}", 0.0)):
             t0 = time.perf_counter()
-            got = float(prover.is_equiv(prover.extract_answer(response), gold, timeout=timeout))  # = reward()
+            got = float(grader.is_equiv(grader.extract_answer(response), gold, timeout=timeout))  # = reward()
             rows[kind].append(time.perf_counter() - t0)
             wrong[kind] += got != expected
     everything = sorted(rows["(a) boxed gold"] + rows["(b) perturbed"])
@@ -102,7 +102,7 @@ def bench_reward(argv):
         print(f"{kind:15s} {len(lat):5d} pairs  {len(lat) / sum(lat):8.0f} pairs/s  p50 {lat[len(lat) // 2] * 1e3:7.2f} ms  "
               f"p99 {lat[int(len(lat) * 0.99)] * 1e3:7.1f} ms  max {lat[-1] * 1e3:7.1f} ms"
               + (f"  wrong verdicts {wrong[kind]}" if kind in wrong else ""))
-    print(f"sympy helper calls {prover.SYMPY_STATS['calls']}, timeouts {prover.SYMPY_STATS['timeouts']}")
+    print(f"sympy helper calls {grader.SYMPY_STATS['calls']}, timeouts {grader.SYMPY_STATS['timeouts']}")
 
 
 def bench_prefix_cache(argv):

@@ -364,7 +364,7 @@ def test_tiny_model_loads_in_transformers_and_vllm_greedy_agree(tiny_model, toke
 
 
 # ==============================================================================================
-# prover.py: the 0/1 reward r(x, z) -- extraction, equivalence, time bound
+# grader.py: the 0/1 reward r(x, z) -- extraction, equivalence, time bound
 # ==============================================================================================
 
 import threading as _threading
@@ -414,8 +414,8 @@ EXTRACTION_CASES = [
 
 @pytest.mark.parametrize("response, thinking, expected", EXTRACTION_CASES)
 def test_extract_answer(response, thinking, expected):
-    import prover
-    assert prover.extract_answer(response, thinking=thinking) == expected
+    import grader
+    assert grader.extract_answer(response, thinking=thinking) == expected
 
 
 EQUIV_CASES = [
@@ -488,10 +488,10 @@ EQUIV_CASES = [
 
 @pytest.mark.parametrize("pred, gold, expected", EQUIV_CASES)
 def test_is_equiv_labelled(pred, gold, expected):
-    import prover
-    assert prover.is_equiv(pred, gold) is expected
+    import grader
+    assert grader.is_equiv(pred, gold) is expected
     if pred is not None:
-        assert prover.is_equiv(pred, gold) is expected  # deterministic (and memoised)
+        assert grader.is_equiv(pred, gold) is expected  # deterministic (and memoised)
 
 
 def test_labelled_case_count():
@@ -499,15 +499,15 @@ def test_labelled_case_count():
 
 
 def test_every_gold_answer_rewards_itself_boxed_and_its_variants():
-    import prover
+    import grader
     golds = _gold_answers()
     assert len(golds) == 872
     for name, gold in golds:
-        assert prover.is_equiv(gold, gold), (name, gold)
+        assert grader.is_equiv(gold, gold), (name, gold)
         for response in (f"<think>\nok\n</think>\n\nThe answer is $\\boxed{{{gold}}}$.",
                          f"</think>\\boxed{{{gold}}}",
                          f"</think>Therefore the final answer is ${gold}$."):
-            assert prover.reward(response, gold) == 1.0, (name, gold, response)
+            assert grader.reward(response, gold) == 1.0, (name, gold, response)
         variants = [f"${gold}$", f"{gold}.", gold.replace("\\frac", "\\dfrac"), f" {gold} ",
                     gold.replace("(", "\\left(").replace(")", "\\right)") if "\\left" not in gold else gold]
         if name == "amc23":
@@ -516,17 +516,17 @@ def test_every_gold_answer_rewards_itself_boxed_and_its_variants():
             variants.append(str(int(gold)))                               # "025" -> "25"
             variants.append(f"\\text{{{gold}}}")
         for v in variants:
-            assert prover.is_equiv(v, gold), (name, gold, v)
+            assert grader.is_equiv(v, gold), (name, gold, v)
 
 
 def test_gold_answers_do_not_match_a_perturbed_answer():
     import re
-    import prover
+    import grader
     wrong = 0
     for name, gold in _gold_answers():
         m = re.search(r"\d+", gold)
         perturbed = gold[:m.start()] + str(int(m.group()) + 1) + gold[m.end():] if m else gold + "+1"
-        wrong += prover.is_equiv(perturbed, gold)
+        wrong += grader.is_equiv(perturbed, gold)
     assert wrong == 0
 
 
@@ -537,33 +537,33 @@ def test_gold_answers_do_not_match_a_perturbed_answer():
     "\\frac{" * 2000, "{" * 100000, "1" * 100000, "a+" * 20000 + "a",
 ])
 def test_adversarial_inputs_return_false_within_bound(pred):
-    import prover
+    import grader
     t0 = time.monotonic()
-    assert prover.is_equiv(pred, "1", timeout=1.0) is False
+    assert grader.is_equiv(pred, "1", timeout=1.0) is False
     assert time.monotonic() - t0 < 1.0 + 2.0  # the bound, plus slack for a helper restart on a busy CI core
 
 
 def test_extract_never_raises_on_junk():
-    import prover
+    import grader
     rng = random.Random(7)
     junk = ["\\boxed{" * 1000, "}" * 1000 + "\\boxed", "\x00\xff\ud800".encode("utf-8", "surrogatepass").decode("latin-1"),
             "\\boxed{" + "a" * (1 << 20), "</think>" * 1000 + "\\boxed", bytes(range(256)).decode("latin-1") * 4000]
     junk += ["".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randint(0, 300))) for _ in range(200)]
     for text in junk:
-        answer = prover.extract_answer("</think>" + text)
+        answer = grader.extract_answer("</think>" + text)
         assert answer is None or isinstance(answer, str)
-        assert prover.reward(text, "1") in (0.0, 1.0)
+        assert grader.reward(text, "1") in (0.0, 1.0)
 
 
 def test_is_equiv_bounded_inside_threads():
     # signal.alarm cannot interrupt a worker thread; the helper process can be killed from any thread.
-    import prover
+    import grader
     results = {}
 
     def grade(i):
         t0 = time.monotonic()
-        results[i] = (prover.is_equiv(f"10^{{10^{{10^{{{10 + i}}}}}}}", "5", timeout=1.0),
-                      prover.is_equiv(f"(x+{i})^2", f"x^2 + {2 * i}x + {i * i}", timeout=5.0),
+        results[i] = (grader.is_equiv(f"10^{{10^{{10^{{{10 + i}}}}}}}", "5", timeout=1.0),
+                      grader.is_equiv(f"(x+{i})^2", f"x^2 + {2 * i}x + {i * i}", timeout=5.0),
                       time.monotonic() - t0)
     threads = [_threading.Thread(target=grade, args=(i,)) for i in range(3)]
     for t in threads:
@@ -574,7 +574,7 @@ def test_is_equiv_bounded_inside_threads():
 
 
 # ==============================================================================================
-# prover.py: engines, weight sync, prompts, the meta-prover mu (Eq. 4) and progress (Def. 6.1)
+# grader.py: engines, weight sync, prompts, the meta-prover mu (Eq. 4) and progress (Def. 6.1)
 # ==============================================================================================
 
 PROBLEMS = ["What is 1+1?", "Find $x$ if $2x = 6$.", "Let $ABC$ be a triangle with $AB = 5$. Find $BC$."]
