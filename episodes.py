@@ -60,6 +60,19 @@ def split_think(response, in_thought=True):
     return response[start:close], before + response[close + len(THINK_CLOSE):], True
 
 
+def reasoning_stream(response, thinking=True, finished=True):
+    """(stream, closed): the text cut into episodes, and whether it ended.
+
+    thinking=True (R1-style): the thought of split_think, closed once "</think>" is written.
+    thinking=False (a model with no thought block, as in App. A, where the episodes are attempts and
+    backtracks): the whole response, closed when generation `finished` (not cut at max_tokens).
+    """
+    if not thinking:
+        return response, finished
+    thought, _, closed = split_think(response)
+    return thought, closed
+
+
 # ----------------------------------------------------------------------------------------------
 # Steps and episodes (Sec. 5, App. D)
 # ----------------------------------------------------------------------------------------------

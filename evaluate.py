@@ -209,12 +209,12 @@ def appendix_e_regret(maj, budget):
 
 def sample_responses(engine, problems, cfg):
     """accuracy / efficiency: n samples z ~ pi(.|x) per problem, graded by r(x, z)."""
-    prompts = [prover.build_prompt(engine.tokenizer, q["problem"]) for q in problems]
+    prompts = [prover.build_prompt(engine.tokenizer, q["problem"], thinking=cfg.thinking) for q in problems]
     outputs = engine.generate(prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_tokens=cfg.max_tokens, seed=cfg.seed)
     records = []
     for q, samples in zip(problems, outputs):
-        answers = [prover.extract_answer(s.text) for s in samples]
+        answers = [prover.extract_answer(s.text, thinking=cfg.thinking) for s in samples]
         records.append({"answers": answers, "correct": [bool(prover.is_equiv(a, q["answer"])) for a in answers],
                         "num_tokens": [s.num_tokens for s in samples],
                         "truncated": [s.finish_reason == "length" for s in samples]})
@@ -228,29 +228,32 @@ def score_episodes(engine, direct_engine, problems, cfg):
     [maj@p]_j for every j; per problem also the direct baseline's 0/1 results (App. D).
     """
     tok = engine.tokenizer
-    prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
+    prompts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) for q in problems]
     outputs = engine.generate(prompts, n=cfg.traces, temperature=cfg.trace_temperature, top_p=cfg.top_p,
                               max_tokens=cfg.max_tokens, seed=cfg.seed)
     traces, meta = [], []
     for q, samples in zip(problems, outputs):
         for s in samples:
-            thought, _, closed = episodes.split_think(s.text)
+            thought, closed = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
             eps = episodes.split_episodes(thought)
             prefixes = episodes.thought_prefixes(episodes.group_episodes(eps, cfg.group_size))
             traces.append((q["problem"], q["answer"], prefixes, s.token_ids))
             meta.append({"k": len(eps), "closed": closed, "num_tokens": s.num_tokens,
-                         "reward": prover.reward(s.text, q["answer"]),
+                         "reward": prover.reward(s.text, q["answer"], thinking=cfg.thinking),
                          "prefix_tokens": [len(prover.prefix_token_ids(tok, s.token_ids, p)) for p in prefixes]})
     mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, top_p=1.0,
-                           max_tokens=cfg.prover_max_tokens, seed=cfg.seed)
+                           max_tokens=cfg.prover_max_tokens, seed=cfg.seed, thinking=cfg.thinking)
     scores = mu.score(traces)
     ps = [p for p in cfg.maj_p if p <= cfg.m]
     for info, score, (_, gold, _, _) in zip(meta, scores, traces):
         info["success_rates"] = score.success_rates
         info["maj"] = {str(p): [maj_at_k(a, gold, p) for a in score.answers] for p in ps}
         info["answer_tokens"] = float(np.mean(score.num_tokens))
-    # the direct baseline: the same prompt with an empty, closed thought (or another model)
-    direct = direct_engine.generate([prover.build_prompt(direct_engine.tokenizer, q["problem"], "</think>\n\n")
+    # the direct baseline: the same prompt with an empty, closed thought (or another model); a model
+    # with no thought block simply answers
+    empty_thought = "</think>\n\n" if cfg.thinking else ""
+    direct = direct_engine.generate([prover.build_prompt(direct_engine.tokenizer, q["problem"], empty_thought,
+                                                         thinking=cfg.thinking)
                                      for q in problems], n=cfg.direct_n, temperature=cfg.trace_temperature,
                                     top_p=cfg.top_p, max_tokens=cfg.direct_max_tokens, seed=cfg.seed)
     records = []
@@ -401,7 +404,7 @@ PARTS = {"accuracy": "samples", "efficiency": "samples", "episodes": "episodes",
          "extrapolate": "forcing"}
 CONFIG_KEYS = ("model", "benchmarks", "n", "temperature", "top_p", "max_tokens", "traces", "trace_temperature",
                "group_size", "m", "prover_temperature", "prover_max_tokens", "maj_p", "direct_model", "direct_n",
-               "direct_max_tokens", "forcings", "force_tokens", "extrapolate_n", "limit", "seed")
+               "direct_max_tokens", "forcings", "force_tokens", "extrapolate_n", "limit", "seed", "thinking")
 
 
 def _parse_ints(parser, flag, text, minimum=0):
@@ -480,6 +483,11 @@ def parse_args(argv=None):
         p.error(f"--direct-model: no such folder: {args.direct_model}")
     if args.engine == "vllm" and not prover.vllm_available():
         p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+    from transformers import AutoTokenizer
+    args.thinking = prover.resolve_thinking(args.thinking, AutoTokenizer.from_pretrained(args.model))
+    if not args.thinking and "extrapolate" in args.analysis:
+        p.error("--analysis extrapolate forces a model to think longer after </think> (App. F): it needs a model "
+                "with a thought block (--thinking on)")
     args.out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.model)) + ".json")
     return args
 
@@ -538,15 +546,18 @@ def run(args, engine=None):
     if todo:
         os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
         fresh = not os.path.exists(partial_path) or os.path.getsize(partial_path) == 0
+        built = []  # engines made here are closed here, once scoring is over (a caller's are not)
         if engine is None:
             engine = prover.make_engine(args.model, engine=args.engine, dtype=args.dtype,
                                         max_model_len=args.max_model_len,
                                         gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
+            built.append(engine)
         direct_engine = engine
         if "episodes" in parts and args.direct_model:
             direct_engine = prover.make_engine(args.direct_model, engine=args.engine, dtype=args.dtype,
                                                max_model_len=args.max_model_len, seed=args.seed,
                                                gpu_memory_utilization=args.gpu_memory_utilization)
+            built.append(direct_engine)
         from tqdm import tqdm
         with open(partial_path, "a", encoding="utf-8") as log, \
                 tqdm(total=len(todo), desc=f"evaluate (rank {rank})", unit="problem", disable=rank != 0) as bar:
@@ -571,6 +582,8 @@ def run(args, engine=None):
                     log.flush()
                     os.fsync(log.fileno())
                 bar.update(len(chunk))
+        for e in built:
+            e.close()
     # No process group is needed: each rank marks its shard done with this launch's id (so a marker
     # left by an earlier, killed launch is not mistaken for one of this launch) and rank 0 reads files.
     launch = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}:{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"

@@ -103,8 +103,9 @@ def grpo_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=
 
 def outcome_reward(problems, groups, cfg=None):
     """r(x, z) in {0, 1} per completion (Sec. 3); a completion cut at max length gets 0."""
-    return [[0.0 if s.finish_reason == "length" else prover.reward(s.text, q["answer"]) for s in group]
-            for q, group in zip(problems, groups)]
+    thinking = cfg.thinking if cfg is not None else True
+    return [[0.0 if s.finish_reason == "length" else prover.reward(s.text, q["answer"], thinking=thinking)
+             for s in group] for q, group in zip(problems, groups)]
 
 
 def length_penalty_reward(problems, groups, cfg):
@@ -112,7 +113,7 @@ def length_penalty_reward(problems, groups, cfg):
     1 + alpha * (0.5 - (L - L_min) / (L_max - L_min)), lengths over the correct completions of its
     group, so the shortest correct one gets most; wrong or cut completions get 0."""
     rewards = []
-    for q, group, correct in zip(problems, groups, outcome_reward(problems, groups)):
+    for q, group, correct in zip(problems, groups, outcome_reward(problems, groups, cfg)):
         lengths = [s.num_tokens for s, c in zip(group, correct) if c]
         lo, hi = (min(lengths), max(lengths)) if lengths else (0, 0)
         rewards.append([0.0 if not c else 1.0 + cfg.length_penalty_alpha * (0.5 - ((s.num_tokens - lo) / (hi - lo) if hi > lo else 0.0))
@@ -142,6 +143,19 @@ def setup_distributed():
     if torch.cuda.is_available():
         torch.cuda.set_device(0)  # the one GPU this rank sees (see the top of the file)
     return dist.get_rank(), dist.get_world_size()
+
+
+def teardown(engine=None, clean=True):
+    """End a run in the same order on every rank: a barrier (no rank closes its sockets while another
+    is still inside a collective), then the engine (vLLM's own teardown destroys process groups, ours
+    included, so it must run first), then the process group if it is still there. clean=False, on
+    the way out of an error, skips the barrier: the other ranks may never reach it."""
+    if clean and dist.is_initialized():
+        dist.barrier()
+    if engine is not None:
+        engine.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device():
@@ -328,7 +342,7 @@ def sync_weights(model, engine):
 def sample_rollout(engine, problems, cfg, step):
     """G completions z ~ pi(.|x) per problem, on this rank's engine. Returns (prompt ids per problem,
     samples per problem). Seeds depend on (step, rank) only, so a resumed run samples the same."""
-    prompts = [prover.build_prompt(engine.tokenizer, q["problem"]) for q in problems]
+    prompts = [prover.build_prompt(engine.tokenizer, q["problem"], thinking=cfg.thinking) for q in problems]
     groups = engine.generate(prompts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_tokens=cfg.max_completion_length,
                              seed=cfg.seed + 1_000_003 * (step + 1) + 10_007 * dist.get_rank())
@@ -380,11 +394,18 @@ def latest_checkpoint(out_dir):
 # The loop
 # ==============================================================================================
 
+def rollout_engine(cfg, rank):
+    """This rank's engine, holding the weights the run starts from (the latest checkpoint on --resume)."""
+    weights = (latest_checkpoint(cfg.out) if cfg.resume else None) or cfg.model
+    return prover.make_engine(weights, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                              gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+
+
 def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
     """GRPO (Sec. 3, App. B.1 with the outcome reward; mrt.py passes Algorithm 2's reward and rollout).
 
-    engine: an Engine already holding the starting weights (the tests pass one); default: built
-    from the model (or from the checkpoint when resuming). Returns the final step's metrics.
+    engine: an Engine already holding the starting weights (main() builds it with rollout_engine and
+    closes it in teardown); None builds one here. Returns the final step's metrics.
     """
     rank, world = setup_distributed()
     torch.manual_seed(cfg.seed)
@@ -399,7 +420,7 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
     per_rank = prompts_per_step // world
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     problems = [q for q in load_problems(cfg.train)
-                if len(prover.build_prompt(tokenizer, q["problem"])) <= cfg.max_prompt_length]
+                if len(prover.build_prompt(tokenizer, q["problem"], thinking=cfg.thinking)) <= cfg.max_prompt_length]
     if len(problems) < prompts_per_step:
         raise ValueError(f"--train {cfg.train}: {len(problems)} problems fit --max-prompt-length "
                          f"{cfg.max_prompt_length}, fewer than one step's {prompts_per_step}")
@@ -426,8 +447,7 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
         if rank == 0:
             print(f"resumed from {resume_from} at step {start_step}")
     if engine is None:
-        engine = prover.make_engine(weights_path, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                                    gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+        engine = rollout_engine(cfg, rank)
     elif resume_from:
         sync_weights(model, engine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -449,7 +469,7 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
 
         # ---- score: rewards and group advantages -------------------------------------------------------
         rewards = reward_fn(mine, groups, cfg)
-        correct = outcome_reward(mine, groups)
+        correct = outcome_reward(mine, groups, cfg)
         flat = [r for group in rewards for r in group]
         rollout = Rollout(prompts=[p for p, group in zip(prompt_ids, groups) for _ in group],
                           completions=[list(s.token_ids) or [pad_id] for group in groups for s in group],
@@ -565,7 +585,8 @@ def check_args(p, cfg):
         p.error(f"--train: no such file: {cfg.train}")
     if cfg.resume and latest_checkpoint(cfg.out) is None:
         p.error(f"--resume: no checkpoint in {cfg.out}/checkpoints")
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
+    cfg.thinking = prover.resolve_thinking(cfg.thinking, AutoTokenizer.from_pretrained(cfg.model))
     limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
     need = cfg.max_prompt_length + cfg.max_completion_length
     if cfg.max_model_len is None:
@@ -582,11 +603,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grpo_args(p)
     cfg = check_args(p, p.parse_args(argv))
+    rank, _ = setup_distributed()
+    engine = None
     try:
-        train(cfg)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        engine = rollout_engine(cfg, rank)
+        train(cfg, engine)
+    except BaseException:
+        teardown(engine, clean=False)
+        raise
+    teardown(engine)
 
 
 if __name__ == "__main__":

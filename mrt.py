@@ -74,10 +74,12 @@ def smoke(args):
     engine = prover.make_engine(model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
                                 gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
     problems = read_problems(args.problems, args.num_problems)
-    mu = prover.MetaProver(engine, m=args.m, max_tokens=args.prover_max_tokens, seed=args.seed)
+    thinking = prover.resolve_thinking(args.thinking, engine.tokenizer)
+    print(f"thinking: {'on' if thinking else 'off'} (--thinking {args.thinking})")
+    mu = prover.MetaProver(engine, m=args.m, max_tokens=args.prover_max_tokens, seed=args.seed, thinking=thinking)
 
     # ---- generate: z ~ pi(.|x) -------------------------------------------------------------------
-    prompts = [prover.build_prompt(engine.tokenizer, x) for x, _ in problems]
+    prompts = [prover.build_prompt(engine.tokenizer, x, thinking=thinking) for x, _ in problems]
     outputs = engine.generate(prompts, n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
                               seed=args.seed)
 
@@ -85,7 +87,7 @@ def smoke(args):
     traces = []
     for (x, gold), samples in zip(problems, outputs):
         for sample in samples:
-            thought, _, closed = episodes.split_think(sample.text)
+            thought, closed = episodes.reasoning_stream(sample.text, thinking, finished=sample.finish_reason == "stop")
             traces.append((x, gold, sample, closed, episodes.split_episodes(thought, min_steps=args.min_steps)))
 
     # ---- score: J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), progress (Def. 6.1) ----------------
@@ -95,12 +97,14 @@ def smoke(args):
         per_episode, _ = prover.progress(score.success_rates)
         print("=" * 100)
         print(f"problem: {x[:150]!r}  gold: {gold!r}")
-        print(f"response: {sample.num_tokens} tokens, finish={sample.finish_reason}, thought closed={closed}, "
-              f"episodes k={len(eps)}, reward r(x, z)={prover.reward(sample.text, gold)}")
+        print(f"response: {sample.num_tokens} tokens, finish={sample.finish_reason}, "
+              f"{'thought closed' if thinking else 'finished'}={closed}, "
+              f"episodes k={len(eps)}, reward r(x, z)={prover.reward(sample.text, gold, thinking=thinking)}")
         print(f"   J_r(mu | x, z_0:0) = {score.success_rates[0]:.2f}")
         for j, ep in enumerate(eps):
             print(f"   z_{j}: {ep[:100]!r}{'...' if len(ep) > 100 else ''}")
             print(f"        J_r(mu | x, z_0:{j + 1}) = {score.success_rates[j + 1]:.2f}   r_prg = {per_episode[j]:+.2f}")
+    engine.close()
     if tmp is not None:
         tmp.cleanup()
 

@@ -55,22 +55,50 @@ R1_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}" + ASSISTANT + "<think>\n{% endif %}"
 )
 
+# An instruct model's template with no thought block (ChatML, as Qwen2.5-Instruct writes it): the
+# tiny model built with thinking=False uses it.
+CHATML_START, CHATML_END, CHATML_PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}" + CHATML_START + "{{ message['role'] }}\n{{ message['content'] }}" + CHATML_END
+    + "\n{% endfor %}{% if add_generation_prompt %}" + CHATML_START + "assistant\n{% endif %}"
+)
+
 # The instruction after the problem (DESIGN.md: the paper leaves the prompt open; this is the
 # DeepSeek-R1 / DeepScaleR evaluation prompt).
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 
-def build_prompt(tokenizer, problem, thought_prefix=""):
+def template_thinks(tokenizer):
+    """Whether a model writes a thought block (--thinking auto): yes when its chat template's
+    generation prompt opens "<think>" or its vocabulary has a "<think>" token (R1-Distill, QwQ),
+    no for plain instruct models (Llama-3.x-Instruct, Qwen2.5-Instruct: App. A's setting)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    return text.rstrip().endswith("<think>") or "<think>" in tokenizer.get_vocab()
+
+
+def resolve_thinking(flag, tokenizer):
+    """--thinking {auto, on, off} as a bool; auto asks template_thinks."""
+    if flag not in ("auto", "on", "off"):
+        raise ValueError(f"--thinking must be auto, on or off, got {flag!r}")
+    return template_thinks(tokenizer) if flag == "auto" else flag == "on"
+
+
+def build_prompt(tokenizer, problem, thought_prefix="", thinking=True):
     """Token ids of the chat prompt for problem x, with the assistant turn continued by z_{0:j}.
 
-    The user turn is the problem followed by PROMPT_SUFFIX; the assistant turn opens the thought
-    (added here if the template does not do it itself) and continues with `thought_prefix`. The
-    text is tokenized without the tokenizer's own special tokens, so the BOS the template writes is
-    the only one.
+    The user turn is the problem followed by PROMPT_SUFFIX. With thinking=True the assistant turn
+    opens the thought (added here if the template does not do it itself); with thinking=False (a
+    model with no thought block) it opens nothing, and a "<think>" the template wrote is taken off.
+    Then `thought_prefix` (the first episodes of a response) continues the turn. The text is
+    tokenized without the tokenizer's own special tokens, so the BOS the template writes is the
+    only one.
     """
     text = tokenizer.apply_chat_template([{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}],
                                          tokenize=False, add_generation_prompt=True)
-    if not text.rstrip().endswith("<think>"):
+    opened = text.rstrip().endswith("<think>")
+    if thinking and not opened:
         text += "<think>\n"
+    elif not thinking and opened:
+        text = text.rstrip()[:-len("<think>")]
     return tokenizer.encode(text + thought_prefix, add_special_tokens=False)
 
 
@@ -79,6 +107,10 @@ def build_prompt(tokenizer, problem, thought_prefix=""):
 TIME_IS_UP = ("Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
               "and formulate a final answer based on what I already have.\n\n</think>\n\n"
               "**Step-by-Step Explanation and Answer:**\n\n1. **")
+# A model with no thought block (--thinking off) has no </think> to close: its mu gets the same words
+# without the tag, so it is told to stop and answer in the same turn (our reading of Eq. 4 for such
+# models, App. A's "give the answer now"; the paper shows no suffix for this setting).
+TIME_IS_UP_NO_THOUGHT = TIME_IS_UP.replace("</think>\n\n", "")
 
 
 def paragraph_break(text):
@@ -88,9 +120,9 @@ def paragraph_break(text):
     return "\n" if text.endswith("\n") else "\n\n"
 
 
-def time_is_up_suffix(thought_prefix):
+def time_is_up_suffix(thought_prefix, thinking=True):
     """TIME_IS_UP on a paragraph of its own after the prefix (prefixes usually end with a blank line)."""
-    return paragraph_break(thought_prefix) + TIME_IS_UP
+    return paragraph_break(thought_prefix) + (TIME_IS_UP if thinking else TIME_IS_UP_NO_THOUGHT)
 
 
 # ==============================================================================================
@@ -151,6 +183,8 @@ class Engine(typing.Protocol):
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None) -> list: ...
 
     def update_weights(self, named_tensors) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _prompt_ids(tokenizer, prompt, max_model_len, index):
@@ -218,6 +252,15 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
         self.llm.reset_prefix_cache()
 
+    def close(self):
+        """Shut the engine down now, not in an exit handler. Call it before the process group is
+        destroyed: vLLM's teardown destroys its own groups and then torch's default group too (it
+        joined ours as external launcher, or reused it), and run at exit after our teardown it raises
+        "Invalid process group specified". Idempotent."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
 
 class HFEngine:
     """transformers generate, for machines without vLLM: the n samples of a prompt in one batch."""
@@ -278,6 +321,9 @@ class HFEngine:
                     raise KeyError(f"update_weights: {name!r} is not a weight of this model")
                 state[name].copy_(tensor.to(state[name].dtype))
 
+    def close(self):
+        self.model = None
+
 
 def vllm_available():
     import importlib.util
@@ -285,7 +331,12 @@ def vllm_available():
 
 
 def add_engine_args(parser):
-    """The engine flags shared by every entry point."""
+    """The engine and model flags shared by every entry point."""
+    parser.add_argument("--thinking", choices=("auto", "on", "off"), default="auto",
+                        help="does the model think in a <think> block? on: prompts open <think>, episodes are cut "
+                             "from the thought, only the text after </think> is graded; off (instruct models with no "
+                             "thought block, App. A): the whole response is segmented and graded; auto (default): on "
+                             "when the chat template opens <think> or the tokenizer knows <think>")
     parser.add_argument("--engine", choices=("vllm", "hf"), default=None,
                         help="generation backend: vllm (default when importable) or hf (transformers generate)")
     parser.add_argument("--dtype", default="auto", help="model dtype for the engine: auto, bfloat16, float32 (default auto)")
@@ -356,19 +407,21 @@ class MetaProver:
 
     For every thought prefix of a trace it samples m forced-termination answers and grades them
     with the 0/1 reward: J_r(mu | x, z_{0:j}) = mean reward. The defaults are App. D's: m = 8 samples
-    at temperature 0.7, 4096 max tokens.
+    at temperature 0.7, 4096 max tokens. thinking=False (a model with no thought block): the prefix
+    is the start of the response itself and the suffix is TIME_IS_UP_NO_THOUGHT.
     """
 
-    def __init__(self, engine, m=8, temperature=0.7, top_p=1.0, max_tokens=4096, seed=0, batch_prompts=256):
-        self.engine, self.tokenizer = engine, engine.tokenizer
+    def __init__(self, engine, m=8, temperature=0.7, top_p=1.0, max_tokens=4096, seed=0, batch_prompts=256,
+                 thinking=True):
+        self.engine, self.tokenizer, self.thinking = engine, engine.tokenizer, thinking
         self.m, self.temperature, self.top_p, self.max_tokens, self.seed = m, temperature, top_p, max_tokens, seed
         self.batch_prompts = batch_prompts
 
     def prompts(self, problem, thought_prefixes, response_ids=None):
         """Token ids of x, z_{0:j}, TIME_IS_UP for every prefix: shared heads, so one prefix cache."""
-        head = build_prompt(self.tokenizer, problem)
+        head = build_prompt(self.tokenizer, problem, thinking=self.thinking)
         return [head + prefix_token_ids(self.tokenizer, response_ids, prefix)
-                + self.tokenizer.encode(time_is_up_suffix(prefix), add_special_tokens=False)
+                + self.tokenizer.encode(time_is_up_suffix(prefix, self.thinking), add_special_tokens=False)
                 for prefix in thought_prefixes]
 
     def score(self, traces, m=None, max_tokens=None, progress_bar=False):
@@ -459,13 +512,15 @@ _R1_STYLE_TEXT = (
 
 def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_layers=2, num_heads=2,
                      num_kv_heads=1, head_dim=64, intermediate_size=256, max_position_embeddings=4096,
-                     corpus_file=None, corpus_lines=2000):
+                     corpus_file=None, corpus_lines=2000, thinking=True):
     """Write a random-weight Qwen2 causal LM and an R1-style byte-level BPE tokenizer to out_dir.
 
     For tests and smoke runs: nothing is downloaded. The tokenizer is trained in-process on problems
     from data/math_train_4k.jsonl plus R1-style thought text; it has R1-Distill's special tokens and
-    a chat template whose generation prompt opens "<think>\\n". head_dim is 64 because vLLM's CPU
-    attention rejects 16. Deterministic for a given seed. Returns out_dir.
+    a chat template whose generation prompt opens "<think>\\n". thinking=False builds instead an
+    instruct-style model with no thought block: a ChatML template, no BOS, no <think> token.
+    head_dim is 64 because vLLM's CPU attention rejects 16. Deterministic for a given seed.
+    Returns out_dir.
     """
     import torch
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -482,17 +537,20 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
         pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD, USER, ASSISTANT],
+    specials = [BOS, EOS, PAD, USER, ASSISTANT] if thinking else [CHATML_START, CHATML_END, CHATML_PAD]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
-    # As in R1-Distill, the think tags are added tokens that are not "special": decoding with
-    # skip_special_tokens keeps them in the text, where episodes.split_think looks for them.
-    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
-                    AddedToken("</think>", special=False, normalized=False)])
-
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                        unk_token=None, chat_template=R1_CHAT_TEMPLATE,
-                                        model_max_length=max_position_embeddings)
+    if thinking:
+        # As in R1-Distill, the think tags are added tokens that are not "special": decoding with
+        # skip_special_tokens keeps them in the text, where episodes.split_think looks for them.
+        tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                        AddedToken("</think>", special=False, normalized=False)])
+        names = dict(bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=R1_CHAT_TEMPLATE)
+    else:
+        names = dict(bos_token=None, eos_token=CHATML_END, pad_token=CHATML_PAD, chat_template=CHATML_TEMPLATE)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=None, model_max_length=max_position_embeddings,
+                                        **names)
     tokenizer.save_pretrained(out_dir)
 
     config = Qwen2Config(

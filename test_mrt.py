@@ -53,14 +53,30 @@ def hf_engine(tiny_model):
     return prover.HFEngine(tiny_model, dtype="float32", max_model_len=1024)
 
 
-def run_torchrun(nproc, args, cwd, timeout=300):
-    """torchrun as a subprocess on a free port (--standalone); on failure, show what the ranks said."""
+@pytest.fixture(scope="session")
+def chatml_model(tmp_path_factory):
+    """The tiny model as an instruct model with no thought block: a ChatML template, no <think> token."""
+    import prover
+    return prover.build_tiny_model(str(tmp_path_factory.mktemp("tiny-chatml")), thinking=False)
+
+
+def run_cli(args, cwd, nproc=None, timeout=300):
+    """A project CLI as a subprocess, under plain python (nproc None) or torchrun --standalone (a free
+    port each time). It must exit 0 and print no traceback (a clean shutdown on every rank); on
+    failure, show what the ranks said."""
     import subprocess
     import sys
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [sys.executable, *launcher, *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in output, \
+        f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
+
+
+def run_torchrun(nproc, args, cwd, timeout=300):
+    return run_cli(args, cwd, nproc=nproc, timeout=timeout)
 
 
 # ==============================================================================================
@@ -770,6 +786,90 @@ def test_end_to_end_trace_segmented_and_scored_by_vllm(tokenizer, vllm_engine):
 
 
 # ==============================================================================================
+# --thinking: models with and without a thought block
+# ==============================================================================================
+
+def test_thinking_auto_detects_the_template(tokenizer, chatml_model):
+    from transformers import AutoTokenizer
+    import prover
+    chatml = AutoTokenizer.from_pretrained(chatml_model)
+    assert prover.template_thinks(tokenizer) is True      # R1 template: the generation prompt opens <think>
+    assert prover.template_thinks(chatml) is False        # ChatML, no <think> in the vocabulary
+    assert [prover.resolve_thinking(f, chatml) for f in ("auto", "on", "off")] == [False, True, False]
+    assert [prover.resolve_thinking(f, tokenizer) for f in ("auto", "on", "off")] == [True, True, False]
+    with pytest.raises(ValueError, match="--thinking"):
+        prover.resolve_thinking("maybe", tokenizer)
+
+
+def test_build_prompt_without_thought_block(tokenizer, chatml_model):
+    from transformers import AutoTokenizer
+    import prover
+    chatml = AutoTokenizer.from_pretrained(chatml_model)
+    ids = prover.build_prompt(chatml, PROBLEMS[0], "Step 1.\n\n", thinking=False)
+    assert chatml.decode(ids) == (f"<|im_start|>user\n{PROBLEMS[0]} {prover.PROMPT_SUFFIX}<|im_end|>\n"
+                                  "<|im_start|>assistant\nStep 1.\n\n")
+    # an R1 template asked not to think: the <think> its generation prompt opens is taken off
+    r1 = tokenizer.decode(prover.build_prompt(tokenizer, PROBLEMS[0], thinking=False))
+    assert r1.endswith(prover.ASSISTANT) and "<think>" not in r1
+
+
+def test_reward_and_episodes_without_thought_block():
+    import prover
+    response = _para("Let x be the sum.", "1+1 = 2.", "So x = 2.", "Wait, check: 2-1 = 1.", "Yes.", "Done.") \
+        + "\n\nThe answer is \\boxed{2}."
+    assert prover.reward(response, "2", thinking=False) == 1.0
+    assert prover.reward(response, "2", thinking=True) == 0.0   # read as an unclosed thought: no answer
+    stream, closed = episodes.reasoning_stream(response, thinking=False, finished=True)
+    assert stream == response and closed
+    assert episodes.reasoning_stream(response, thinking=False, finished=False) == (response, False)
+    assert episodes.reasoning_stream(response, thinking=True) == (response, False)
+    assert len(split_episodes(stream)) == 2 and split_episodes(stream)[1].startswith("Wait, check")
+
+
+def test_outcome_reward_follows_thinking():
+    import types
+    import grpo
+    import prover
+    problems = [{"problem": "1+1?", "answer": "2"}]
+    group = [prover.Sample("1+1 = 2.\n\nSo \\boxed{2}.", [1], "stop"), prover.Sample("So \\boxed{2}", [1], "length"),
+             prover.Sample("Hmm.</think>\\boxed{2}", [1], "stop")]
+    assert grpo.outcome_reward(problems, [group], types.SimpleNamespace(thinking=False)) == [[1.0, 0.0, 1.0]]
+    assert grpo.outcome_reward(problems, [group], types.SimpleNamespace(thinking=True)) == [[0.0, 0.0, 1.0]]
+
+
+class NoThoughtEngine:
+    """A fake engine for a model with no thought block: a forced answer is correct (7) for every
+    "Wait" in the response prefix it continues, the others answer 3."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.prompts = tokenizer, []
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
+        import prover
+        out = []
+        for p in prompts:
+            text = self.tokenizer.decode(p)
+            self.prompts.append(text)
+            j = text.count("Wait")
+            out.append([prover.Sample("\\boxed{7}" if i < j else "\\boxed{3}", [1], "stop") for i in range(n)])
+        return out
+
+
+def test_meta_prover_without_thought_block(chatml_model):
+    from transformers import AutoTokenizer
+    import prover
+    chatml = AutoTokenizer.from_pretrained(chatml_model)
+    response = _para("Try 3.", "No.", "Hmm.", "Wait, try 7.", "Check.", "Yes.", "Wait, 7 again.", "Sure.", "Done.")
+    stream, _ = episodes.reasoning_stream(response, thinking=False)
+    engine = NoThoughtEngine(chatml)
+    scores = prover.MetaProver(engine, m=4, thinking=False).success_rates(PROBLEMS[0], "7", thought_prefixes(split_episodes(stream)))
+    assert scores.success_rates == [0.0, 0.0, 0.25, 0.5]
+    assert all(t.endswith(prover.TIME_IS_UP_NO_THOUGHT) and "think>" not in t for t in engine.prompts)
+    assert engine.prompts[1] == chatml.decode(prover.build_prompt(chatml, PROBLEMS[0], thinking=False)) \
+        + split_episodes(stream)[0] + prover.TIME_IS_UP_NO_THOUGHT
+
+
+# ==============================================================================================
 # evaluate.py: metrics by hand, the CLI end to end
 # ==============================================================================================
 
@@ -983,15 +1083,12 @@ def test_cli_rejects_bad_flags(tiny_model, capsys):
 
 def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
     # Data parallel: each rank its shard, rank 0 gathers. Greedy, so both runs sample the same.
-    import subprocess
-    import sys
     here = os.path.dirname(os.path.abspath(__file__))
     common = ["evaluate.py", "--engine", "hf", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
               "--num-samples", "2", "--temperature", "0", "--max-tokens", "12", "--dtype", "float32",
               "--max-model-len", "1024", "--no-plots"]
     run_torchrun(2, common + ["--out", str(tmp_path / "two.json")], cwd=here)
-    subprocess.run([sys.executable] + common + ["--out", str(tmp_path / "one.json")], cwd=here, check=True,
-                   capture_output=True, timeout=300)
+    run_cli(common + ["--out", str(tmp_path / "one.json")], cwd=here)
     two, one = (json.load(open(tmp_path / f"{name}.json")) for name in ("two", "one"))
     assert two["config"]["world_size"] == 2 and one["config"]["world_size"] == 1
     assert two["benchmarks"] == one["benchmarks"]
@@ -1095,7 +1192,7 @@ grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
 weights = dict(grpo.full_weights(model))
 if rank == 0:
     torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
-dist.destroy_process_group()
+grpo.teardown()
 '''
 
 
@@ -1241,3 +1338,46 @@ def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
             "training_tokens_per_s", "seconds_generate", "seconds_train", "seconds_sync"} <= set(rows[0])
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_1", "step_2"]
     AutoModelForCausalLM.from_pretrained(str(out / "checkpoints" / "step_2"))
+
+
+# ==============================================================================================
+# Every entry point ends cleanly: exit 0 and no traceback, under python and torchrun, vLLM and hf
+# ==============================================================================================
+
+CLI_RUNS = [
+    # (script, ranks: None = plain python, engine, model: "r1" thinks, "chatml" has no thought block)
+    ("mrt.py", None, "vllm", "r1"),
+    ("mrt.py", 1, "hf", "chatml"),
+    ("grpo.py", None, "vllm", "chatml"),   # vLLM's exit handler used to run after the group was gone
+    ("grpo.py", 2, "vllm", "r1"),          # two engines joined to the job as external launchers
+    ("evaluate.py", None, "vllm", "chatml"),
+    ("evaluate.py", 2, "vllm", "r1"),
+]
+
+
+@pytest.mark.parametrize("script, ranks, engine, model", CLI_RUNS)
+def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, engine, model):
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = tiny_model if model == "r1" else chatml_model
+    common = ["--model", path, "--engine", engine, "--max-model-len", "1024"]
+    if script == "mrt.py":
+        args = [script, *common, "--num-problems", "2", "--max-tokens", "24", "--prover-max-tokens", "8"]
+    elif script == "grpo.py":
+        args = [script, *common, "--out", str(tmp_path / "run"), "--batch-size", "8", "--num-generations", "4",
+                "--max-prompt-length", "256", "--max-completion-length", "16", "--max-steps", "1"]
+    else:
+        args = [script, *common, "--out", str(tmp_path / "r.json"), "--benchmarks", "amc23", "--limit", "2",
+                "--num-samples", "2", "--max-tokens", "16", "--analysis", "accuracy,episodes", "--traces", "1",
+                "--prover-samples", "2", "--prover-max-tokens", "8", "--direct-n", "2", "--direct-max-tokens", "8",
+                "--no-plots"]
+    proc = run_cli(args, cwd=here, nproc=ranks)
+    thinking = model == "r1"
+    if script == "mrt.py":
+        assert f"thinking: {'on' if thinking else 'off'} (--thinking auto)" in proc.stdout
+    elif script == "grpo.py":
+        assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == [1]
+        assert os.path.isfile(tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors")
+    else:
+        results = json.load(open(tmp_path / "r.json"))
+        assert results["config"]["thinking"] is thinking
+        assert results["benchmarks"]["amc23"]["episodes"]["traces"] == 2
