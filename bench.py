@@ -42,9 +42,9 @@ def bench_episodes(argv):
     args = p.parse_args(argv)
 
     from transformers import AutoTokenizer
-    import prover
+    import toy
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = AutoTokenizer.from_pretrained(prover.build_tiny_model(tmp))
+        tokenizer = AutoTokenizer.from_pretrained(toy.build_tiny_model(tmp))
     traces = [synthetic_trace(args.tokens, tokenizer, seed=i) for i in range(args.traces)]
     thoughts = [t for t, _ in traces]
     counts = [len(episodes.split_episodes(t)) for t in thoughts]
@@ -122,9 +122,10 @@ def bench_prefix_cache(argv):
     import os
     import subprocess
     import prover
+    import toy
     if args.variant is None:
         with tempfile.TemporaryDirectory() as tmp:
-            prover.build_tiny_model(tmp, max_position_embeddings=16384)
+            toy.build_tiny_model(tmp, max_position_embeddings=16384)
             rows = []
             for variant in ("vllm-cache", "vllm-nocache", "hf"):
                 cmd = [sys.executable, os.path.abspath(__file__), "prefix-cache", "--variant", variant, "--model", tmp,
@@ -180,10 +181,10 @@ def bench_grpo(argv):
     import json
     import os
     import subprocess
-    import prover
+    import toy
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
-        model = prover.build_tiny_model(os.path.join(tmp, "model"))
+        model = toy.build_tiny_model(os.path.join(tmp, "model"))
         print(f"tiny model, {args.engine} engine, batch {args.batch_size} completions of <= "
               f"{args.max_completion_length} tokens (G = 8), steps 2..{args.steps} averaged")
         for world in [int(w) for w in args.ranks.split(",")]:

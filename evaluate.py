@@ -30,52 +30,15 @@ import os
 import sys
 import time
 
-import prover
-
-prover.pin_local_gpu()  # before torch or vLLM is imported
+import policy  # noqa: F401  (first: importing it pins this rank's GPU before torch or vLLM loads)
 
 import numpy as np  # noqa: E402
 
 import episodes  # noqa: E402
+import prover  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva")
 ANALYSES = ("accuracy", "episodes", "regret", "extrapolate", "efficiency")
-
-
-# ==============================================================================================
-# Data
-# ==============================================================================================
-
-def load_problems(name_or_path):
-    """Problems of a benchmark (a name in data/, or any JSONL path) as dicts with id, problem, answer.
-
-    Every line must be a JSON object with string fields "problem" and "answer"; anything else is an
-    error naming the file and line. Lines without an "id" get "<file stem>-<line>".
-    """
-    path = name_or_path if os.path.exists(name_or_path) else os.path.join(HERE, "data", f"{name_or_path}.jsonl")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"benchmark {name_or_path!r}: no file {path} (known: {', '.join(BENCHMARKS)})")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in ("problem", "answer"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise ValueError(f"{path}:{lineno}: missing or empty string field {key!r}")
-            problems.append({"id": str(row.get("id", f"{stem}-{lineno}")), "problem": row["problem"],
-                             "answer": row["answer"]})
-    if not problems:
-        raise ValueError(f"{path}: no problems")
-    return problems
 
 
 # ==============================================================================================
@@ -481,8 +444,7 @@ def parse_args(argv=None):
         p.error(f"--model: no such folder: {args.model}")
     if args.direct_model is not None and not os.path.isdir(args.direct_model):
         p.error(f"--direct-model: no such folder: {args.direct_model}")
-    if args.engine == "vllm" and not prover.vllm_available():
-        p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+    prover.check_engine_args(p, args)
     from transformers import AutoTokenizer
     args.thinking = prover.resolve_thinking(args.thinking, AutoTokenizer.from_pretrained(args.model))
     if not args.thinking and "extrapolate" in args.analysis:
@@ -524,75 +486,75 @@ def _read_partial(path, config):
     return done
 
 
-def run(args, engine=None):
-    """Run the analyses; `engine` lets a caller (the tests) pass an engine it already has."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    config = {k: getattr(args, k) for k in CONFIG_KEYS}
-    config["analysis_parts"] = sorted({PARTS[a] for a in args.analysis})
-    parts = config["analysis_parts"]
-
-    # ---- data (errors before any engine starts) --------------------------------------------------
-    benchmarks = {}
-    for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
-        key = os.path.splitext(os.path.basename(name))[0]
-        benchmarks[key] = load_problems(name)[:args.limit]
-    work = [(b, q) for b in benchmarks for q in benchmarks[b]]
-    mine = [w for i, w in enumerate(work) if i % world == rank]
-
+def score_shard(args, config, mine, engine=None):
+    """Score this rank's problems, part by part, appending each record to the rank's partial file
+    (fsynced per chunk) so that a killed run resumes where it stopped. Returns every record of this
+    configuration, old and new: {(benchmark, id, part): record}. Engines built here are closed here."""
+    rank = int(os.environ.get("RANK", 0))
     partial_path = f"{args.out}.rank{rank}.partial.jsonl"
     done = _read_partial(partial_path, config)
+    parts = config["analysis_parts"]
     todo = [(b, q) for b, q in mine if any((b, q["id"], part) not in done for part in parts)]
-    t0, seconds = time.time(), {}
-    if todo:
-        os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
-        fresh = not os.path.exists(partial_path) or os.path.getsize(partial_path) == 0
-        built = []  # engines made here are closed here, once scoring is over (a caller's are not)
-        if engine is None:
-            engine = prover.make_engine(args.model, engine=args.engine, dtype=args.dtype,
-                                        max_model_len=args.max_model_len,
-                                        gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
-            built.append(engine)
-        direct_engine = engine
-        if "episodes" in parts and args.direct_model:
-            direct_engine = prover.make_engine(args.direct_model, engine=args.engine, dtype=args.dtype,
-                                               max_model_len=args.max_model_len, seed=args.seed,
-                                               gpu_memory_utilization=args.gpu_memory_utilization)
-            built.append(direct_engine)
-        from tqdm import tqdm
-        with open(partial_path, "a", encoding="utf-8") as log, \
-                tqdm(total=len(todo), desc=f"evaluate (rank {rank})", unit="problem", disable=rank != 0) as bar:
-            if fresh:
-                log.write(json.dumps({"config": config}) + "\n")
-            for start in range(0, len(todo), args.chunk_size):
-                chunk = todo[start:start + args.chunk_size]
-                for part, fn in (("samples", lambda qs: sample_responses(engine, qs, args)),
-                                 ("episodes", lambda qs: score_episodes(engine, direct_engine, qs, args)),
-                                 ("forcing", lambda qs: budget_forcing(engine, qs, args))):
-                    if part not in parts:
-                        continue
-                    need = [(b, q) for b, q in chunk if (b, q["id"], part) not in done]
-                    if not need:
-                        continue
-                    t_part = time.time()
-                    records = fn([q for _, q in need])
-                    seconds[part] = seconds.get(part, 0.0) + time.time() - t_part
-                    for (b, q), record in zip(need, records):
-                        done[(b, q["id"], part)] = record
-                        log.write(json.dumps({"benchmark": b, "id": q["id"], "part": part, "record": record}) + "\n")
-                    log.flush()
-                    os.fsync(log.fileno())
-                bar.update(len(chunk))
-        for e in built:
-            e.close()
-    # No process group is needed: each rank marks its shard done with this launch's id (so a marker
-    # left by an earlier, killed launch is not mistaken for one of this launch) and rank 0 reads files.
+    if not todo:
+        return done, {}
+    os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
+    fresh = not os.path.exists(partial_path) or os.path.getsize(partial_path) == 0
+    built = []  # engines made here are closed here, once scoring is over (a caller's are not)
+    if engine is None:
+        engine = prover.make_engine(args.model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
+                                    gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
+        built.append(engine)
+    direct_engine = engine
+    if "episodes" in parts and args.direct_model:
+        direct_engine = prover.make_engine(args.direct_model, engine=args.engine, dtype=args.dtype,
+                                           max_model_len=args.max_model_len, seed=args.seed,
+                                           gpu_memory_utilization=args.gpu_memory_utilization)
+        built.append(direct_engine)
+    seconds = {}
+    from tqdm import tqdm
+    with open(partial_path, "a", encoding="utf-8") as log, \
+            tqdm(total=len(todo), desc=f"evaluate (rank {rank})", unit="problem", disable=rank != 0) as bar:
+        if fresh:
+            log.write(json.dumps({"config": config}) + "\n")
+        for start in range(0, len(todo), args.chunk_size):
+            chunk = todo[start:start + args.chunk_size]
+            for part in [part for part in ("samples", "episodes", "forcing") if part in parts]:
+                need = [(b, q) for b, q in chunk if (b, q["id"], part) not in done]
+                if not need:
+                    continue
+                t_part = time.time()
+                problems = [q for _, q in need]
+                if part == "samples":
+                    records = sample_responses(engine, problems, args)
+                elif part == "episodes":
+                    records = score_episodes(engine, direct_engine, problems, args)
+                else:
+                    records = budget_forcing(engine, problems, args)
+                seconds[part] = seconds.get(part, 0.0) + time.time() - t_part
+                for (b, q), record in zip(need, records):
+                    done[(b, q["id"], part)] = record
+                    log.write(json.dumps({"benchmark": b, "id": q["id"], "part": part, "record": record}) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+            bar.update(len(chunk))
+    for e in built:
+        e.close()
+    return done, seconds
+
+
+def gather_shards(args, config, world, done):
+    """Rank 0 waits for every rank's done marker of this launch, then reads their records.
+
+    No process group is needed: each rank marks its shard done with this launch's id (so a marker
+    left by an earlier, killed launch is not mistaken for one of this launch) and rank 0 reads files.
+    """
+    rank = int(os.environ.get("RANK", 0))
     launch = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}:{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     with open(f"{args.out}.rank{rank}.done", "w") as f:
         f.write(launch)
     if rank != 0:
         return None
 
-    # ---- gather: rank 0 reads every rank's records -------------------------------------------------
     def finished(r):
         try:
             with open(f"{args.out}.rank{r}.done") as f:
@@ -603,26 +565,57 @@ def run(args, engine=None):
         while not finished(r):
             time.sleep(2)
         done.update(_read_partial(f"{args.out}.rank{r}.partial.jsonl", config))
+    return done
+
+
+def summarize(args, config, world, benchmarks, done):
+    """The results dict: per benchmark, the summaries of the analyses asked for."""
     results = {"config": {**config, "analysis": args.analysis, "budgets": args.budgets, "buckets": args.buckets,
                           "extrapolate_budgets": args.extrapolate_budgets, "world_size": world,
                           "engine": args.engine or ("vllm" if prover.vllm_available() else "hf")},
                "benchmarks": {}}
     for b, problems in benchmarks.items():
         entry = {"num_problems": len(problems)}
-        get = lambda part: [done[(b, q["id"], part)] for q in problems]  # noqa: E731
+
+        def records(part):
+            return [done[(b, q["id"], part)] for q in problems]
         if "accuracy" in args.analysis:
-            entry["accuracy"] = summarize_accuracy(problems, get("samples"))
+            entry["accuracy"] = summarize_accuracy(problems, records("samples"))
         if "efficiency" in args.analysis:
-            entry["efficiency"] = summarize_efficiency(problems, get("samples"))
+            entry["efficiency"] = summarize_efficiency(problems, records("samples"))
         if "episodes" in args.analysis:
-            entry["episodes"] = summarize_episodes(get("episodes"), args)
+            entry["episodes"] = summarize_episodes(records("episodes"), args)
         if "regret" in args.analysis:
-            entry["regret"] = summarize_regret(get("episodes"), args)
+            entry["regret"] = summarize_regret(records("episodes"), args)
         if "extrapolate" in args.analysis:
-            entry["extrapolate"] = summarize_extrapolation(get("forcing"), args)
+            entry["extrapolate"] = summarize_extrapolation(records("forcing"), args)
         results["benchmarks"][b] = entry
     if "accuracy" in args.analysis:
         results["average_pass@1"] = float(np.mean([e["accuracy"]["pass@1"] for e in results["benchmarks"].values()]))
+    return results
+
+
+def run(args, engine=None):
+    """Run the analyses: shard the problems over ranks, score this rank's shard, gather on rank 0,
+    summarise, write the JSON (and plots). `engine`: an engine the caller already has (the tests)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    config = {k: getattr(args, k) for k in CONFIG_KEYS}
+    config["analysis_parts"] = sorted({PARTS[a] for a in args.analysis})
+
+    # ---- shard: every benchmark's problems, round-robin over ranks (errors before any engine starts)
+    benchmarks = {}
+    for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
+        benchmarks[os.path.splitext(os.path.basename(name))[0]] = prover.load_problems(name)[:args.limit]
+    work = [(b, q) for b in benchmarks for q in benchmarks[b]]
+    mine = [w for i, w in enumerate(work) if i % world == rank]
+
+    # ---- score, gather, summarise ------------------------------------------------------------------
+    t0 = time.time()
+    done, seconds = score_shard(args, config, mine, engine)
+    done = gather_shards(args, config, world, done)
+    if done is None:
+        return None   # not rank 0
+    results = summarize(args, config, world, benchmarks, done)
     results["seconds"] = {"total": time.time() - t0, **{f"{part} (rank 0)": s for part, s in seconds.items()}}
     _atomic_write_json(args.out, results)
     for r in range(world):  # the results file now holds everything: drop the run's scratch files

