@@ -3,6 +3,12 @@
 Paper: Sec. 4.2 (episodes), Sec. 5 and App. D (the Wait/Alternatively segmentation of R1 thoughts,
 Fig. 21), App. A and Fig. 30 (the backtracking-search format), App. F (budget-forcing phrases).
 
+Notation, used in every file of this project: z_{0:j} is the prefix made of the first j episodes,
+z_0 ... z_{j-1} (a half-open range, like a Python slice), so z_{0:0} is the empty prefix and z_{0:k}
+the whole stream. The paper writes the same prefix z_{0:j-1} (App. D: "for each prefix of episodes
+z_{0:j-1}"; Def. 6.1's context c_{j-1}); its Def. 4.1 sums J_r(mu | x, z_{0:j}) over the prefixes
+holding 1..k episodes, which is z_{0:1} ... z_{0:k} here.
+
 Text only: no torch, no tokenizer. Every function here is lossless where it cuts text, so that a
 thought prefix z_{0:j} is always a literal prefix of what the model wrote.
 """
@@ -156,7 +162,8 @@ def group_episodes(episodes, size):
 
 
 def thought_prefixes(episodes):
-    """The k + 1 thought prefixes z_{0:j} = z_0 ... z_{j-1} for j = 0..k, the empty one first.
+    """The k + 1 thought prefixes z_{0:j} = z_0 ... z_{j-1} for j = 0..k, the empty one first
+    (the paper's z_{0:j-1}: see the notation at the top of this file).
 
     These are what the meta-prover mu(.|x, z_{0:j}) (Eq. 4) is conditioned on; prefix j is a
     literal prefix of prefix j + 1.

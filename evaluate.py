@@ -10,12 +10,14 @@ extrapolation (App. F, Fig. 29); token efficiency, maj@K against tokens (Sec. 8.
 
 Analyses (--analysis, comma-separated):
   accuracy     n samples per problem: pass@1, pass@k, maj@k, mean response tokens, fraction truncated
-  episodes     traces -> episodes -> groups -> J_r(mu | x, z_{0:j}) (m samples each) -> [maj@p]_j per bucket
-               of total episodes, beside a `direct` pass@k baseline (--direct-model, or the same model
-               answering with an empty thought)
-  regret       normalized regret at token budgets (Fig. 9) and per episode budget (Fig. 26, App. E)
-  extrapolate  budget forcing (App. F): 0/2/4/6/8 extensions of a closed thought, accuracy and
-               normalized regret at the extended budgets
+  episodes     traces -> episodes -> J_r(mu | x, z_{0:j}) (m samples each) -> [maj@p]_j per bucket of total
+               episodes, beside the direct baseline's pass@k (App. D: --direct-model, an instruct model;
+               without it, an "empty-thought" baseline of --model, named so in the results). The paper
+               also ran it on an Omni-MATH subset (Sec. 5, App. D), which data/ does not ship
+  regret       cumulative regret (Def. 4.1), normalized regret at token budgets (Fig. 9) and per
+               episode budget (Fig. 26, App. E), on every episode (--group-size 1) unless grouped
+  extrapolate  the regret curve continued by budget forcing (App. F): mu after 0/2/4/6/8 extensions
+               of a closed thought, accuracy and normalized regret at the in-budget and extended budgets
   efficiency   maj@K against total tokens spent (Fig. 7)
 Results: one JSON file (every number plus the configuration), a table on stdout, and with matplotlib
 installed (optional) Fig. 3- and Fig. 9-style PNGs beside it. A killed run resumes from its partial
@@ -115,10 +117,11 @@ def maj_at_k(answers, gold, k, max_subsets=512, seed=0):
 
 
 def cumulative_regret(curve, oracle=1.0):
-    """Definition 4.1: Delta_k = sum_{j=0}^{k-1} [ J_r(pi*_j) - J_r(mu(. | x, z_{0:j})) ].
+    """Definition 4.1: Delta_k = sum_{j=1}^{k} [ J_r(pi*_j) - J_r(mu(. | x, z_{0:j})) ], the sum over the
+    prefixes holding 1..k episodes (the paper's index j-1; notation in episodes.py).
 
-    curve[j] is mu's success after episode j (the k points of a scaling curve, e.g. success_rates[1:]
-    of a MetaProver result); oracle is J_r(pi*_j), a number (the paper's 1.0) or one value per j.
+    curve[j - 1] is mu's success after episode j (the k points of a scaling curve, e.g. success_rates[1:]
+    of a MetaProver result); oracle is J_r(pi*_j), a number (the paper's 1.0) or one value per point.
     """
     curve = np.asarray(curve, dtype=float)
     return float(np.sum(np.broadcast_to(np.asarray(oracle, dtype=float), curve.shape) - curve))
@@ -212,11 +215,11 @@ def score_episodes(engine, direct_engine, problems, cfg):
         info["success_rates"] = score.success_rates
         info["maj"] = {str(p): [maj_at_k(a, gold, p) for a in score.answers] for p in ps}
         info["answer_tokens"] = float(np.mean(score.num_tokens))
-    # the direct baseline: the same prompt with an empty, closed thought (or another model); a model
-    # with no thought block simply answers
-    empty_thought = "</think>\n\n" if cfg.thinking else ""
+    # the direct baseline answers without thinking: --direct-model with its own template (no thought
+    # block), or a thinking model after an empty, closed thought
+    empty_thought = "</think>\n\n" if cfg.direct_thinking else ""
     direct = direct_engine.generate([prover.build_prompt(direct_engine.tokenizer, q["problem"], empty_thought,
-                                                         thinking=cfg.thinking)
+                                                         thinking=cfg.direct_thinking)
                                      for q in problems], n=cfg.direct_n, temperature=cfg.trace_temperature,
                                     top_p=cfg.top_p, max_tokens=cfg.direct_max_tokens, seed=cfg.seed)
     records = []
@@ -227,12 +230,16 @@ def score_episodes(engine, direct_engine, problems, cfg):
 
 
 def budget_forcing(engine, problems, cfg):
-    """extrapolate (App. F): when a trace closes its thought, drop </think>, append the next
-    FORCING_PHRASES entry and let it think on (each extension capped at cfg.force_tokens tokens,
-    ending at </think>); after F extensions close the thought and let the model answer.
+    """extrapolate (App. F; Fig. 9's dashed points): one scaling curve per trace, cut at larger budgets.
 
-    Per trace and F in cfg.forcings: total tokens spent and 0/1 correctness. F = 0 is the original
-    response. A trace that never closed its thought used its whole budget and is not extended.
+    In budget, the curve is the regret analysis's: J_r(mu | x, z_{0:j}) on the trace's own thought
+    prefixes. Beyond it, s1's budget forcing: when the trace closed its thought, drop </think>, append
+    the next FORCING_PHRASES entry and let the model think on (each extension capped at
+    cfg.force_tokens tokens, ending at </think>); after F extensions, F in cfg.forcings, the extended
+    thought is one more prefix, scored by the same mu. Every point sits at the tokens of its thought
+    prefix, i.e. the tokens actually spent (the paper's nominal budgets, max_tokens + F * force_tokens,
+    are reported beside them). A trace that never closed its thought used its whole budget: it is
+    not extended and its curve stays at its last value.
     """
     tok = engine.tokenizer
     prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
@@ -241,10 +248,12 @@ def budget_forcing(engine, problems, cfg):
     states = []
     for q, samples in zip(problems, outputs):
         for s in samples:
-            thought, _, closed = episodes.split_think(s.text)
-            states.append({"q": q, "thought": thought, "closed": closed, "thought_tokens":
-                           len(prover.prefix_token_ids(tok, s.token_ids, thought)), "extra": 0,
-                           "points": {0: (s.num_tokens, prover.reward(s.text, q["answer"]))}})
+            thought, closed = episodes.reasoning_stream(s.text, True, finished=s.finish_reason == "stop")
+            prefixes = episodes.thought_prefixes(episodes.group_episodes(episodes.split_episodes(thought),
+                                                                         cfg.group_size))
+            states.append({"q": q, "ids": s.token_ids, "thought": thought, "closed": closed,
+                           "prefixes": prefixes, "forced_at": {0: len(prefixes) - 1}})
+    # ---- force: F extensions of every closed thought; each F in cfg.forcings adds a prefix -------
     for r in range(1, max(cfg.forcings) + 1):
         live = [st for st in states if st["closed"]]
         if not live:
@@ -257,22 +266,23 @@ def budget_forcing(engine, problems, cfg):
                                seed=cfg.seed + r, stop=[episodes.THINK_CLOSE])
         for st, (s,) in zip(live, outs):
             st["thought"] += s.text
-            st["extra"] += s.num_tokens
-        if r in cfg.forcings:
-            answers = engine.generate([prover.build_prompt(tok, st["q"]["problem"], st["thought"]
-                                                           + prover.paragraph_break(st["thought"]) + "</think>\n\n")
-                                       for st in live], n=1, temperature=cfg.trace_temperature, top_p=cfg.top_p,
-                                      max_tokens=cfg.prover_max_tokens, seed=cfg.seed + 1000 + r)
-            for st, (a,) in zip(live, answers):
-                st["points"][r] = (st["thought_tokens"] + st["extra"] + a.num_tokens,
-                                   prover.reward(a.text, st["q"]["answer"], thinking=False))
+            if r in cfg.forcings:
+                st["forced_at"][r] = len(st["prefixes"])
+                st["prefixes"].append(st["thought"])
+    # ---- score: mu on every prefix, in budget and beyond ----------------------------------------
+    mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, top_p=1.0,
+                           max_tokens=cfg.prover_max_tokens, seed=cfg.seed)
+    scores = mu.score([(st["q"]["problem"], st["q"]["answer"], st["prefixes"], st["ids"]) for st in states])
     records = []
     for i, q in enumerate(problems):
-        mine = states[i * cfg.extrapolate_n:(i + 1) * cfg.extrapolate_n]
-        records.append({"traces": [{"forcings": cfg.forcings,
-                                    "tokens": [st["points"].get(f, st["points"][0])[0] for f in cfg.forcings],
-                                    "correct": [st["points"].get(f, st["points"][0])[1] for f in cfg.forcings]}
-                                   for st in mine]})
+        traces = []
+        for st, score in zip(states[i * cfg.extrapolate_n:(i + 1) * cfg.extrapolate_n],
+                             scores[i * cfg.extrapolate_n:(i + 1) * cfg.extrapolate_n]):
+            last = len(st["prefixes"]) - 1  # an unclosed trace: every F reads its last point
+            traces.append({"tokens": [len(prover.prefix_token_ids(tok, st["ids"], p)) for p in st["prefixes"]],
+                           "success_rates": score.success_rates, "closed": st["closed"],
+                           "forced_at": [st["forced_at"].get(f, last) for f in cfg.forcings]})
+        records.append({"traces": traces})
     return records
 
 
@@ -327,35 +337,53 @@ def summarize_episodes(records, cfg):
                                                              for r, _ in chosen])) for k in _ks(n_direct)}
         buckets.append(entry)
     traces = [t for r in records for t in r["traces"]]
-    return {"group_size": cfg.group_size, "traces": len(traces),
+    direct = ({"kind": "direct model (App. D)", "model": cfg.direct_model} if cfg.direct_model else
+              {"kind": "empty thought: --model answering after <think></think>, not the paper's instruct model",
+               "model": cfg.model})
+    direct.update(samples=cfg.direct_n, max_tokens=cfg.direct_max_tokens)
+    return {"group_size": cfg.group_size, "traces": len(traces), "direct_baseline": direct,
             "mean_episodes": float(np.mean([t["k"] for t in traces])),
             "fraction_closed": float(np.mean([t["closed"] for t in traces])), "buckets": buckets}
 
 
+def _extend(curve, length):
+    """A scaling curve carried on at its last value up to `length` points (more budget than a trace
+    used changes nothing)."""
+    return list(curve) + [curve[-1]] * (length - len(curve))
+
+
 def summarize_regret(records, cfg):
-    """Def. 4.1, Fig. 9 (token budgets) and Fig. 26 (episode budgets, App. E comparator)."""
+    """Def. 4.1, Fig. 9 (token budgets) and Fig. 26 (episode budgets, App. E comparator).
+
+    The three numbers share one convention: each is computed per trace, then averaged over all traces
+    (each trace weighs the same). A trace is scored on prefixes of group_size episodes (1 by default,
+    Def. 4.1's episodes); at a budget beyond its length a trace keeps its last value, and a trace with
+    no episode has cumulative regret 0 (an empty sum).
+    """
     traces = [t for r in records for t in r["traces"]]
-    out = {"cumulative_regret": float(np.mean([cumulative_regret(t["success_rates"][1:]) for t in traces
-                                               if len(t["success_rates"]) > 1] or [0.0])),
+    out = {"group_size": cfg.group_size,
+           "cumulative_regret": float(np.mean([cumulative_regret(t["success_rates"][1:]) for t in traces])),
            "normalized_regret_by_tokens": {str(c): float(np.mean([normalized_regret(np.maximum.accumulate(t["prefix_tokens"]), t["success_rates"], c)
                                                                  for t in traces])) for c in cfg.budgets}}
-    by_episodes = {}
-    for b in range(1, max(len(t["maj"]["1"]) for t in traces)):
-        eligible = [t for t in traces if len(t["maj"]["1"]) > b]
-        by_episodes[str(b)] = float(np.mean([appendix_e_regret({int(p): c for p, c in t["maj"].items()}, b)
-                                             for t in eligible]))
-    out["normalized_regret_by_episodes"] = by_episodes
+    longest = max(len(t["maj"]["1"]) for t in traces)
+    out["normalized_regret_by_episodes"] = {
+        str(b): float(np.mean([appendix_e_regret({int(p): _extend(c, b + 1) for p, c in t["maj"].items()}, b)
+                               for t in traces])) for b in range(1, longest)}
     return out
 
 
 def summarize_extrapolation(records, cfg):
+    """Fig. 29 (accuracy after F extensions) and Fig. 9's dashed points (normalized regret of the
+    continued curve), with the per-trace averaging of summarize_regret."""
     traces = [t for r in records for t in r["traces"]]
-    out = {"forcings": cfg.forcings, "accuracy": {}, "mean_tokens": {}}
+    out = {"forcings": cfg.forcings, "points_at": "tokens spent in the thought prefix",
+           "nominal_budget": {str(f): cfg.max_tokens + f * cfg.force_tokens for f in cfg.forcings},
+           "accuracy": {}, "mean_tokens": {}, "fraction_extended": float(np.mean([t["closed"] for t in traces]))}
     for i, f in enumerate(cfg.forcings):
-        out["accuracy"][str(f)] = float(np.mean([t["correct"][i] for t in traces]))
-        out["mean_tokens"][str(f)] = float(np.mean([t["tokens"][i] for t in traces]))
-    out["normalized_regret"] = {str(c): float(np.mean([normalized_regret(np.maximum.accumulate(t["tokens"]), t["correct"], c)
-                                                       for t in traces])) for c in cfg.extrapolate_budgets}
+        out["accuracy"][str(f)] = float(np.mean([t["success_rates"][t["forced_at"][i]] for t in traces]))
+        out["mean_tokens"][str(f)] = float(np.mean([t["tokens"][t["forced_at"][i]] for t in traces]))
+    out["normalized_regret"] = {str(c): float(np.mean([normalized_regret(np.maximum.accumulate(t["tokens"]), t["success_rates"], c)
+                                                       for t in traces])) for c in cfg.budgets + cfg.extrapolate_budgets}
     return out
 
 
@@ -367,7 +395,7 @@ PARTS = {"accuracy": "samples", "efficiency": "samples", "episodes": "episodes",
          "extrapolate": "forcing"}
 CONFIG_KEYS = ("model", "benchmarks", "n", "temperature", "top_p", "max_tokens", "traces", "trace_temperature",
                "group_size", "m", "prover_temperature", "prover_max_tokens", "maj_p", "direct_model", "direct_n",
-               "direct_max_tokens", "forcings", "force_tokens", "extrapolate_n", "limit", "seed", "thinking")
+               "direct_max_tokens", "direct_thinking", "forcings", "force_tokens", "extrapolate_n", "limit", "seed", "thinking")
 
 
 def _parse_ints(parser, flag, text, minimum=0):
@@ -394,17 +422,22 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=16384, help="response budget (Sec. 8.1: 16K)")
     p.add_argument("--traces", type=int, default=4, help="episodes: traces per problem (App. D: 4)")
     p.add_argument("--trace-temperature", type=float, default=0.7, help="episodes/extrapolate/direct temperature (App. D: 0.7)")
-    p.add_argument("--group-size", type=int, default=3, help="episodes per group (App. D: 3 for AIME, 5 for Omni-MATH)")
+    p.add_argument("--group-size", type=int, default=1,
+                   help="episodes per mu prefix. Default 1: every episode, as Def. 4.1 sums over episodes; App. D "
+                        "grouped 3 (AIME) or 5 (Omni-MATH) episodes to plot Fig. 3, at 1/3 or 1/5 of the mu calls")
     p.add_argument("--buckets", default="6-10,26-30,41-45", help="buckets of total episodes for the Fig. 3 table")
     p.add_argument("--prover-samples", dest="m", type=int, default=8,
                    help="m: forced-termination samples per prefix (App. D: 8)")
     p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
     p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
     p.add_argument("--maj-p", default="1,2,4,8", help="p of [maj@p]_j (default 1,2,4,8; p <= m)")
-    p.add_argument("--direct-model", default=None, help="model for the direct pass@k baseline (default: --model "
-                                                        "answering after an empty thought)")
+    p.add_argument("--direct-model", default=None,
+                   help="the direct baseline's model (App. D: an instruct model, Qwen2.5-32B-Instruct; App. E: "
+                        "Qwen2.5-Math-7B-Instruct), prompted with its own chat template and no thought. Default: "
+                        "not the paper's baseline but an 'empty-thought' one, --model answering after <think></think>")
     p.add_argument("--direct-n", type=int, default=32, help="direct baseline samples per problem (App. D: 32)")
-    p.add_argument("--direct-max-tokens", type=int, default=4096, help="direct baseline response budget")
+    p.add_argument("--direct-max-tokens", type=int, default=8192,
+                   help="direct baseline response budget (App. D: the traces' settings, 8192)")
     p.add_argument("--budgets", default="4096,8192,12288,16384", help="token budgets C0 of normalized regret (Fig. 9)")
     p.add_argument("--forcings", default="0,2,4,6,8", help="budget-forcing extension counts (App. F)")
     p.add_argument("--force-tokens", type=int, default=2048, help="cap of each forced extension (App. F: 2048)")
@@ -447,6 +480,10 @@ def parse_args(argv=None):
     prover.check_engine_args(p, args)
     from transformers import AutoTokenizer
     args.thinking = prover.resolve_thinking(args.thinking, AutoTokenizer.from_pretrained(args.model))
+    # the direct baseline answers at once: an instruct model's own template without a thought block,
+    # and a thinking model (the default, --model itself) after an empty, closed thought
+    args.direct_thinking = (prover.template_thinks(AutoTokenizer.from_pretrained(args.direct_model))
+                            if args.direct_model else args.thinking)
     if not args.thinking and "extrapolate" in args.analysis:
         p.error("--analysis extrapolate forces a model to think longer after </think> (App. F): it needs a model "
                 "with a thought block (--thinking on)")

@@ -1,6 +1,6 @@
 """grpo.py: a hand-written FSDP2 GRPO loop with colocated rollouts and in-place weight sync.
 
-    torchrun --nproc_per_node 8 grpo.py --model PATH --train data/aime_1983_2023.jsonl --out runs/grpo
+    torchrun --nproc_per_node 8 grpo.py --model PATH --train data/aime_1983_2023.jsonl --train-years 1989-2023 --out runs/grpo
     python grpo.py --model PATH --train ... --batch-size 8 --num-generations 4 ...   # one process (CPU ok)
 
 The outcome-reward RL baseline of the paper (Table 1 "outcome-reward RL (GRPO)", Sec. 3, 7.1, 8.1)
@@ -100,22 +100,30 @@ def grpo_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=
 # ==============================================================================================
 
 def outcome_reward(problems, groups, cfg=None):
-    """r(x, z) in {0, 1} per completion (Sec. 3); a completion cut at max length gets 0."""
+    """r(x, z) in {0, 1} per completion (Sec. 3). A completion cut at the length limit is graded like
+    any other, as in the paper's codebase (open-r1 / TRL of early 2025) and as evaluate.py grades it
+    (a cut thought has no answer anyway); cfg.zero_truncated gives it 0 instead."""
     thinking = cfg.thinking if cfg is not None else True
-    return [[0.0 if s.finish_reason == "length" else prover.reward(s.text, q["answer"], thinking=thinking)
+    zero_truncated = getattr(cfg, "zero_truncated", False)
+    return [[0.0 if zero_truncated and s.finish_reason == "length" else prover.reward(s.text, q["answer"], thinking=thinking)
              for s in group] for q, group in zip(problems, groups)]
 
 
 def length_penalty_reward(problems, groups, cfg):
-    """The length-penalty baseline of Table 1 (Arora & Zanette, 2025): a correct completion gets
-    1 + alpha * (0.5 - (L - L_min) / (L_max - L_min)), lengths over the correct completions of its
-    group, so the shortest correct one gets most; wrong or cut completions get 0."""
+    """The length-penalty baseline of Table 1, Arora & Zanette (2025), "Training Language Models to
+    Reason Efficiently", Sec. 3: r(x, y) = 1{y correct} * (1 - alpha * sigmoid((len(y) - mean(x)) / std(x))),
+    where mean(x) and std(x) are over the lengths of the correct completions of prompt x (here its G
+    samples). Shorter-than-average correct completions get more than 1 - alpha/2, longer ones less,
+    wrong ones 0. Their alpha is in [0, 1) (they report 0.05 to 0.4); std is the population std, and
+    a prompt with one correct completion (std 0) gives it 1 - alpha/2.
+    """
     rewards = []
-    for q, group, correct in zip(problems, groups, outcome_reward(problems, groups, cfg)):
+    for group, correct in zip(groups, outcome_reward(problems, groups, cfg)):
         lengths = [s.num_tokens for s, c in zip(group, correct) if c]
-        lo, hi = (min(lengths), max(lengths)) if lengths else (0, 0)
-        rewards.append([0.0 if not c else 1.0 + cfg.length_penalty_alpha * (0.5 - ((s.num_tokens - lo) / (hi - lo) if hi > lo else 0.0))
-                        for s, c in zip(group, correct)])
+        mean = sum(lengths) / len(lengths) if lengths else 0.0
+        std = math.sqrt(sum((n - mean) ** 2 for n in lengths) / len(lengths)) if lengths else 0.0
+        z = [(s.num_tokens - mean) / std if std > 0 else 0.0 for s in group]  # |z| <= sqrt(G - 1)
+        rewards.append([c * (1.0 - cfg.length_penalty_alpha / (1.0 + math.exp(-zi))) for zi, c in zip(z, correct)])
     return rewards
 
 
@@ -235,7 +243,7 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
     prompts_per_step = cfg.batch_size // cfg.num_generations
     per_rank = prompts_per_step // world
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    problems = [q for q in prover.load_problems(cfg.train)
+    problems = [q for q in prover.load_problems(cfg.train, years=cfg.train_years)
                 if len(prover.build_prompt(tokenizer, q["problem"], thinking=cfg.thinking)) <= cfg.max_prompt_length]
     if len(problems) < prompts_per_step:
         raise ValueError(f"--train {cfg.train}: {len(problems)} problems fit --max-prompt-length "
@@ -323,6 +331,9 @@ def add_grpo_args(p):
     p.add_argument("--model", required=True, help="HF model folder to start from")
     p.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"),
                    help="training problems, JSONL with problem/answer (default data/math_train_4k.jsonl)")
+    p.add_argument("--train-years", default=None, metavar="FIRST-LAST",
+                   help="keep the training problems whose id holds a year in this range; the paper's DeepScaleR "
+                        "runs used AIME 1989-2023 (--train data/aime_1983_2023.jsonl --train-years 1989-2023)")
     p.add_argument("--out", default="runs/grpo", help="run folder: metrics.jsonl and checkpoints/ (default runs/grpo)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (Table 3: 1e-6)")
@@ -342,15 +353,22 @@ def add_grpo_args(p):
                                                                    "DAPO's clip-higher uses 0.28)")
     p.add_argument("--ppo-epochs", type=int, default=1,
                    help="optimizer passes over each batch of rollouts (default 1: on-policy; TRL calls it num_iterations)")
-    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient to the initial model, k3 estimator "
-                                                            "(default 0: no reference model is loaded)")
-    p.add_argument("--loss-agg", choices=("token-mean", "seq-mean"), default="token-mean",
-                   help="token-mean: over all completion tokens of the batch; seq-mean: per completion, then over completions")
+    # Defaults follow the paper's runs: the first author's fork (CohenQU/grpo-metaMATH) trains with a copy
+    # of TRL's GRPOTrainer of Feb. 2025 (between v0.14 and v0.15): per-completion mean loss, beta 0.04
+    # with a reference model, rewards scaled by the group std.
+    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the initial model, k3 estimator "
+                                                             "(default 0.04, TRL's of early 2025; 0 loads no reference model)")
+    p.add_argument("--loss-agg", choices=("token-mean", "seq-mean"), default="seq-mean",
+                   help="seq-mean (default, TRL of early 2025): per completion, then over completions; "
+                        "token-mean (DAPO, TRL >= 0.16): over all completion tokens of the batch")
     p.add_argument("--scale-rewards", choices=("std", "none"), default="std",
                    help="divide group-centred rewards by the group std (GRPO) or not (Dr. GRPO)")
     p.add_argument("--reward", choices=tuple(REWARDS), default="outcome",
                    help="outcome: r(x, z) in {0,1}; length-penalty: the Table 1 baseline of Arora & Zanette (2025)")
-    p.add_argument("--length-penalty-alpha", type=float, default=0.1, help="alpha of the length-penalty reward")
+    p.add_argument("--zero-truncated", action="store_true",
+                   help="reward 0 for a completion cut at --max-completion-length (default: graded like any other, "
+                        "as the paper's codebase and evaluate.py do)")
+    p.add_argument("--length-penalty-alpha", type=float, default=0.1, help="alpha of the length-penalty reward, in [0, 1) (Arora & Zanette: 0.05-0.4; default 0.1)")
     p.add_argument("--micro-batch-tokens", type=int, default=32768, help="padded tokens per micro-batch (default 32768)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (Table 2)")
     p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps, and at the end (default 50)")
@@ -374,6 +392,8 @@ def check_args(p, cfg):
             p.error(f"{prover.option_name(p, flag)} must be > 0")
     if cfg.beta < 0 or cfg.weight_decay < 0 or cfg.temperature < 0 or not 0 <= cfg.warmup_ratio < 1:
         p.error("--beta, --weight-decay, --temperature must be >= 0 and --warmup-ratio in [0, 1)")
+    if not 0 <= cfg.length_penalty_alpha < 1:
+        p.error(f"--length-penalty-alpha must be in [0, 1), got {cfg.length_penalty_alpha}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if cfg.batch_size % cfg.num_generations:
         p.error(f"--batch-size {cfg.batch_size} must be a multiple of --num-generations {cfg.num_generations}")
@@ -384,6 +404,17 @@ def check_args(p, cfg):
         p.error(f"--model: no such folder: {cfg.model}")
     if not os.path.isfile(cfg.train):
         p.error(f"--train: no such file: {cfg.train}")
+    if cfg.train_years is not None:
+        try:
+            first, last = (int(y) for y in cfg.train_years.split("-"))
+            assert first <= last
+        except (ValueError, AssertionError):
+            p.error(f"--train-years: expected FIRST-LAST like 1989-2023, got {cfg.train_years!r}")
+        cfg.train_years = (first, last)
+        try:
+            prover.load_problems(cfg.train, years=cfg.train_years)
+        except ValueError as e:
+            p.error(f"--train-years: {e}")
     if cfg.resume and policy.latest_checkpoint(cfg.out) is None:
         p.error(f"--resume: no checkpoint in {cfg.out}/checkpoints")
     from transformers import AutoConfig, AutoTokenizer

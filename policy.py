@@ -184,17 +184,27 @@ def token_logprobs(model, ids, attn, chunk=4096):
 # ==============================================================================================
 
 def cosine_schedule(step, total_steps, warmup_ratio):
-    """Linear warmup over warmup_ratio of the steps, then cosine decay to 0 (Tables 2, 3)."""
-    warmup = max(1, int(round(warmup_ratio * total_steps)))
+    """The lr multiplier of update `step` (0-based): linear warmup over ceil(warmup_ratio * total)
+    updates starting at 0, then cosine decay to 0 (Tables 2, 3). As the HF trainer the paper used
+    (get_cosine_schedule_with_warmup), so the first update of a warmed-up run has lr 0."""
+    warmup = math.ceil(warmup_ratio * total_steps)
     if step < warmup:
-        return (step + 1) / warmup
+        return step / warmup
     progress_ = (step - warmup) / max(1, total_steps - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
 
 
 def make_optimizer(model, lr, weight_decay, total_steps, warmup_ratio):
-    """AdamW (betas 0.9 / 0.999, eps 1e-8) and its warmup + cosine LambdaLR schedule."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    """AdamW (betas 0.9 / 0.999, eps 1e-8) and its warmup + cosine LambdaLR schedule.
+
+    Biases and normalisation weights (the 1-D parameters) get no weight decay, as in the HF trainer
+    (which, in transformers 4.49, still decays the final norm: a single vector, a negligible difference).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, total_steps, warmup_ratio))
     return optimizer, scheduler
 

@@ -11,6 +11,7 @@ Paper: Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress), App. D (F
 import itertools
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -24,11 +25,13 @@ from grader import extract_answer, is_equiv, reward  # noqa: F401  (r(x, z), Sec
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-def load_problems(name_or_path):
+def load_problems(name_or_path, years=None):
     """Problems x (a name in data/, or any JSONL path) as dicts with id, problem, answer.
 
     Every line must be a JSON object with string fields "problem" and "answer"; anything else is an
-    error naming the file and line. Lines without an "id" get "<file stem>-<line>".
+    error naming the file and line. Lines without an "id" get "<file stem>-<line>". years=(first,
+    last) keeps the problems whose id holds a year in that range ("aime1994-3", "aime2004-II-7"):
+    the paper's DeepScaleR runs trained on "AIME problems from 1989-2023".
     """
     path = name_or_path if os.path.exists(name_or_path) else os.path.join(DATA_DIR, f"{name_or_path}.jsonl")
     if not os.path.isfile(path):
@@ -51,8 +54,14 @@ def load_problems(name_or_path):
                     raise ValueError(f"{path}:{lineno}: missing or empty string field {key!r}")
             problems.append({"id": str(row.get("id", f"{stem}-{lineno}")), "problem": row["problem"],
                              "answer": row["answer"]})
+            if years is not None:
+                year = re.search(r"(?<!\d)(1[89]\d\d|20\d\d)(?!\d)", problems[-1]["id"])
+                if year is None:
+                    raise ValueError(f"{path}:{lineno}: a year filter needs a year in every id, got {problems[-1]['id']!r}")
+                if not years[0] <= int(year.group(1)) <= years[1]:
+                    problems.pop()
     if not problems:
-        raise ValueError(f"{path}: no problems")
+        raise ValueError(f"{path}: no problems" + (f" from the years {years[0]}-{years[1]}" if years else ""))
     return problems
 
 
@@ -103,8 +112,10 @@ def build_prompt(tokenizer, problem, thought_prefix="", thinking=True):
     return tokenizer.encode(text + thought_prefix, add_special_tokens=False)
 
 
-# Fig. 22 (App. D), verbatim: appended to a thought prefix z_{0:j}, it makes the model stop thinking,
-# closes the thought and primes a step-by-step answer. This is what turns pi into mu (Eq. 4).
+# Fig. 22 (App. D), as we read it: appended to a thought prefix z_{0:j}, it makes the model stop
+# thinking, closes the thought and primes a step-by-step answer. This is what turns pi into mu (Eq. 4).
+# Not verbatim: the figure prints the closing tag as "\think" and has a stray "*"; we write the
+# model's real tag </think> and drop the "*".
 TIME_IS_UP = ("Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
               "and formulate a final answer based on what I already have.\n\n</think>\n\n"
               "**Step-by-Step Explanation and Answer:**\n\n1. **")

@@ -634,7 +634,7 @@ def test_build_prompt_template_without_think_and_auto_bos(tokenizer):
     assert ids.count(tokenizer.bos_token_id) == 1
 
 
-def test_time_is_up_is_fig22_verbatim():
+def test_time_is_up_is_our_reading_of_fig22():
     assert prover.TIME_IS_UP == (
         "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
         "formulate a final answer based on what I already have.\n\n</think>\n\n"
@@ -830,8 +830,11 @@ def test_outcome_reward_follows_thinking():
     problems = [{"problem": "1+1?", "answer": "2"}]
     group = [prover.Sample("1+1 = 2.\n\nSo \\boxed{2}.", [1], "stop"), prover.Sample("So \\boxed{2}", [1], "length"),
              prover.Sample("Hmm.</think>\\boxed{2}", [1], "stop")]
-    assert grpo.outcome_reward(problems, [group], types.SimpleNamespace(thinking=False)) == [[1.0, 0.0, 1.0]]
+    assert grpo.outcome_reward(problems, [group], types.SimpleNamespace(thinking=False)) == [[1.0, 1.0, 1.0]]
     assert grpo.outcome_reward(problems, [group], types.SimpleNamespace(thinking=True)) == [[0.0, 0.0, 1.0]]
+    # --zero-truncated: the completion cut at the length limit (the second) gets 0 whatever it says
+    cut = types.SimpleNamespace(thinking=False, zero_truncated=True)
+    assert grpo.outcome_reward(problems, [group], cut) == [[1.0, 0.0, 1.0]]
 
 
 def test_meta_prover_without_thought_block(chatml_model):
@@ -938,28 +941,76 @@ def test_every_benchmark_loads():
     assert [len(prover.load_problems(b)) for b in evaluate.BENCHMARKS] == [30, 30, 40, 500, 272]
 
 
+def test_year_filter_selects_the_papers_aime_years():
+    every = prover.load_problems("aime_1983_2023")
+    kept = prover.load_problems("aime_1983_2023", years=(1989, 2023))
+    # 1983-1988: six years of 15 problems left out; "aime2004-II-7" is read as 2004
+    assert len(every) == 975 and len(kept) == 975 - 6 * 15
+    assert [q["id"] for q in kept] == [q["id"] for q in every if int(q["id"][4:8]) >= 1989]
+    with pytest.raises(ValueError, match="math500.jsonl:1: a year filter needs a year"):
+        prover.load_problems("math500", years=(1989, 2023))
+
+
+TRACE_A = "Try 1.\n\nNo.\n\nHmm.\n\nWait, try 2.\n\nYes 2.\n\nDone.\n\n</think>\n\n\\boxed{2}"  # 2 episodes
+
+
 def forcing_respond(text, n, stop):
-    """Budget forcing scripted: a first response closes its thought and answers 0; every extension
-    writes one step and closes; an answer after F forced phrases is F."""
+    """Budget forcing scripted. Problem "2?" (gold 2): mu answers 2 once the thought holds "try 2"
+    and no "Alternatively" (the second forcing phrase talks it out of it). Problem "5?": mu is always
+    right. Every extension writes one step and closes its thought."""
     thought = text.split("<think>\n", 1)[1]
-    forced = sum(thought.count(f) for f in ("\n\nWait", "\n\nAlternatively", "\n\nBut hold on", "\n\nBut wait"))
+    if text.endswith(prover.TIME_IS_UP):
+        if "5?" in text:
+            return ["\\boxed{5}"] * n
+        return ["\\boxed{2}" if "try 2" in thought and "Alternatively" not in thought else "\\boxed{1}"] * n
     if thought == "":
-        return ["First step.\n\n</think>\n\n\\boxed{0}"] * n        # the original response: wrong
-    if thought.endswith("</think>\n\n"):
-        return [f"\\boxed{{{forced}}}"] * n                             # the answer after F extensions
+        return [TRACE_A if "2?" in text else "Five.\n\n</think>\n\n\\boxed{5}"] * n
     assert stop == ["</think>"] and thought.endswith(tuple(FORCING_PHRASES))
-    return [", one more step.\n\n"] * n                                 # an extension, ended by </think>
+    return [", one more step.\n\n"] * n
 
 
-def test_budget_forcing_appends_phrases_in_order_and_scores_each_count(tokenizer):
+def test_extrapolation_continues_the_in_budget_curve_by_hand(tokenizer):
     cfg = types.SimpleNamespace(extrapolate_n=1, trace_temperature=0.7, top_p=1.0, max_tokens=64, seed=0,
-                                forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16)
-    problems = [{"id": "a", "problem": "What is 2+2?", "answer": "2"}, {"id": "b", "problem": "3?", "answer": "4"}]
+                                forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16, m=2,
+                                prover_temperature=0.7, group_size=1)
+    problems = [{"id": "a", "problem": "2?", "answer": "2"}, {"id": "b", "problem": "5?", "answer": "5"}]
     (ra, rb) = evaluate.budget_forcing(FakeEngine(tokenizer, forcing_respond), problems, cfg)
-    # the answer after F forced phrases is F: problem a (gold 2) is right only at F = 2, b (gold 4) at F = 4
-    assert ra["traces"][0]["correct"] == [0.0, 1.0, 0.0] and rb["traces"][0]["correct"] == [0.0, 0.0, 1.0]
-    tokens = ra["traces"][0]["tokens"]
-    assert tokens[0] < tokens[1] < tokens[2]  # every extension spends tokens
+    a, b = ra["traces"][0], rb["traces"][0]
+    # a: mu on z_{0:0}, z_{0:1}, z_{0:2} (the in-budget curve), then after 2 and after 4 extensions
+    assert a["success_rates"] == [0.0, 0.0, 1.0, 0.0, 0.0] and a["forced_at"] == [2, 3, 4]
+    assert b["success_rates"] == [1.0] * len(b["tokens"]) and b["forced_at"] == [1, 2, 3]
+    # points sit at the tokens of each thought prefix (tokens actually spent)
+    ids = tokenizer.encode(TRACE_A, add_special_tokens=False)
+    t = a["tokens"]
+    assert t[0] == 0 and t[2] == len(prover.prefix_token_ids(tokenizer, ids, TRACE_A.split("</think>")[0]))
+    assert t[0] < t[1] < t[2] < t[3] < t[4]
+    # normalized regret of a by hand: accuracy 0 on [0, t2), 1 on [t2, t3), 0 from t3 on; b has none
+    c1, c2, c3 = t[2] // 2, (t[2] + t[3]) // 2, t[4] + 100
+    cfg.budgets, cfg.extrapolate_budgets = [c1, c2], [c3]
+    summary = evaluate.summarize_extrapolation([ra, rb], cfg)
+    regret_a = {c1: 1.0, c2: t[2] / c2, c3: (c3 - (t[3] - t[2])) / c3}
+    assert summary["normalized_regret"] == pytest.approx({str(c): v / 2 for c, v in regret_a.items()})
+    assert summary["accuracy"] == {"0": 1.0, "2": 0.5, "4": 0.5}
+    assert summary["nominal_budget"] == {"0": 64, "2": 96, "4": 128}
+    # a trace right at every point has no regret at any budget, however long it is
+    assert all(evaluate.normalized_regret(b["tokens"], b["success_rates"], c) == 0.0 for c in (c1, c2, c3))
+
+
+def test_direct_baseline_uses_its_own_template_without_thought(tokenizer, tiny_model, chatml_model):
+    from transformers import AutoTokenizer
+    args = evaluate.parse_args(["--model", tiny_model, "--direct-model", chatml_model, "--analysis", "episodes"])
+    assert args.direct_thinking is False and args.direct_max_tokens == 8192  # App. D: the traces' settings
+    assert evaluate.parse_args(["--model", tiny_model]).direct_thinking is True  # empty-thought baseline
+    chatml = AutoTokenizer.from_pretrained(chatml_model)
+    trace = FakeEngine(tokenizer, lambda text, n, stop: ["\\boxed{1}" if text.endswith(prover.TIME_IS_UP)
+                                                         else "Hmm.\n\n</think>\n\n\\boxed{1}"] * n)
+    direct = FakeEngine(chatml, lambda text, n, stop: ["So the answer is $\\boxed{4}$."] * n)
+    cfg = types.SimpleNamespace(traces=1, trace_temperature=0.7, top_p=1.0, max_tokens=32, seed=0, group_size=1,
+                                m=2, prover_temperature=0.7, prover_max_tokens=8, maj_p=[1, 2], thinking=True,
+                                direct_thinking=False, direct_n=2, direct_max_tokens=8)
+    (record,) = evaluate.score_episodes(trace, direct, [{"id": "q", "problem": "2+2?", "answer": "4"}], cfg)
+    assert direct.prompts == [chatml.decode(prover.build_prompt(chatml, "2+2?", thinking=False))]
+    assert "think>" not in direct.prompts[0] and record["direct_correct"] == [True, True]
 
 
 def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp_path):
@@ -985,7 +1036,10 @@ def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp
     assert set(b["regret"]["normalized_regret_by_tokens"]) == {"16", "32", "64"}
     assert all(0 <= v <= 1 for v in b["regret"]["normalized_regret_by_tokens"].values())
     x = b["extrapolate"]
-    assert x["forcings"] == [0, 2] and set(x["normalized_regret"]) == {"64", "80"}
+    assert x["forcings"] == [0, 2] and set(x["normalized_regret"]) == {"16", "32", "64", "80"}
+    # the in-budget points of the continued curve are the regret analysis's kind of number
+    assert all(0 <= v <= 1 for v in x["normalized_regret"].values())
+    assert ep["direct_baseline"]["kind"].startswith("empty thought") and ep["direct_baseline"]["max_tokens"] == 8
     assert not [p for p in os.listdir(tmp_path) if "partial" in p or p.endswith(".done")]
 
 
@@ -1052,6 +1106,33 @@ def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
 # ==============================================================================================
 # grpo.py: the objective by hand, FSDP2 across ranks, weight sync, learning, resume
 # ==============================================================================================
+
+def test_length_penalty_reward_arora_zanette_by_hand():
+    def sample(text, n):
+        return prover.Sample(text, [1] * n, "stop")
+    problems = [{"answer": "7"}, {"answer": "7"}]
+    groups = [[sample("\\boxed{7}", 100), sample("\\boxed{7}", 200), sample("\\boxed{7}", 300), sample("\\boxed{3}", 50)],
+              [sample("\\boxed{7}", 10), sample("\\boxed{8}", 10)]]
+    cfg = types.SimpleNamespace(thinking=False, length_penalty_alpha=0.2)
+    (a, b) = grpo.length_penalty_reward(problems, groups, cfg)
+    # correct lengths 100, 200, 300: mean 200, population std 81.65, z = -1.2247, 0, 1.2247;
+    # sigmoid(-1.2247) = 1 / (1 + 3.4033) = 0.22710, so 1 - 0.2 * 0.22710 = 0.95458, and so on
+    assert a == pytest.approx([0.95458, 0.9, 0.84542, 0.0], abs=1e-5)
+    assert b == pytest.approx([0.9, 0.0])  # one correct completion: std 0, sigmoid(0) = 1/2
+
+
+def test_schedule_and_weight_decay_follow_the_hf_trainer(tiny_model):
+    # 20 updates, warmup 0.1: ceil(2) warmup updates from lr 0, then cosine to 0
+    assert [policy.cosine_schedule(s, 20, 0.1) for s in (0, 1, 2, 11, 20)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
+    assert policy.cosine_schedule(0, 10, 0.0) == 1.0  # no warmup: the first update at full lr
+    assert policy.cosine_schedule(0, 7, 0.1) == 0.0 and policy.cosine_schedule(1, 7, 0.1) == 1.0  # ceil(0.7) = 1
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    opt, _ = policy.make_optimizer(model, 1e-6, 0.01, 10, 0.1)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decay) == (not ("norm" in name or name.endswith("bias"))), name
+
 
 def test_group_advantages_by_hand():
     a = grpo.group_advantages([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], 4)
