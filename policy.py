@@ -41,15 +41,14 @@ import torch.distributed as dist  # noqa: E402
 def setup_distributed():
     """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one."""
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            import socket
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(port))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        if "RANK" in os.environ:
+            dist.init_process_group(backend)         # torchrun's rendezvous (env://)
+        else:
+            # plain python: a group of one on an in-process store, so no port is taken (two runs on
+            # one machine can never race for the same one)
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     if torch.cuda.is_available():
         torch.cuda.set_device(0)  # the one GPU this rank sees (pin_local_gpu)
     return dist.get_rank(), dist.get_world_size()

@@ -95,15 +95,16 @@ def resolve_thinking(flag, tokenizer):
 def build_prompt(tokenizer, problem, thought_prefix="", thinking=True):
     """Token ids of the chat prompt for problem x, with the assistant turn continued by z_{0:j}.
 
-    The user turn is the problem followed by PROMPT_SUFFIX. With thinking=True the assistant turn
+    The user turn is the problem followed by PROMPT_SUFFIX (or `problem` is a list of chat messages,
+    used as they are: SFT data may carry its own). With thinking=True the assistant turn
     opens the thought (added here if the template does not do it itself); with thinking=False (a
     model with no thought block) it opens nothing, and a "<think>" the template wrote is taken off.
     Then `thought_prefix` (the first episodes of a response) continues the turn. The text is
     tokenized without the tokenizer's own special tokens, so the BOS the template writes is the
     only one.
     """
-    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}],
-                                         tokenize=False, add_generation_prompt=True)
+    messages = problem if isinstance(problem, list) else [{"role": "user", "content": f"{problem} {PROMPT_SUFFIX}"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     opened = text.rstrip().endswith("<think>")
     if thinking and not opened:
         text += "<think>\n"
@@ -408,6 +409,7 @@ class PrefixScores:
     answers: list                                # answers[j]: the m extracted answers (None: no answer)
     rewards: list = field(default_factory=list)  # rewards[j]: the m 0/1 rewards
     num_tokens: list = field(default_factory=list)  # num_tokens[j]: tokens of each forced answer
+    texts: list = field(default_factory=list)    # texts[j]: the m forced answers themselves (star.py trains on one)
 
 
 def prefix_token_ids(tokenizer, response_ids, prefix):
@@ -477,7 +479,8 @@ class MetaProver:
                 results.append(PrefixScores(success_rates=[rate for rate, _, _ in scored],
                                             answers=[answers for _, answers, _ in scored],
                                             rewards=[rewards for _, _, rewards in scored],
-                                            num_tokens=[[s.num_tokens for s in row] for row in rows]))
+                                            num_tokens=[[s.num_tokens for s in row] for row in rows],
+                                            texts=[[s.text for s in row] for row in rows]))
             bar.update(len(batch))
             batch.clear()
 

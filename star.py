@@ -1,0 +1,520 @@
+"""star.py: Algorithm 1, MRT (STaR), its STaR baseline, and the FSDP2 SFT loop both train with.
+
+    python star.py --model M --train data/math_train_4k.jsonl --out D --iterations T --variant {mrt,star}
+    torchrun --nproc_per_node 8 star.py --model M ...     # rollouts and mu sharded over ranks, SFT on FSDP2
+    python star.py sft --data F --model M --out D          # SFT on a JSONL file (the warm start of App. A.2)
+
+Paper: Sec. 7.1 and Fig. 6 (left), App. B.1 Algorithm 1, App. B.2 Table 2 (SFT hyperparameters),
+Sec. 7.2 (20 forced terminations per prefix for the progress estimates), App. A.2 (warm-start SFT).
+The baseline STaR (Zelikman et al., 2022; Table 1 and Fig. 7) keeps whole rollouts that are correct.
+
+Per iteration t, with pi_theta in the engine (Algorithm 1):
+    generate   one rollout z ~ pi_theta(.|x) per training problem (--rollouts for more)
+    score      mrt: episodes (episodes.py), J_r(mu | x, z_{0:j}) for every prefix (Eq. 4, m samples),
+               progress (Def. 6.1); star: the 0/1 reward r(x, z)
+    select     mrt: traces whose cumulative progress is positive somewhere, cut at the prefix of largest
+               cumulative progress, followed by one of mu's correct answers there; star: correct rollouts
+    write      D/iter_t/data.jsonl (every example with its k, i, progress and J_r curve)
+    train      SFT of pi_theta on the data of iterations 1..t (Algorithm 1 keeps one growing D_ft)
+    sync       the new weights into the engine
+
+Run folder D: iter_<t>/data.jsonl, iter_<t>/checkpoints/step_N (each iteration's SFT run, HF folders),
+metrics.jsonl (one row per SFT step and one per iteration). A killed run resumes where it stopped:
+a finished data file is not rebuilt, an iteration's SFT resumes from its last checkpoint.
+
+
+The SFT data format: see SFT_FORMAT below, or `python star.py sft --help`.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+
+import policy  # first: it pins this rank's GPU before torch is imported
+import episodes
+import prover
+from policy import all_sum, device
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+# ==============================================================================================
+# SFT data
+# ==============================================================================================
+
+SFT_FORMAT = """SFT data (star.py sft --data F, and the files Algorithm 1 writes): one JSON object per line,
+    {"problem": str | "prompt": [chat messages], "completion": str, "weight": float (optional, 1)}
+The prompt is built with prover.build_prompt, as for rollouts, so SFT and RL see the same prompts;
+the completion is the assistant's continuation (thought, answer) and ends with EOS."""
+
+ANSWER_HEAD = prover.TIME_IS_UP.split("</think>\n\n", 1)[1]  # "**Step-by-Step Explanation and Answer:**..."
+
+
+def load_sft_data(path, tokenizer, thinking, max_seq_length, truncate=False):
+    """Tokenized SFT examples [(prompt ids, completion ids + EOS, weight)] and the number of rows
+    skipped as too long (or cut to max_seq_length when truncate=True: the completion's tail goes).
+    Malformed rows are errors that name the file and line."""
+    examples, skipped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            prompt = row.get("prompt", row.get("problem"))
+            if isinstance(prompt, list):
+                if not prompt or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                         and isinstance(m.get("content"), str) for m in prompt):
+                    raise ValueError(f"{where}: \"prompt\" must be a non-empty list of {{role, content}} messages")
+            elif not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{where}: needs a \"problem\" string or a \"prompt\" list of chat messages")
+            if not isinstance(row.get("completion"), str) or not row["completion"]:
+                raise ValueError(f"{where}: missing or empty string field \"completion\"")
+            weight = row.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"{where}: \"weight\" must be a finite number >= 0, got {weight!r}")
+            prompt_ids = prover.build_prompt(tokenizer, prompt, thinking=thinking)
+            completion_ids = tokenizer.encode(row["completion"], add_special_tokens=False) + [tokenizer.eos_token_id]
+            if len(prompt_ids) + len(completion_ids) > max_seq_length:
+                if not truncate or len(prompt_ids) >= max_seq_length:
+                    skipped += 1
+                    continue
+                completion_ids = completion_ids[:max_seq_length - len(prompt_ids)]
+            examples.append((prompt_ids, completion_ids, float(weight)))
+    if not examples:
+        raise ValueError(f"{path}: no usable examples ({skipped} longer than --max-seq-length {max_seq_length})")
+    return examples, skipped
+
+
+# ==============================================================================================
+# The SFT loss and one optimizer step
+# ==============================================================================================
+
+def sft_loss(logp, mask, weights, num_tokens):
+    """Negative log-likelihood of the completion tokens (Alg. 1 line 13), optionally weighted:
+
+        L = -(1 / N) * sum_seq w_seq * sum_{t in completion} log pi(y_t | x, y_<t)
+
+    logp, mask: [n, T-1] (mask: positions whose next token is a completion token; prompt and padding
+    are 0); weights: [n]; N: completion tokens of the whole global batch, all ranks. Dividing by the
+    global (unweighted) count makes micro-batches and ranks add up to the full-batch loss, and keeps a
+    weight's meaning plain: w = 2 counts a sequence's tokens twice. (App. B.2 weights by progress.)
+    """
+    return -(logp * mask * weights[:, None]).sum() / max(num_tokens, 1)
+
+
+def sft_step(model, optimizer, scheduler, batch, cfg, pad_id):
+    """One optimizer step on this rank's share of a global batch [(prompt ids, completion ids, weight)]:
+    sft_loss over token-budgeted micro-batches, gradient-norm clip, AdamW, schedule. Returns metrics."""
+    lengths = [len(p) + len(c) for p, c, _ in batch]
+    num_tokens, num_seqs = all_sum(sum(len(c) for _, c, _ in batch), len(batch))
+    world = dist.get_world_size()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for indices in policy.rank_micro_batches(lengths, cfg.micro_batch_tokens):
+        ids, attn, mask = policy.pad_sequences([batch[i][0] for i in indices], [batch[i][1] for i in indices], pad_id)
+        weights = torch.tensor([batch[i][2] for i in indices] or [0.0], device=device())
+        loss = sft_loss(policy.token_logprobs(model, ids, attn), mask, weights, num_tokens)
+        # FSDP averages gradients over ranks; the loss is already divided by the global count, so
+        # scale by the world size to make that average a sum (an empty micro-batch adds 0).
+        (loss * world).backward()
+        total += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
+    optimizer.step()
+    scheduler.step()
+    (loss_sum,) = all_sum(total)
+    return {"loss": loss_sum, "grad_norm": grad_norm, "completion_tokens": num_tokens, "sequences": num_seqs,
+            "tokens": all_sum(sum(lengths))[0]}
+
+
+# ==============================================================================================
+# The SFT loop (shared by star.py sft, Algorithm 1 and the warm start)
+# ==============================================================================================
+
+def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
+    """Fine-tune the model at `start_weights` (loaded here as an FSDP2 policy) on `examples`, for
+    cfg.epochs epochs of global batches of cfg.batch_size sequences (Table 2: 3 epochs, 256, lr 1e-6,
+    warmup 0.1, cosine). Checkpoints go to out_dir/checkpoints every cfg.save_every steps and at the
+    end; a run that finds one there resumes from it exactly (weights, optimizer, schedule, data order).
+    With an engine, the final weights are synced into it. The policy is freed on return, so that
+    between SFT runs the GPU holds only the engine. Returns the last step's metrics."""
+    rank, world = policy.setup_distributed()
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    start = 0
+    resume_from = policy.latest_checkpoint(out_dir)
+    model = policy.load_policy(resume_from or start_weights, cfg.gradient_checkpointing)
+    optimizer, scheduler = policy.make_optimizer(model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio)
+    if resume_from:
+        start = policy.load_checkpoint(resume_from, model, optimizer, scheduler)
+        if rank == 0:
+            print(f"sft: resumed from {resume_from} at step {start}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps, initial=start, desc="sft", unit="step", disable=rank != 0)
+    metrics = {}
+    for step in range(start, total_steps):
+        t0 = time.time()
+        epoch, at = divmod(step, steps_per_epoch)
+        order = list(range(len(examples)))
+        random.Random(cfg.seed + epoch).shuffle(order)      # the same order on every rank, and on resume
+        global_batch = order[at * cfg.batch_size:(at + 1) * cfg.batch_size]
+        mine = [examples[i] for i in global_batch[rank::world]]
+        lr = scheduler.get_last_lr()[0]
+        stats = sft_step(model, optimizer, scheduler, mine, cfg, pad_id)
+        seconds = time.time() - t0
+        metrics = {"sft_step": step + 1, "epoch": epoch + at / steps_per_epoch, "lr": lr,
+                   **stats, "tokens_per_s": stats["tokens"] / max(seconds, 1e-9), "seconds": seconds}
+        policy.log_metrics(cfg.out, {"phase": "sft", "run": os.path.relpath(out_dir, cfg.out), **metrics})
+        bar.set_postfix(loss=f"{stats['loss']:.4f}")
+        bar.update(1)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
+            policy.save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),
+                                   cfg.keep_checkpoints)
+    bar.close()
+    if engine is not None:
+        policy.sync_weights(model, engine)
+    del model, optimizer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return metrics
+
+
+# ==============================================================================================
+# Algorithm 1: which traces to keep, and where to cut them
+# ==============================================================================================
+
+def select_prefix(success_rates, rewards):
+    """Alg. 1 lines 6-9 (Sec. 7.1's two criteria) on one trace scored by mu.
+
+    success_rates[j] = J_r(mu | x, z_{0:j}) for j = 0..k; rewards[j] = the 0/1 rewards of mu's m
+    samples at prefix j. Returns (i, s, cumulative progress at i) or None when no prefix has positive
+    cumulative progress (line 7). i (line 8) maximises the cumulative progress sum_{j<i} r_prg(z_j) =
+    J_r(z_{0:i}) - J_r(z_{0:0}) over i = 1..k; on a tie the shortest prefix wins (the same progress
+    for fewer tokens). s (line 9) is the first of mu's samples at prefix i with r(x, y) = 1; one
+    exists, since J_r(z_{0:i}) > J_r(z_{0:0}) >= 0.
+    """
+    _, cumulative = prover.progress(success_rates)
+    if not cumulative or max(cumulative) <= 0:
+        return None
+    best = max(cumulative)
+    i = cumulative.index(best) + 1            # cumulative[j] is the progress after episode j
+    s = rewards[i].index(1.0)
+    return i, s, best
+
+
+def mrt_completion(prefix, answer, thinking, keep_time_is_up=False):
+    """The SFT target of an MRT-STaR example: the thought z_{0:i}, then the answer y mu wrote there.
+
+    The paper's example is (x, z_{0:i}, y) and leaves open what joins them. By default the thought
+    is closed right after z_{0:i} and the answer starts with Fig. 22's answer heading, which y
+    continues: the model learns to stop thinking where progress peaked and to answer, and never sees
+    the forcing text, which nothing appends at test time. keep_time_is_up=True keeps the whole
+    "Time is up..." suffix mu saw, i.e. exactly mu's input and output.
+    """
+    if keep_time_is_up:
+        return prefix + prover.time_is_up_suffix(prefix, thinking) + answer
+    close = "</think>\n\n" if thinking else ""
+    return prefix + prover.paragraph_break(prefix) + close + ANSWER_HEAD + answer
+
+
+def build_examples(engine, problems, cfg, iteration):
+    """One iteration's new SFT rows on this rank's problems (Alg. 1 lines 4-12), and its metrics.
+
+    mrt: one (or cfg.rollouts) rollout per problem, every thought prefix scored by mu with cfg.m
+    forced terminations, select_prefix, mrt_completion. star: the correct rollouts, whole.
+    """
+    tok = engine.tokenizer
+    prompts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) for q in problems]
+    # ---- generate: z ~ pi_theta(.|x) ---------------------------------------------------------------
+    outputs = engine.generate(prompts, n=cfg.rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_tokens,
+                              seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank())
+    traces = [(q, s) for q, samples in zip(problems, outputs) for s in samples]
+    correct = [prover.reward(s.text, q["answer"], thinking=cfg.thinking) for q, s in traces]
+    stats = {"rollouts": len(traces), "accuracy_sum": sum(correct), "kept": 0, "i_over_k_sum": 0.0,
+             "progress_sum": 0.0, "j_r_empty_sum": 0.0, "tokens_sum": sum(s.num_tokens for _, s in traces)}
+    rows = []
+    if cfg.variant == "star":
+        for (q, s), c in zip(traces, correct):
+            if c == 1.0:
+                rows.append({"id": q["id"], "problem": q["problem"], "completion": s.text, "weight": 1.0,
+                             "iteration": iteration, "variant": "star"})
+        stats["kept"] = len(rows)
+        return rows, stats
+    # ---- score: J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), progress (Def. 6.1) -----------------
+    segmented = []
+    for q, s in traces:
+        stream, _ = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
+        segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream)))
+    mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, max_tokens=cfg.prover_max_tokens,
+                           seed=cfg.seed + iteration, thinking=cfg.thinking)
+    scores = mu.score([(q["problem"], q["answer"], prefixes, s.token_ids)
+                       for (q, s), prefixes in zip(traces, segmented)])
+    # ---- select: the prefix of largest cumulative progress, and a correct answer there -------------
+    for (q, s), prefixes, score in zip(traces, segmented, scores):
+        stats["j_r_empty_sum"] += score.success_rates[0]
+        chosen = select_prefix(score.success_rates, score.rewards)
+        if chosen is None:
+            continue
+        i, sample, gain = chosen
+        k = len(prefixes) - 1
+        per_episode, _ = prover.progress(score.success_rates)
+        rows.append({"id": q["id"], "problem": q["problem"],
+                     "completion": mrt_completion(prefixes[i], score.texts[i][sample], cfg.thinking,
+                                                  cfg.keep_time_is_up),
+                     "weight": gain if cfg.weight_by_progress else 1.0, "iteration": iteration, "variant": "mrt",
+                     "k": k, "i": i, "cumulative_progress": gain, "progress": per_episode,
+                     "success_rates": score.success_rates})
+        stats["i_over_k_sum"] += i / k
+        stats["progress_sum"] += gain
+    stats["kept"] = len(rows)
+    return rows, stats
+
+
+# ==============================================================================================
+# The loop
+# ==============================================================================================
+
+def _write_jsonl_atomic(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resume_point(cfg):
+    """(first iteration still to do, the weights it starts from): the last checkpoint of the last
+    iteration whose SFT finished, or --model."""
+    first, weights = 1, cfg.model
+    for t in range(1, cfg.iterations + 1):
+        folder = os.path.join(cfg.out, f"iter_{t}")
+        if not os.path.exists(os.path.join(folder, "trained")):
+            break
+        first, weights = t + 1, policy.latest_checkpoint(folder) or weights
+    return first, weights
+
+
+def run(cfg, engine=None):
+    """Algorithm 1 for cfg.iterations iterations (--variant mrt), or STaR (--variant star).
+
+    engine: an Engine holding the weights resume_point names (main() builds it); None builds one here.
+    Returns the metrics of every iteration this call ran.
+    """
+    rank, world = policy.setup_distributed()
+    torch.manual_seed(cfg.seed)
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    problems = prover.load_problems(cfg.train, years=cfg.train_years)[:cfg.num_problems]
+    first, weights = resume_point(cfg)
+    if engine is None:
+        engine = prover.make_engine(weights, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                                    gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+    if rank == 0 and first > 1:
+        print(f"star: iterations 1..{first - 1} done, resuming at iteration {first} from {weights}")
+    history = []
+    for t in range(first, cfg.iterations + 1):
+        folder = os.path.join(cfg.out, f"iter_{t}")
+        data_path = os.path.join(folder, "data.jsonl")
+        t0 = time.time()
+        # ---- data: rollouts, mu, selection, on this rank's share of the problems; gathered -----------
+        if not os.path.exists(data_path):
+            rows, stats = build_examples(engine, problems[rank::world], cfg, t)
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (rows, stats))
+            if rank == 0:
+                _write_jsonl_atomic(data_path, [r for rows_r, _ in gathered for r in rows_r])
+                totals = {key: sum(s[key] for _, s in gathered) for key in stats}
+                kept = max(totals["kept"], 1)
+                row = {"phase": "iteration", "iteration": t, "variant": cfg.variant, "rollouts": totals["rollouts"],
+                       "kept": totals["kept"], "accuracy": totals["accuracy_sum"] / totals["rollouts"],
+                       "mean_response_tokens": totals["tokens_sum"] / totals["rollouts"],
+                       "seconds_data": time.time() - t0}
+                if cfg.variant == "mrt":
+                    row.update(mean_i_over_k=totals["i_over_k_sum"] / kept, mean_progress=totals["progress_sum"] / kept,
+                               j_r_empty=totals["j_r_empty_sum"] / totals["rollouts"])
+                policy.log_metrics(cfg.out, row)
+                history.append(row)
+                print(json.dumps(row))
+            dist.barrier()
+        # ---- train: SFT on D_ft, the data of iterations 1..t (Alg. 1 keeps one growing dataset) ---------
+        t1 = time.time()
+        examples, skipped = [], 0
+        for u in range(1, t + 1):
+            path = os.path.join(cfg.out, f"iter_{u}", "data.jsonl")
+            if os.path.getsize(path) == 0:
+                continue
+            more, more_skipped = load_sft_data(path, tokenizer, cfg.thinking, cfg.max_seq_length, cfg.truncate)
+            examples += more
+            skipped += more_skipped
+        if examples:
+            sft(cfg, examples, weights, tokenizer, folder, engine)
+            weights = policy.latest_checkpoint(folder)
+        elif rank == 0:
+            print(f"star: iteration {t} kept no trace; the model is unchanged")
+        if rank == 0:
+            policy.log_metrics(cfg.out, {"phase": "iteration_sft", "iteration": t, "examples": len(examples),
+                                         "skipped_too_long": skipped, "seconds_sft": time.time() - t1})
+            with open(os.path.join(folder, "trained"), "w") as f:
+                f.write("done\n")
+        dist.barrier()
+    return history
+
+
+# ==============================================================================================
+# CLI
+# ==============================================================================================
+
+def add_sft_args(p):
+    """SFT flags, defaults from Table 2 (App. B.2)."""
+    p.add_argument("--model", required=True, help="HF model folder to start from")
+    p.add_argument("--out", required=True, help="run folder: metrics.jsonl and checkpoints")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (Table 2: 1e-6)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction, then cosine (Table 2: 0.1)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the SFT data (Table 2: 3)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each SFT run after this many steps (default: the epochs')")
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per optimizer step, all ranks (Table 2: 256)")
+    p.add_argument("--max-seq-length", type=int, default=16384, help="prompt + completion tokens (Table 2: 16384)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut over-long examples to --max-seq-length (default: skip them, counted in the log)")
+    p.add_argument("--micro-batch-tokens", type=int, default=32768,
+                   help="padded tokens per forward/backward on one rank (memory knob; results do not depend on it)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (Table 2: on)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps, and at the end (default 100)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per SFT run (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
+
+
+def add_star_args(p):
+    """Algorithm 1 flags; the SFT flags come from add_sft_args."""
+    add_sft_args(p)
+    p.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"),
+                   help="training problems, JSONL with problem/answer (default data/math_train_4k.jsonl)")
+    p.add_argument("--train-years", default=None, metavar="FIRST-LAST", help="keep problems whose id holds a year in this range")
+    p.add_argument("--num-problems", type=int, default=None, help="use the first N training problems (default all)")
+    p.add_argument("--iterations", type=int, default=1, help="T, iterations of Algorithm 1 (default 1)")
+    p.add_argument("--variant", choices=("mrt", "star"), default="mrt",
+                   help="mrt: Algorithm 1 (progress-selected prefixes); star: the outcome-only STaR baseline")
+    p.add_argument("--rollouts", type=int, default=1, help="rollouts per problem and iteration (Alg. 1 line 5: 1)")
+    p.add_argument("--temperature", type=float, default=0.7, help="rollout temperature (default 0.7, App. D)")
+    p.add_argument("--top-p", type=float, default=1.0, help="rollout top-p (default 1.0)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="rollout budget in tokens (Sec. 8.1: 16K)")
+    p.add_argument("--prover-samples", dest="m", type=int, default=20,
+                   help="m, forced terminations per prefix for progress (Sec. 7.2: 20)")
+    p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
+    p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
+    p.add_argument("--keep-time-is-up", action="store_true",
+                   help="keep Fig. 22's 'Time is up...' text in the SFT target (default: close the thought right "
+                        "after the selected prefix, then mu's answer)")
+    p.add_argument("--weight-by-progress", action="store_true",
+                   help="weight each MRT example's loss by its cumulative progress (App. B.2); default weight 1")
+    prover.add_engine_args(p)
+
+
+def check_common(p, cfg):
+    for flag in ("epochs", "batch_size", "max_seq_length", "micro_batch_tokens", "save_every", "keep_checkpoints"):
+        if getattr(cfg, flag) < 1:
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        p.error(f"--max-steps must be >= 1, got {cfg.max_steps}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1:
+        p.error("--lr must be > 0, --weight-decay >= 0 and --warmup-ratio in [0, 1)")
+    if not os.path.isdir(cfg.model):
+        p.error(f"--model: no such folder: {cfg.model}")
+    from transformers import AutoTokenizer
+    cfg.thinking = prover.resolve_thinking(cfg.thinking, AutoTokenizer.from_pretrained(cfg.model))
+    return cfg
+
+
+def parse_args(argv=None):
+    argv = list(argv) if argv is not None else None
+    import sys
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["sft"]:
+        p = argparse.ArgumentParser(prog="star.py sft", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                    description="SFT on a JSONL file: the warm start of App. A.2, with the loop "
+                                                "Algorithm 1 trains with.\n\n" + SFT_FORMAT)
+        add_sft_args(p)
+        p.add_argument("--data", required=True, help="SFT data, JSONL (format above)")
+        p.add_argument("--thinking", choices=("auto", "on", "off"), default="auto",
+                       help="whether prompts open a <think> block (auto: on when the model's chat template does)")
+        cfg = p.parse_args(args_list[1:])
+        cfg.command = "sft"
+        if not os.path.isfile(cfg.data):
+            p.error(f"--data: no such file: {cfg.data}")
+        return check_common(p, cfg)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_star_args(p)
+    cfg = p.parse_args(args_list)
+    cfg.command = "star"
+    for flag in ("iterations", "rollouts", "m", "max_tokens", "prover_max_tokens"):
+        if getattr(cfg, flag) < 1:
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
+    if cfg.num_problems is not None and cfg.num_problems < 1:
+        p.error(f"--num-problems must be >= 1, got {cfg.num_problems}")
+    if cfg.temperature < 0 or cfg.prover_temperature < 0 or not 0 < cfg.top_p <= 1:
+        p.error("--temperature and --prover-temperature must be >= 0, --top-p in (0, 1]")
+    if cfg.train_years is not None:
+        try:
+            first, last = (int(y) for y in cfg.train_years.split("-"))
+            assert first <= last
+        except (ValueError, AssertionError):
+            p.error(f"--train-years: expected FIRST-LAST like 1989-2023, got {cfg.train_years!r}")
+        cfg.train_years = (first, last)
+    try:
+        prover.load_problems(cfg.train, years=cfg.train_years)
+    except (OSError, ValueError) as e:
+        p.error(f"--train: {e}")
+    prover.check_engine_args(p, cfg)
+    cfg = check_common(p, cfg)
+    if cfg.max_model_len is None:
+        # a rollout (prompt + max_tokens) and a forced termination (prompt + prefix + suffix + answer)
+        from transformers import AutoConfig
+        limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None) or 10 ** 9
+        cfg.max_model_len = min(limit, 1024 + cfg.max_tokens + 256 + cfg.prover_max_tokens)
+    return cfg
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    rank, _ = policy.setup_distributed()
+    engine, clean = None, False
+    try:
+        if cfg.command == "sft":
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+            examples, skipped = load_sft_data(cfg.data, tokenizer, cfg.thinking, cfg.max_seq_length, cfg.truncate)
+            if rank == 0:
+                print(f"sft: {len(examples)} examples from {cfg.data}, {skipped} skipped as longer than "
+                      f"--max-seq-length {cfg.max_seq_length}")
+                policy.log_metrics(cfg.out, {"phase": "data", "examples": len(examples), "skipped_too_long": skipped})
+            sft(cfg, examples, cfg.model, tokenizer, cfg.out)
+        else:
+            engine = prover.make_engine(resume_point(cfg)[1], engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                                        gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+            run(cfg, engine=engine)
+        clean = True
+    finally:
+        policy.teardown(engine, clean=clean)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"star.py: {e}")
