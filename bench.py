@@ -71,18 +71,20 @@ def perturb(answer):
 
 
 def bench_reward(argv):
-    p = argparse.ArgumentParser(prog="bench.py reward", description="Grader throughput and latency.")
+    p = argparse.ArgumentParser(prog="bench.py reward", description="Grader throughput, latency and agreement.")
     p.add_argument("--sets", default="math500,minerva", help="comma-separated data/ sets (default math500,minerva)")
     p.add_argument("--timeout", type=float, default=None, help="per-pair bound in seconds (default grader.EQUIV_TIMEOUT)")
     args = p.parse_args(argv)
 
+    import collections
     import json
     import os
     import grader
+    import prover
     timeout = grader.EQUIV_TIMEOUT if args.timeout is None else args.timeout
     golds = []
     for name in args.sets.split(","):
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", f"{name}.jsonl")) as f:
+        with open(os.path.join(prover.DATA_DIR, f"{name}.jsonl"), encoding="utf-8") as f:
             golds += [json.loads(line)["answer"] for line in f if line.strip()]
     grader._sympy_equal("1", "1", 60.0)  # start the sympy helper outside the timed part
     grader.SYMPY_STATS.update(calls=0, timeouts=0)
@@ -103,6 +105,27 @@ def bench_reward(argv):
               f"p99 {lat[int(len(lat) * 0.99)] * 1e3:7.1f} ms  max {lat[-1] * 1e3:7.1f} ms"
               + (f"  wrong verdicts {wrong[kind]}" if kind in wrong else ""))
     print(f"sympy helper calls {grader.SYMPY_STATS['calls']}, timeouts {grader.SYMPY_STATS['timeouts']}")
+
+    # agreement with the labelled pairs of data/grader_cases.jsonl, family by family (reward() as trained on)
+    with open(os.path.join(prover.DATA_DIR, "grader_cases.jsonl"), encoding="utf-8") as f:
+        cases = [json.loads(line) for line in f if line.strip()]
+    stats = collections.defaultdict(lambda: {"rows": 0, "agree": 0, "fp": 0, "fn": 0, "max": 0.0})
+    for case in cases:
+        t0 = time.perf_counter()
+        got = grader.reward(case["response"], case["gold"], thinking=case["thinking"]) == 1.0
+        seconds = time.perf_counter() - t0
+        for key in (case["family"], "total"):
+            row = stats[key]
+            row["rows"] += 1
+            row["agree"] += got == case["label"]
+            row["fp"] += got and not case["label"]
+            row["fn"] += case["label"] and not got
+            row["max"] = max(row["max"], seconds)
+    print(f"\nagreement with data/grader_cases.jsonl ({len(cases)} labelled pairs; FP: rewarded a wrong answer)")
+    print(f"{'family':12s} {'rows':>5s} {'agreement':>9s} {'FP':>4s} {'FN':>4s} {'max s/pair':>10s}")
+    for family in sorted(k for k in stats if k != "total") + ["total"]:
+        row = stats[family]
+        print(f"{family:12s} {row['rows']:5d} {row['agree'] / row['rows']:9.3f} {row['fp']:4d} {row['fn']:4d} {row['max']:10.2f}")
 
 
 def bench_prefix_cache(argv):

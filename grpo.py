@@ -205,13 +205,18 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
 # Rollouts (pluggable: mrt.py swaps in Algorithm 2's)
 # ==============================================================================================
 
+def step_seed(cfg, step):
+    """The sampling seed of a step on this rank: a resumed run samples exactly what it would have."""
+    return cfg.seed + 1_000_003 * (step + 1) + 10_007 * dist.get_rank()
+
+
 def sample_rollout(engine, problems, cfg, step):
-    """G completions z ~ pi(.|x) per problem, on this rank's engine. Returns (prompt ids per problem,
-    samples per problem). Seeds depend on (step, rank) only, so a resumed run samples the same."""
+    """G completions z ~ pi(.|x) per problem, on this rank's engine. Returns (contexts, groups): the
+    prompt ids per problem (a rollout may give one context per sample instead: mrt.py does) and the
+    samples per problem."""
     prompts = [prover.build_prompt(engine.tokenizer, q["problem"], thinking=cfg.thinking) for q in problems]
     groups = engine.generate(prompts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
-                             max_tokens=cfg.max_completion_length,
-                             seed=cfg.seed + 1_000_003 * (step + 1) + 10_007 * dist.get_rank())
+                             max_tokens=cfg.max_completion_length, seed=step_seed(cfg, step))
     return prompts, groups
 
 
@@ -226,29 +231,49 @@ def rollout_engine(cfg, rank):
                               gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
 
 
-def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
-    """GRPO (Sec. 3, App. B.1 with the outcome reward; mrt.py passes Algorithm 2's reward and rollout).
+def training_problems(cfg, tokenizer):
+    """The training problems whose prompt fits --max-prompt-length, and the run's number of steps."""
+    prompts_per_step = cfg.batch_size // cfg.num_generations
+    problems = [q for q in prover.load_problems(cfg.train, years=cfg.train_years)
+                if len(prover.build_prompt(tokenizer, q["problem"], thinking=cfg.thinking)) <= cfg.max_prompt_length]
+    if len(problems) < prompts_per_step:
+        raise ValueError(f"--train {cfg.train}: {len(problems)} problems fit --max-prompt-length "
+                         f"{cfg.max_prompt_length}, fewer than one step's {prompts_per_step}")
+    return problems, cfg.max_steps or cfg.epochs * (len(problems) // prompts_per_step)
+
+
+def step_problems(problems, cfg, step):
+    """This rank's prompts at a step: a seeded shuffle per epoch, each rank a contiguous share."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    prompts_per_step = cfg.batch_size // cfg.num_generations
+    per_rank = prompts_per_step // world
+    epoch, offset = divmod(step * prompts_per_step, len(problems))
+    order = list(range(len(problems)))
+    random.Random(cfg.seed + epoch).shuffle(order)
+    return [problems[order[(offset + rank * per_rank + i) % len(problems)]] for i in range(per_rank)]
+
+
+def train(cfg, engine=None, reward_fn=None, rollout_fn=None, advantage_fn=None, metrics_fn=None):
+    """GRPO (Sec. 3, App. B.1 with the outcome reward; mrt.py passes Algorithm 2's pieces).
 
     engine: an Engine already holding the starting weights (main() builds it with rollout_engine and
-    closes it in teardown); None builds one here. Returns the final step's metrics.
+    closes it in teardown); None builds one here. The pluggable pieces: rollout_fn(engine, problems,
+    cfg, step) -> (contexts, groups); reward_fn(problems, groups, cfg) -> rewards per group;
+    advantage_fn(flat rewards, group size, cfg) -> [N] advantages (default: group_advantages);
+    metrics_fn(problems, groups, cfg) -> {name: (sum, count)} added to the step's metrics.
+    Returns the final step's metrics.
     """
     rank, world = policy.setup_distributed()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     reward_fn = reward_fn or REWARDS[cfg.reward]
     rollout_fn = rollout_fn or sample_rollout
+    advantage_fn = advantage_fn or (lambda flat, size, c: group_advantages(flat, size, c.scale_rewards))
     from transformers import AutoTokenizer
 
     # ---- data and run length ------------------------------------------------------------------------
-    prompts_per_step = cfg.batch_size // cfg.num_generations
-    per_rank = prompts_per_step // world
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    problems = [q for q in prover.load_problems(cfg.train, years=cfg.train_years)
-                if len(prover.build_prompt(tokenizer, q["problem"], thinking=cfg.thinking)) <= cfg.max_prompt_length]
-    if len(problems) < prompts_per_step:
-        raise ValueError(f"--train {cfg.train}: {len(problems)} problems fit --max-prompt-length "
-                         f"{cfg.max_prompt_length}, fewer than one step's {prompts_per_step}")
-    total_steps = cfg.max_steps or cfg.epochs * (len(problems) // prompts_per_step)
+    problems, total_steps = training_problems(cfg, tokenizer)
 
     # ---- policy, optimizer, schedule; resume -----------------------------------------------------------
     start_step = 0
@@ -273,20 +298,19 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
     for step in range(start_step, total_steps):
         t = {"start": time.time()}
         # ---- generate: G completions per prompt on this rank's engine ---------------------------------
-        epoch, offset = divmod(step * prompts_per_step, len(problems))
-        order = list(range(len(problems)))
-        random.Random(cfg.seed + epoch).shuffle(order)
-        mine = [problems[order[(offset + rank * per_rank + i) % len(problems)]] for i in range(per_rank)]
-        prompt_ids, groups = rollout_fn(engine, mine, cfg, step)
+        mine = step_problems(problems, cfg, step)
+        contexts, groups = rollout_fn(engine, mine, cfg, step)
         t["generate"] = time.time()
 
         # ---- score: rewards and group advantages -------------------------------------------------------
         rewards = reward_fn(mine, groups, cfg)
         correct = outcome_reward(mine, groups, cfg)
         flat = [r for group in rewards for r in group]
-        rollout = Rollout(prompts=[p for p, group in zip(prompt_ids, groups) for _ in group],
+        per_sample = [ctx if ctx and isinstance(ctx[0], list) else [ctx] * len(group)  # one context, or one each
+                      for ctx, group in zip(contexts, groups)]
+        rollout = Rollout(prompts=[p for ps in per_sample for p in ps],
                           completions=[list(s.token_ids) or [pad_id] for group in groups for s in group],
-                          advantages=group_advantages(flat, len(groups[0]), cfg.scale_rewards),
+                          advantages=advantage_fn(flat, len(groups[0]), cfg),
                           rewards=flat, truncated=[s.finish_reason == "length" for group in groups for s in group],
                           correct=[c for group in correct for c in group])
         t["score"] = time.time()
@@ -305,13 +329,17 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None):
             sum(flat), sum(r * r for r in flat), len(flat), sum(rollout.correct), sum(rollout.truncated),
             sum(len(c) for c in rollout.completions),
             sum(len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions)))
+        extra = metrics_fn(mine, groups, cfg) if metrics_fn else {}
+        if extra:  # means over all ranks of what the rollout measured
+            totals = all_sum(*[v for pair in extra.values() for v in pair])
+            extra = {name: totals[2 * i] / max(totals[2 * i + 1], 1) for i, name in enumerate(extra)}
         phases = {k: t[k] - t[prev] for prev, k in zip(["start", "generate", "score", "train"],
                                                         ["generate", "score", "train", "sync"])}
         metrics = {"step": step + 1, "lr": lr, "reward_mean": s / n, "reward_std": math.sqrt(max(s2 / n - (s / n) ** 2, 0.0)),
                    "accuracy": n_correct / n, "response_length": comp_tokens / n, "truncation_rate": n_trunc / n,
                    **step_stats, "generation_tokens_per_s": comp_tokens / max(phases["generate"], 1e-9),
                    "training_tokens_per_s": all_tokens / max(phases["train"], 1e-9),
-                   **{f"seconds_{k}": v for k, v in phases.items()}}
+                   **extra, **{f"seconds_{k}": v for k, v in phases.items()}}
         policy.log_metrics(cfg.out, metrics)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
         bar.update(1)

@@ -1,52 +1,227 @@
-"""MRT: Meta Reinforcement Fine-Tuning (Qu et al., ICML 2025) -- the entry point.
+"""mrt.py: MRT, Meta Reinforcement Fine-Tuning (Qu et al., ICML 2025). The entry point: Algorithm 2
+(MRT-RL) on grpo.py's loop, and every method of Table 1 and Fig. 7 from one command line.
 
-    python mrt.py                     # smoke run: tiny model, vLLM, a few traces cut into episodes
-    python mrt.py --model PATH ...    # the same on a real checkpoint
+    torchrun --nproc_per_node 8 mrt.py --model PATH                  # MRT (RL), Algorithm 2, Table 3 defaults
+    torchrun --nproc_per_node 8 mrt.py --model PATH --method grpo    # outcome-reward GRPO (Table 1)
+             ... --method length-penalty                              # GRPO with Arora & Zanette's length penalty
+             ... --method mrt-star | star                             # Algorithm 1 / STaR: star.py's flags apply
+    python mrt.py --smoke [--model PATH]                              # sample, segment, score every prefix with mu
+    python mrt.py                                                     # no --model: the smoke run on a tiny model
 
-For now this is the smoke run of the pipeline's first half: sample responses z ~ pi(.|x), split the
-thought (<think> ... </think>), cut it into episodes z_0 .. z_{k-1} (Sec. 5, App. D), and score every
-thought prefix with the meta-prover: J_r(mu | x, z_{0:j}) (Eq. 4) and progress r_prg (Def. 6.1).
-Algorithm 2 (the RL variant) and the choice of variant and baseline land here in later issues.
+Algorithm 2 (App. B.1), per iteration of --steps-per-iteration steps:
+    pi_ref <- pi_theta (line 3): at the iteration's first step, while the engine still holds pi_theta,
+        one rollout z ~ pi_ref(.|q) is sampled for every prompt of every step of the iteration, and
+        each is cut after j of its k episodes (line 7). These partial rollouts z_{0:j} are exact
+        pi_ref samples, need no second engine, and are saved, so a resumed run uses the same ones.
+    per step and prompt q (lines 8-9), on pi_theta:
+        G continuations z_{j:} ~ pi_theta(.|q, z_{0:j}), and G forced terminations at z_{0:j}
+        (mu, Eq. 4: the "time is up" suffix, then an answer), both on the context q + z_{0:j}, one
+        after the other, so that vLLM's prefix cache computes that context once.
+    rewards (line 9, Eq. 3; --advantage):
+        progress  r_i + alpha * r_prg,i with r_prg,i = r_i - J_r(mu | q, z_{0:j}), J_r the mean reward of
+                  the G terminations, as GRPO's reward (line 11; the default)
+        baseline  advantage r_i - J_r(mu | q, z_{0:j}): the terminations replace the group mean (the
+                  official release's RL README)
+        joint     one GRPO group of the G continuations and the G terminations, all trained on (Fig. 6:
+                  "normalizing rewards across this set of traces ... implicitly compute the progress bonus")
+    the loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
+
+Note on `progress` with GRPO's std scaling (--scale-rewards std): J_r is one number per prompt, so
+r_i + alpha * (r_i - J_r) = (1 + alpha) r_i - alpha J_r is an affine map of r_i within a group, and
+the group-normalised advantages equal outcome GRPO's on the same continuations; alpha and J_r then
+act only through --scale-rewards none, and what differs from GRPO is that each rollout starts after a
+pi_ref prefix. `baseline` and `joint` are the forms in which J_r changes the advantages.
 """
 
 import argparse
+import json
 import os
+import random
+import sys
 import tempfile
+import time
 
+import policy  # first: it pins this rank's GPU before torch is imported
 import episodes
+import grpo
 import prover
 import toy
 
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="HF model folder to sample from; default: build a random-weight tiny model in a temp folder")
-    p.add_argument("--problems", default=os.path.join(prover.DATA_DIR, "aime24.jsonl"),
-                   help="JSONL file with 'problem' and 'answer' fields per line (default: data/aime24.jsonl)")
-    p.add_argument("--num-problems", type=int, default=3, help="how many problems to sample for (default 3)")
-    p.add_argument("--num-samples", dest="n", type=int, default=2, help="responses per problem (default 2)")
-    p.add_argument("--max-tokens", type=int, default=256, help="max generated tokens per response (default 256)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (App. D: 0.7)")
-    p.add_argument("--min-steps", type=int, default=3, help="min steps per episode (App. D: 3)")
-    p.add_argument("--prover-samples", dest="m", type=int, default=4,
-                   help="m: forced-termination samples per prefix for J_r (App. D: 8)")
-    p.add_argument("--prover-max-tokens", type=int, default=32, help="max tokens of each forced answer (App. D: 4096)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    prover.add_engine_args(p)
-    args = p.parse_args(argv)
-    for flag in ("num_problems", "n", "max_tokens", "min_steps", "m", "prover_max_tokens"):
-        if getattr(args, flag) < 1:
-            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
-    prover.check_engine_args(p, args)
-    try:
-        args.problems = prover.load_problems(args.problems)[:args.num_problems]
-    except (OSError, ValueError) as e:
-        p.error(f"--problems: {e}")
-    if args.model is not None and not os.path.isdir(args.model):
-        p.error(f"--model: no such folder: {args.model}")
-    return args
+METHODS = ("mrt-rl", "grpo", "length-penalty", "mrt-star", "star")
 
+
+# ==============================================================================================
+# Algorithm 2: partial rollouts from pi_ref (line 7)
+# ==============================================================================================
+
+def draw_prefix_episodes(k, rng, min_episodes=0):
+    """Alg. 2 line 7, "j is selected randomly": j uniform over min_episodes..k-1 (the prefix keeps at
+    least one episode back for the continuation; j = 0 is the empty prefix). A rollout with fewer
+    than min_episodes + 1 episodes gets j = min(min_episodes, k)."""
+    return rng.randint(min_episodes, k - 1) if k > min_episodes else min(min_episodes, k)
+
+
+def sample_prefixes(engine, per_step, cfg, iteration):
+    """One pi_ref rollout per (step, prompt) of an iteration, cut after j episodes: a list per step of
+    {"id", "j", "k", "prefix", "prefix_ids", "rollout_ids"}. All of the iteration's rollouts go in one generate call."""
+    tok = engine.tokenizer
+    flat = [(s, i, q) for s, problems in per_step for i, q in enumerate(problems)]
+    prompts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) for _, _, q in flat]
+    outputs = engine.generate(prompts, n=1, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_completion_length,
+                              seed=cfg.seed + 7_919 * (iteration + 1) + 10_007 * dist.get_rank())
+    out = {s: [] for s, _ in per_step}
+    for (s, i, q), (sample,) in zip(flat, outputs):
+        stream, _ = episodes.reasoning_stream(sample.text, cfg.thinking, finished=sample.finish_reason == "stop")
+        eps = episodes.split_episodes(stream)
+        rng = random.Random(f"{cfg.seed}-{iteration}-{dist.get_rank()}-{s}-{i}")
+        j = draw_prefix_episodes(len(eps), rng, cfg.min_prefix_episodes)
+        prefix = "".join(eps[:j])
+        out[s].append({"id": q["id"], "j": j, "k": len(eps), "prefix": prefix,
+                       "prefix_ids": prover.prefix_token_ids(tok, sample.token_ids, prefix),
+                       "rollout_ids": list(sample.token_ids)})   # the whole pi_ref sample, for the record
+    return out
+
+
+def _write_json_atomic(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ==============================================================================================
+# Algorithm 2: continuations, terminations, rewards (lines 8-11), as grpo.train's pluggable pieces
+# ==============================================================================================
+
+def progress_rewards(continuation_rewards, termination_rewards, alpha):
+    """Eq. 3 / Alg. 2 line 9: r_i + alpha * r_prg,i, with r_prg,i = r_i - J_r(mu | q, z_{0:j}) and
+    J_r the mean 0/1 reward of the G forced terminations at z_{0:j}."""
+    j_r = sum(termination_rewards) / len(termination_rewards)
+    return [r + alpha * (r - j_r) for r in continuation_rewards]
+
+
+def termination_baseline(continuation_rewards, termination_rewards):
+    """The official release's form: advantage r_i - J_r(mu | q, z_{0:j}) (no group mean, no std)."""
+    j_r = sum(termination_rewards) / len(termination_rewards)
+    return [r - j_r for r in continuation_rewards]
+
+
+def algorithm_2(cfg, tokenizer):
+    """grpo.train's rollout_fn, reward_fn, advantage_fn and metrics_fn for MRT-RL. They share `state`:
+    the partial rollouts of the current iteration, and what the rollout of the current step saw."""
+    problems, total_steps = grpo.training_problems(cfg, tokenizer)
+    per_iteration = cfg.steps_per_iteration or total_steps
+    state = {"iteration": None, "prefixes": None, "step": None}
+
+    def prefixes_for(engine, step):
+        iteration = step // per_iteration
+        if state["iteration"] != iteration:
+            path = os.path.join(cfg.out, "prefixes", f"iter_{iteration}.rank{dist.get_rank()}.json")
+            if os.path.exists(path):          # a resumed run: the same pi_ref samples as before
+                with open(path) as f:
+                    saved = {int(s): rows for s, rows in json.load(f).items()}
+            else:                             # the iteration's first step: the engine holds pi_ref
+                t0 = time.time()
+                steps = range(iteration * per_iteration, min((iteration + 1) * per_iteration, total_steps))
+                saved = sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps], cfg, iteration)
+                _write_json_atomic(path, saved)
+                state["seconds_prefixes"] = time.time() - t0
+            state["iteration"], state["prefixes"] = iteration, saved
+        return state["prefixes"][step]
+
+    def rollout_fn(engine, mine, cfg, step):
+        tok = engine.tokenizer
+        prefixes = prefixes_for(engine, step)
+        assert [p["id"] for p in prefixes] == [q["id"] for q in mine], "partial rollouts out of step with the data"
+        contexts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) + p["prefix_ids"]
+                    for q, p in zip(mine, prefixes)]
+        suffixes = [tok.encode(prover.time_is_up_suffix(p["prefix"], cfg.thinking), add_special_tokens=False)
+                    for p in prefixes]
+        seed = grpo.step_seed(cfg, step)
+        cached_before = engine.prompt_stats() if hasattr(engine, "prompt_stats") else None
+        if cached_before is not None:
+            # vLLM schedules the G samples of a request together, and requests of one batch cannot hit
+            # each other's cache; so first prefill each q + z_{0:j}, then each termination's suffix,
+            # once (one token generated), and the G continuations and G terminations find them cached.
+            engine.generate(contexts, n=1, temperature=0.0, max_tokens=1)
+            engine.generate([c + s for c, s in zip(contexts, suffixes)], n=1, temperature=0.0, max_tokens=1)
+        # ---- continuations z_{j:} ~ pi_theta(.|q, z_{0:j}) (line 8) ----------------------------------
+        t0 = time.time()
+        # the partial rollout and its continuation share the response budget, as one rollout would
+        budgets = [cfg.max_completion_length - len(p["prefix_ids"]) for p in prefixes]
+        continuations = engine.generate(contexts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        max_tokens=budgets, seed=seed)
+        # ---- forced terminations at z_{0:j} (line 9), on the same context: a prefix-cache hit ---------
+        t1 = time.time()
+        terminations = engine.generate([c + s for c, s in zip(contexts, suffixes)], n=cfg.num_generations,
+                                       temperature=cfg.temperature, top_p=cfg.top_p,
+                                       max_tokens=cfg.prover_max_tokens, seed=seed + 1)
+        t2 = time.time()
+        # ---- grading ----------------------------------------------------------------------------------------
+        cont_r = [[prover.reward(s.text, q["answer"], thinking=cfg.thinking) for s in group]
+                  for q, group in zip(mine, continuations)]
+        term_r = [[prover.reward(s.text, q["answer"], thinking=False) for s in group]  # answers after a closed thought
+                  for q, group in zip(mine, terminations)]
+        computed = None
+        if cached_before is not None:
+            after = engine.prompt_stats()
+            computed = ((after["prompt_tokens"] - after["cached_prompt_tokens"])
+                        - (cached_before["prompt_tokens"] - cached_before["cached_prompt_tokens"]))
+        state["step"] = {"prefixes": prefixes, "continuations": continuations, "cont_r": cont_r, "term_r": term_r,
+                         "contexts": contexts, "suffixes": suffixes, "prompt_tokens_computed": computed,
+                         "seconds": {"continuations": t1 - t0, "terminations": t2 - t1, "grading": time.time() - t2}}
+        if cfg.advantage == "joint":
+            return ([[c] * len(g) + [c + s] * len(h) for c, s, g, h in zip(contexts, suffixes, continuations, terminations)],
+                    [list(g) + list(h) for g, h in zip(continuations, terminations)])
+        return contexts, continuations
+
+    def reward_fn(mine, groups, cfg):
+        st = state["step"]
+        if cfg.advantage == "joint":
+            return [c + t for c, t in zip(st["cont_r"], st["term_r"])]
+        if cfg.advantage == "baseline":
+            return [termination_baseline(c, t) for c, t in zip(st["cont_r"], st["term_r"])]
+        return [progress_rewards(c, t, cfg.alpha) for c, t in zip(st["cont_r"], st["term_r"])]
+
+    def advantage_fn(flat, size, cfg):
+        if cfg.advantage == "baseline":
+            return torch.tensor(flat, dtype=torch.float32)     # the rewards are the advantages already
+        return grpo.group_advantages(flat, size, cfg.scale_rewards)
+
+    def metrics_fn(mine, groups, cfg):
+        st, n = state["step"], len(mine)
+        j_r = [sum(t) / len(t) for t in st["term_r"]]
+        bonus = [r - jr for c, jr in zip(st["cont_r"], j_r) for r in c]
+        lengths = [s.num_tokens for g in st["continuations"] for s in g]
+        out = {"prefix_j": (sum(p["j"] for p in st["prefixes"]), n), "prefix_k": (sum(p["k"] for p in st["prefixes"]), n),
+               "j_r_prefix": (sum(j_r), n), "continuation_reward": (sum(map(sum, st["cont_r"])), len(bonus)),
+               "progress_bonus": (sum(bonus), len(bonus)),
+               "terminations_all_succeed": (sum(min(t) == 1.0 for t in st["term_r"]), n),
+               "terminations_all_fail": (sum(max(t) == 0.0 for t in st["term_r"]), n),
+               "continuation_length": (sum(lengths), len(lengths)),
+               **{f"seconds_{k}": (v, 1) for k, v in st["seconds"].items()}}
+        if "seconds_prefixes" in state:   # the iteration's partial rollouts, on the step that sampled them
+            out["seconds_prefixes"] = (state.pop("seconds_prefixes"), 1)
+        if st["prompt_tokens_computed"] is not None:
+            # the least possible: each q + z_{0:j} prefilled once, then each termination's suffix
+            limit = sum(len(c) for c in st["contexts"]) + sum(len(s) for s in st["suffixes"])
+            out["prompt_tokens_computed"] = (st["prompt_tokens_computed"], 1)
+            out["prompt_tokens_limit"] = (limit, 1)
+        return out
+
+    return rollout_fn, reward_fn, advantage_fn, metrics_fn
+
+
+# ==============================================================================================
+# The smoke run: sample, segment, score every prefix (the measurement half of the pipeline)
+# ==============================================================================================
 
 def smoke(args):
     tmp = None
@@ -93,5 +268,115 @@ def smoke(args):
         tmp.cleanup()
 
 
+def parse_smoke_args(argv):
+    p = argparse.ArgumentParser(prog="mrt.py --smoke", description="Sample responses, cut their thoughts into "
+                                "episodes and score every thought prefix with mu (Eq. 4, Def. 6.1).")
+    p.add_argument("--smoke", action="store_true", help="this run (implied when --model is not given)")
+    p.add_argument("--model", default=None,
+                   help="HF model folder to sample from; default: build a random-weight tiny model in a temp folder")
+    p.add_argument("--problems", default=os.path.join(prover.DATA_DIR, "aime24.jsonl"),
+                   help="JSONL file with 'problem' and 'answer' fields per line (default: data/aime24.jsonl)")
+    p.add_argument("--num-problems", type=int, default=3, help="how many problems to sample for (default 3)")
+    p.add_argument("--num-samples", dest="n", type=int, default=2, help="responses per problem (default 2)")
+    p.add_argument("--max-tokens", type=int, default=256, help="max generated tokens per response (default 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (App. D: 0.7)")
+    p.add_argument("--min-steps", type=int, default=3, help="min steps per episode (App. D: 3)")
+    p.add_argument("--prover-samples", dest="m", type=int, default=4,
+                   help="m: forced-termination samples per prefix for J_r (App. D: 8)")
+    p.add_argument("--prover-max-tokens", type=int, default=32, help="max tokens of each forced answer (App. D: 4096)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    prover.add_engine_args(p)
+    args = p.parse_args(argv)
+    for flag in ("num_problems", "n", "max_tokens", "min_steps", "m", "prover_max_tokens"):
+        if getattr(args, flag) < 1:
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
+    prover.check_engine_args(p, args)
+    try:
+        args.problems = prover.load_problems(args.problems)[:args.num_problems]
+    except (OSError, ValueError) as e:
+        p.error(f"--problems: {e}")
+    if args.model is not None and not os.path.isdir(args.model):
+        p.error(f"--model: no such folder: {args.model}")
+    return args
+
+
+# ==============================================================================================
+# CLI
+# ==============================================================================================
+
+def parse_rl_args(argv):
+    """The RL methods' flags: grpo.py's (Table 3 defaults) and Algorithm 2's."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=METHODS, default="mrt-rl",
+                   help="mrt-rl (Algorithm 2, default), grpo (outcome reward), length-penalty (Table 1 baselines); "
+                        "mrt-star and star run star.py's Algorithm 1 and take its flags (python star.py --help)")
+    p.add_argument("--smoke", action="store_true", help="the smoke run instead (python mrt.py --smoke --help)")
+    grpo.add_grpo_args(p)
+    p.add_argument("--advantage", choices=("progress", "baseline", "joint"), default="progress",
+                   help="how the G forced terminations enter: progress (Alg. 2 / Eq. 3, default), baseline "
+                        "(advantage r - J_r), joint (one GRPO group with the terminations); see above")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="weight of the progress bonus in r + alpha * r_prg (the paper gives no value; the authors' "
+                        "fork swept 0 to 1.6; default 1.0)")
+    p.add_argument("--steps-per-iteration", type=int, default=0,
+                   help="steps between pi_ref <- pi_theta refreshes (Alg. 2 line 3; default 0: one iteration, the "
+                        "partial rollouts all from the starting model, as in the authors' fork)")
+    p.add_argument("--min-prefix-episodes", type=int, default=0,
+                   help="the smallest j drawn for a partial rollout (default 0: the empty prefix is allowed)")
+    p.add_argument("--prover-max-tokens", type=int, default=4096,
+                   help="tokens of each forced termination (App. D: 4096)")
+    cfg = p.parse_args(argv)
+    if cfg.steps_per_iteration < 0 or cfg.min_prefix_episodes < 0 or cfg.prover_max_tokens < 1 or cfg.alpha < 0:
+        p.error("--steps-per-iteration and --min-prefix-episodes must be >= 0, --prover-max-tokens >= 1, --alpha >= 0")
+    if cfg.method == "length-penalty":
+        cfg.reward = "length-penalty"
+    max_model_len = cfg.max_model_len
+    cfg = grpo.check_args(p, cfg)
+    if cfg.method == "mrt-rl" and max_model_len is None:
+        cfg.max_model_len += 256 + cfg.prover_max_tokens   # a termination: context + suffix + answer
+    return cfg
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="mrt-rl")
+    pre.add_argument("--model", default=None)
+    pre.add_argument("--smoke", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    helping = "-h" in argv or "--help" in argv
+    if known.smoke or (known.model is None and not helping):
+        return smoke(parse_smoke_args(argv))
+    if known.method in ("mrt-star", "star"):
+        import star
+        rest, skip = [], False
+        for a in argv:                 # star.py's own flags, without --method
+            if skip or a.startswith("--method"):
+                skip = a == "--method"
+                continue
+            rest.append(a)
+        return star.main(rest + ["--variant", "mrt" if known.method == "mrt-star" else "star"])
+    cfg = parse_rl_args(argv)
+    rank, _ = policy.setup_distributed()
+    engine, clean = None, False
+    try:
+        engine = grpo.rollout_engine(cfg, rank)
+        if rank == 0:
+            print(f"mrt.py: method {cfg.method}, thinking {'on' if cfg.thinking else 'off'}")
+        if cfg.method == "mrt-rl":
+            from transformers import AutoTokenizer
+            rollout_fn, reward_fn, advantage_fn, metrics_fn = algorithm_2(cfg, AutoTokenizer.from_pretrained(cfg.model))
+            grpo.train(cfg, engine=engine, reward_fn=reward_fn, rollout_fn=rollout_fn, advantage_fn=advantage_fn,
+                       metrics_fn=metrics_fn)
+        else:
+            grpo.train(cfg, engine=engine)
+        clean = True
+    finally:
+        policy.teardown(engine, clean=clean)
+
+
 if __name__ == "__main__":
-    smoke(parse_args())
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"mrt.py: {e}")

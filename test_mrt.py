@@ -23,8 +23,10 @@ import episodes
 import evaluate
 import grader
 import grpo
+import mrt
 import policy
 import prover
+import star
 import toy
 from episodes import (BACKTRACK_MARKER, EPISODE_PHRASES, FORCING_PHRASES, format_attempt, forcing_phrase,
                       group_episodes, parse_backtrack, render_backtrack, split_episodes, split_steps,
@@ -597,6 +599,27 @@ def test_is_equiv_bounded_inside_threads():
     assert all(results[i][:2] == (False, True) for i in range(3)), results
 
 
+GRADER_FAMILIES = ("relations", "labelled", "lists", "equations", "numbers", "choice", "no-box", "negatives")
+
+
+def _grader_cases():
+    """data/grader_cases.jsonl: labelled (response, gold) pairs, hard negatives included, by family."""
+    with open(os.path.join(prover.DATA_DIR, "grader_cases.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("row", [pytest.param(row, id=f"{row['family']}-{i}") for i, row in enumerate(_grader_cases())])
+def test_grader_agrees_with_labelled_case(row):
+    got = grader.reward(row["response"], row["gold"], thinking=row["thinking"])
+    assert got == float(row["label"]), (row["response"][-300:], row["gold"], grader.extract_answer(row["response"], row["thinking"]))
+
+
+def test_grader_cases_cover_every_family_with_both_labels():
+    rows = _grader_cases()
+    assert {(row["family"], row["label"]) for row in rows} == {(f, b) for f in GRADER_FAMILIES for b in (True, False)}
+    assert all(isinstance(row["thinking"], bool) and isinstance(row["label"], bool) for row in rows)
+
+
 # ==============================================================================================
 # prover.py: engines, weight sync, prompts, the meta-prover mu (Eq. 4) and progress (Def. 6.1)
 # ==============================================================================================
@@ -701,7 +724,10 @@ class FakeEngine:
     prompt. It records the size of every generate call and every prompt it was sent, as text."""
 
     def __init__(self, tokenizer, respond):
-        self.tokenizer, self.respond, self.calls, self.prompts = tokenizer, respond, [], []
+        self.tokenizer, self.respond, self.calls, self.prompts, self.synced = tokenizer, respond, [], [], 0
+
+    def update_weights(self, named_tensors):
+        self.synced += sum(1 for _ in named_tensors)   # a collective under FSDP: consume them all
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
         self.calls.append(len(prompts))
@@ -1357,17 +1383,410 @@ def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
 
 
 # ==============================================================================================
+# star.py: the SFT loop, Algorithm 1's selection, one iteration end to end
+# ==============================================================================================
+
+def test_sft_loss_by_hand_prompt_tokens_get_no_gradient():
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -4.0], [-3.0, -1.5, -2.5, -0.25]], requires_grad=True)
+    mask = torch.tensor([[False, True, True, False],     # prompt, two completion tokens, padding
+                         [False, False, True, True]])    # prompt, prompt, two completion tokens
+    weights = torch.tensor([1.0, 2.0])
+    loss = star.sft_loss(logp, mask, weights, num_tokens=4)
+    # -((-2 - 0.5) * 1 + (-2.5 - 0.25) * 2) / 4 = (2.5 + 5.5) / 4
+    assert loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert logp.grad.tolist() == [[0.0, -0.25, -0.25, 0.0], [0.0, 0.0, -0.5, -0.5]]
+    # the global token count makes two micro-batches (or two ranks) add up to the full batch
+    halves = [star.sft_loss(logp[r:r + 1], mask[r:r + 1], weights[r:r + 1], num_tokens=4) for r in (0, 1)]
+    assert sum(h.item() for h in halves) == pytest.approx(2.0)
+
+
+STAR_FSDP_SCRIPT = r'''
+import sys, types, torch
+sys.path.insert(0, sys.argv[1])
+import policy, star
+out, model_path = sys.argv[2], sys.argv[3]
+rank, world = policy.setup_distributed()
+model = policy.load_policy(model_path)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)   # weights move by exactly -0.1 * grad: comparable
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+g = torch.Generator().manual_seed(3)            # the same global batch on every rank
+batch = [(torch.randint(5, 2000, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist(),
+          torch.randint(5, 2000, (int(torch.randint(1, 13, (1,), generator=g)),), generator=g).tolist(),
+          float(torch.rand(1, generator=g)) * 2) for _ in range(7)]
+cfg = types.SimpleNamespace(micro_batch_tokens=40, max_grad_norm=1e9)
+stats = star.sft_step(model, opt, sched, batch[rank::world], cfg, pad_id=2)
+grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+weights = dict(policy.full_weights(model))
+if rank == 0:
+    torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
+policy.teardown()
+'''
+
+
+def test_sft_step_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "sft_step.py"
+    script.write_text(STAR_FSDP_SCRIPT)
+    results = {}
+    for world in (1, 2):
+        run_torchrun(world, [str(script), here, str(tmp_path / f"w{world}.pt"), tiny_model], cwd=here)
+        results[world] = torch.load(tmp_path / f"w{world}.pt")
+    one, two = results[1], results[2]
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5) and one["loss"] > 0
+    for name in one["grads"]:
+        assert torch.allclose(one["grads"][name], two["grads"][name], rtol=1e-4, atol=1e-7), name
+        assert torch.allclose(one["weights"][name], two["weights"][name], atol=1e-6), name
+
+
+def test_select_prefix_by_hand():
+    # cumulative progress [0.25, 0, 0.5, 0.5]: the peak 0.5 is reached after 3 and after 4 episodes;
+    # the shorter prefix wins the tie; the first correct sample there is number 1
+    assert star.select_prefix([0.25, 0.5, 0.25, 0.75, 0.75], [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0],
+                                                               [0.0, 1.0, 1.0, 1.0], [1, 1, 1, 0]]) == (3, 1, 0.5)
+    assert star.select_prefix([0.5, 0.25, 0.5], [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]) is None  # never above start
+    assert star.select_prefix([0.0], [[0, 0]]) is None   # no episode at all
+
+
+P1 = "A.\n\nB.\n\nC.\n\nWait, 7.\n\nD.\n\nE.\n\nWait, 3?\n\nF.\n\nG.\n\n</think>\n\n\\boxed{3}"   # 3 episodes, wrong
+P2 = "X.\n\nY.\n\nZ.\n\n</think>\n\n\\boxed{5}"                                              # 1 episode, right
+
+
+def scripted_star_respond(text, n, stop):
+    """Rollouts P1 (gold 7) and P2 (gold 5). mu on P1 (m = 4): 1 right of 4 before "Wait, 7", all but
+    sample 0 right after it, 2 right once "Wait, 3?" follows; on P2 always right."""
+    if not text.endswith(prover.TIME_IS_UP):
+        return [P1 if "p1" in text else P2] * n
+    if "p2" in text:
+        return [f"sample {s}: \\boxed{{5}}" for s in range(n)]
+    thought = text.split("<think>\n", 1)[1]
+    right = 2 if "Wait, 3?" in thought else n - 1 if "Wait, 7" in thought else 1
+    return [f"sample {s}: \\boxed{{7}}" if (s >= n - right) else f"sample {s}: \\boxed{{1}}" for s in range(n)]
+
+
+def _star_cfg(**kw):
+    base = dict(thinking=True, rollouts=1, temperature=0.7, top_p=1.0, max_tokens=64, seed=0, m=4,
+                prover_temperature=0.7, prover_max_tokens=16, variant="mrt", keep_time_is_up=False,
+                weight_by_progress=False)
+    return types.SimpleNamespace(**{**base, **kw})
+
+
+def test_algorithm_1_selection_on_a_scripted_engine(tokenizer):
+    policy.setup_distributed()
+    problems = [{"id": "a", "problem": "p1", "answer": "7"}, {"id": "b", "problem": "p2", "answer": "5"}]
+    engine = FakeEngine(tokenizer, scripted_star_respond)
+    rows, stats = star.build_examples(engine, problems, _star_cfg(), iteration=1)
+    # P1: J_r = [1/4, 1/4, 3/4, 2/4] -> cumulative progress [0, 0.5, 0.25] -> i = 2, sample 1 (sample 0 is wrong)
+    # P2: J_r = [1, 1] -> no progress -> not kept
+    (row,) = rows
+    prefix = "A.\n\nB.\n\nC.\n\nWait, 7.\n\nD.\n\nE.\n\n"
+    assert (row["id"], row["k"], row["i"], row["cumulative_progress"]) == ("a", 3, 2, 0.5)
+    assert row["success_rates"] == [0.25, 0.25, 0.75, 0.5] and row["progress"] == [0.0, 0.5, -0.25]
+    assert row["completion"] == prefix + "</think>\n\n" + star.ANSWER_HEAD + "sample 1: \\boxed{7}"
+    assert stats["kept"] == 1 and stats["accuracy_sum"] == 1.0 and stats["j_r_empty_sum"] == 1.25
+    kept = star.build_examples(engine, problems, _star_cfg(keep_time_is_up=True, weight_by_progress=True), 1)[0]
+    assert kept[0]["completion"] == prefix + prover.TIME_IS_UP + "sample 1: \\boxed{7}" and kept[0]["weight"] == 0.5
+    # STaR: the whole correct rollout, P2
+    rows, stats = star.build_examples(engine, problems, _star_cfg(variant="star"), iteration=1)
+    assert [(r["id"], r["completion"]) for r in rows] == [("b", P2)] and stats["kept"] == 1
+
+
+def _write_problems(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_algorithm_1_iteration_writes_data_trains_and_resumes(tiny_model, tokenizer, tmp_path):
+    train = _write_problems(tmp_path / "train.jsonl", [{"id": "a", "problem": "p1", "answer": "7"},
+                                                       {"id": "b", "problem": "p2", "answer": "5"}])
+    argv = ["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--iterations", "1",
+            "--prover-samples", "4", "--max-tokens", "64", "--prover-max-tokens", "16", "--batch-size", "2",
+            "--max-steps", "1", "--engine", "hf", "--max-model-len", "1024"]
+    engine = FakeEngine(tokenizer, scripted_star_respond)
+    history = star.run(star.parse_args(argv), engine=engine)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "iter_1" / "data.jsonl")]
+    assert [(r["id"], r["i"]) for r in rows] == [("a", 2)]
+    assert history[0]["kept"] == 1 and history[0]["mean_i_over_k"] == pytest.approx(2 / 3)
+    assert os.path.isfile(tmp_path / "run" / "iter_1" / "checkpoints" / "step_1" / "model.safetensors")
+    assert engine.synced > 0                                  # the new weights went into the engine
+    metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [m["phase"] for m in metrics] == ["iteration", "sft", "iteration_sft"]
+    # a second launch finds the iteration done: nothing is sampled or trained again
+    again = FakeEngine(tokenizer, scripted_star_respond)
+    assert star.run(star.parse_args(argv), engine=again) == [] and again.calls == []
+
+
+@pytest.fixture(scope="session")
+def warm_model(tiny_model, tmp_path_factory):
+    """The tiny model after warm-start SFT (star.py sft) on "Seven. </think> \\boxed{7}" answers."""
+    root = tmp_path_factory.mktemp("warm")
+    data = _write_problems(root / "sft.jsonl", [{"problem": f"What is {i}+7-{i}?",
+                                                 "completion": "Seven.\n\n</think>\n\n\\boxed{7}"} for i in range(16)])
+    cfg = star.parse_args(["sft", "--model", tiny_model, "--data", data, "--out", str(root / "run"), "--lr", "1e-2",
+                           "--batch-size", "8", "--epochs", "30", "--warmup-ratio", "0", "--save-every", "1000"])
+    examples, _ = star.load_sft_data(data, toy_tokenizer(tiny_model), cfg.thinking, cfg.max_seq_length)
+    star.sft(cfg, examples, tiny_model, toy_tokenizer(tiny_model), cfg.out)
+    return str(root / "run")
+
+
+def toy_tokenizer(path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_sft_learns_a_fixed_dataset(warm_model):
+    losses = [json.loads(line)["loss"] for line in open(os.path.join(warm_model, "metrics.jsonl"))]
+    assert len(losses) == 60 and losses[-1] < 0.05 * losses[0]
+
+
+def test_sft_resume_after_a_kill_is_exact(tiny_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    data = _write_problems(tmp_path / "sft.jsonl", [{"problem": f"{i}?", "completion": f"{i % 3}</think>\\boxed{{1}}",
+                                                     "weight": 1 + i % 2} for i in range(12)])
+
+    def train(out, kill_at=None):
+        cfg = star.parse_args(["sft", "--model", tiny_model, "--data", data, "--out", str(out), "--lr", "1e-2",
+                               "--batch-size", "4", "--max-steps", "6", "--save-every", "2"])
+        examples, _ = star.load_sft_data(data, toy_tokenizer(tiny_model), cfg.thinking, cfg.max_seq_length)
+        step, calls = star.sft_step, {"n": 0}
+
+        def dies(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt   # killed in step 5, after the step-4 checkpoint
+            return step(*a, **k)
+        monkeypatch.setattr(star, "sft_step", dies)
+        try:
+            star.sft(cfg, examples, tiny_model, toy_tokenizer(tiny_model), cfg.out)
+        finally:
+            monkeypatch.setattr(star, "sft_step", step)
+    train(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", kill_at=5)
+    train(tmp_path / "b")
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step_6" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step_6" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    rows = lambda d: [(r["sft_step"], r["loss"]) for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))]  # noqa: E731
+    assert rows("b") == rows("a") and [s for s, _ in rows("b")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"problem": "x"}', "sft.jsonl:1: missing or empty string field \"completion\""),
+    ('{"completion": "y"}', "sft.jsonl:1: needs a \"problem\" string or a \"prompt\" list"),
+    ('{"prompt": [{"role": "user"}], "completion": "y"}', "sft.jsonl:1: \"prompt\" must be a non-empty list"),
+    ('{"problem": "x", "completion": "y", "weight": -1}', "sft.jsonl:1: \"weight\" must be a finite number >= 0"),
+    ('\n{"problem": "x", "completion": "y"}\nnot json', "sft.jsonl:3: not valid JSON"),
+])
+def test_sft_data_errors_name_file_and_line(tokenizer, tmp_path, content, message):
+    path = tmp_path / "sft.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        star.load_sft_data(str(path), tokenizer, True, 1024)
+
+
+def test_sft_data_long_rows_skipped_or_truncated_and_chat_prompts(tokenizer, tmp_path):
+    path = _write_problems(tmp_path / "sft.jsonl", [
+        {"problem": "2+2?", "completion": "four " * 200},
+        {"prompt": [{"role": "user", "content": "Hi"}], "completion": "Hello", "weight": 0.5}])
+    examples, skipped = star.load_sft_data(path, tokenizer, True, 64)
+    assert skipped == 1 and len(examples) == 1
+    prompt, completion, weight = examples[0]
+    assert prompt == prover.build_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
+    assert completion == tokenizer.encode("Hello", add_special_tokens=False) + [tokenizer.eos_token_id] and weight == 0.5
+    cut, skipped = star.load_sft_data(path, tokenizer, True, 64, truncate=True)
+    assert skipped == 0 and all(len(p) + len(c) <= 64 for p, c, _ in cut) and len(cut) == 2
+
+
+def test_star_iteration_on_vllm_syncs_the_engine(warm_model, tokenizer, vllm_engine, tmp_path, restore_engine_weights):
+    from transformers import AutoModelForCausalLM
+    warm = os.path.join(warm_model, "checkpoints", "step_60")
+    vllm_engine.update_weights(AutoModelForCausalLM.from_pretrained(warm).named_parameters())
+    train = _write_problems(tmp_path / "train.jsonl", [{"id": f"q{i}", "problem": f"What is {i}+7-{i}?",
+                                                       "answer": "7"} for i in range(4)])
+    cfg = star.parse_args(["--model", warm, "--train", train, "--out", str(tmp_path / "run"), "--variant", "star",
+                           "--rollouts", "2", "--max-tokens", "16", "--batch-size", "4", "--max-steps", "1",
+                           "--lr", "1e-3", "--max-model-len", "1024"])
+    history = star.run(cfg, engine=vllm_engine)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "iter_1" / "data.jsonl")]
+    assert history[0]["kept"] == len(rows) > 0 and all(prover.reward(r["completion"], "7") == 1.0 for r in rows)
+    trained = AutoModelForCausalLM.from_pretrained(os.path.join(tmp_path, "run", "iter_1", "checkpoints", "step_1"))
+    prompts = [prover.build_prompt(tokenizer, "What is 5+7-5?"), prover.build_prompt(tokenizer, "Hello?")]
+    greedy = [s[0].token_ids for s in vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
+    for prompt, tokens in zip(prompts, greedy):
+        with torch.no_grad():
+            ref = trained.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        assert tokens == ref[:len(tokens)]
+
+
+# ==============================================================================================
+# mrt.py: Algorithm 2 (MRT-RL) on the GRPO loop
+# ==============================================================================================
+
+REF_ROLLOUT = "A.\n\nB.\n\nC.\n\nWait, D.\n\nE.\n\nF.\n\n</think>\n\n\\boxed{1}"   # two episodes
+
+
+def scripted_rl_respond(text, n, stop):
+    """pi_ref's rollout is REF_ROLLOUT; on "p1" (gold 7) the continuations are right, wrong, right,
+    right and 3 of the 4 terminations are right; on "p2" (gold 5) everything is wrong."""
+    if text.endswith(prover.TIME_IS_UP):
+        return (["\\boxed{7}"] * 3 + ["\\boxed{2}"])[:n] if "p1" in text else ["\\boxed{0}"] * n
+    if text.endswith("<think>\n"):
+        return [REF_ROLLOUT] * n
+    assert text.endswith("Wait, D.\n\nE.\n\nF.\n\n") is False and text.endswith("C.\n\n")  # context = prompt + z_{0:1}
+    return (["</think>\\boxed{7}", "</think>\\boxed{8}", "</think>\\boxed{7}", "</think>\\boxed{7}"] if "p1" in text
+            else ["</think>\\boxed{4}"] * 4)[:n]
+
+
+def _mrt_cfg(tiny_model, tmp_path, *extra):
+    train = _write_problems(tmp_path / "train.jsonl", [{"id": "a", "problem": "p1", "answer": "7"},
+                                                       {"id": "b", "problem": "p2", "answer": "5"}])
+    return mrt.parse_rl_args(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
+                              "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "64",
+                              "--engine", "hf", "--max-model-len", "1024", "--warmup-ratio", "0", "--beta", "0",
+                              "--min-prefix-episodes", "1", *extra])
+
+
+@pytest.mark.parametrize("form", ["progress", "baseline", "joint"])
+def test_algorithm_2_rewards_and_advantages_by_hand(tiny_model, tokenizer, tmp_path, form):
+    policy.setup_distributed()
+    cfg = _mrt_cfg(tiny_model, tmp_path, "--advantage", form, "--alpha", "1.0", "--max-steps", "1")
+    rollout_fn, reward_fn, advantage_fn, metrics_fn = mrt.algorithm_2(cfg, tokenizer)
+    engine = FakeEngine(tokenizer, scripted_rl_respond)
+    mine = grpo.step_problems(grpo.training_problems(cfg, tokenizer)[0], cfg, 0)
+    contexts, groups = rollout_fn(engine, mine, cfg, 0)
+    rewards = reward_fn(mine, groups, cfg)
+    advantages = advantage_fn([r for g in rewards for r in g], len(groups[0]), cfg).tolist()
+    by_id = {q["id"]: i for i, q in enumerate(mine)}
+    a, b = by_id["a"], by_id["b"]
+    size = len(groups[0])
+    adv_a, adv_b = advantages[a * size:(a + 1) * size], advantages[b * size:(b + 1) * size]
+    # p1: continuation rewards r = [1, 0, 1, 1], terminations 3 of 4 right: J_r(mu | q, z_{0:1}) = 0.75
+    if form == "progress":   # r + 1.0 * (r - 0.75) = [1.25, -0.75, 1.25, 1.25]: mean 0.75, std 1
+        assert rewards[a] == [1.25, -0.75, 1.25, 1.25]
+        assert adv_a == pytest.approx([0.5 / 1.0001, -1.5 / 1.0001, 0.5 / 1.0001, 0.5 / 1.0001])
+    elif form == "baseline":  # the advantage is r - 0.75 itself
+        assert rewards[a] == [0.25, -0.75, 0.25, 0.25] and adv_a == pytest.approx([0.25, -0.75, 0.25, 0.25])
+    else:                     # one group of 8: [1, 0, 1, 1 | 1, 1, 1, 0]: mean 0.75, unbiased std sqrt(1.5 / 7)
+        std = math.sqrt(1.5 / 7)
+        assert rewards[a] == [1, 0, 1, 1, 1, 1, 1, 0]
+        assert adv_a == pytest.approx([d / (std + 1e-4) for d in (0.25, -0.75, 0.25, 0.25, 0.25, 0.25, 0.25, -0.75)])
+        assert contexts[a][4:] == [contexts[a][0] + tokenizer.encode(prover.TIME_IS_UP, add_special_tokens=False)] * 4
+    assert adv_b == [0.0] * size   # p2: nothing right, no signal
+    # the context of every continuation is the prompt followed by pi_ref's first episode, token for token
+    prefix = "A.\n\nB.\n\nC.\n\n"
+    head = prover.build_prompt(tokenizer, "p1")
+    ref_ids = tokenizer.encode(REF_ROLLOUT, add_special_tokens=False)
+    first = contexts[a][0] if form == "joint" else contexts[a]
+    assert first == head + prover.prefix_token_ids(tokenizer, ref_ids, prefix)
+    m = metrics_fn(mine, groups, cfg)
+    assert m["prefix_j"] == (2, 2) and m["prefix_k"] == (4, 2) and m["j_r_prefix"] == (0.75, 2)
+    assert m["terminations_all_fail"] == (1, 2) and m["terminations_all_succeed"] == (0, 2)
+    assert m["progress_bonus"] == (pytest.approx(0.25 * 3 - 0.75 + 0.0), 8)
+
+
+def test_algorithm_2_loss_ignores_the_prefix_tokens():
+    prompt_and_prefix, continuation = [1, 2, 3, 4, 5], [6, 7]
+    ids, attn, mask = policy.pad_sequences([prompt_and_prefix], [continuation], pad_id=0)
+    logp = torch.zeros(mask.shape, requires_grad=True)
+    loss, _ = grpo.grpo_loss(logp, logp.detach(), torch.tensor([1.0]), mask, num_tokens=2, num_seqs=1)
+    loss.backward()
+    # positions 0..3 predict prompt/prefix tokens: no gradient; 4 and 5 predict the continuation
+    assert mask.tolist() == [[False, False, False, False, True, True]]
+    assert logp.grad[0, :4].abs().sum() == 0 and (logp.grad[0, 4:] != 0).all()
+
+
+def test_algorithm_2_prefixes_come_from_pi_ref_and_refresh(tiny_model, tmp_path):
+    cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "2",
+                   "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24")
+    tok = toy_tokenizer(tiny_model)
+    pieces = mrt.algorithm_2(cfg, tok)
+    # a reward the random model can learn (its answers are never right), so that the weights move
+    grpo.train(cfg, rollout_fn=pieces[0], reward_fn=first_token_reward, advantage_fn=pieces[2], metrics_fn=pieces[3])
+    problems = grpo.training_problems(cfg, tok)[0]
+
+    def resample(weights, iteration):
+        engine = prover.HFEngine(weights, dtype="float32", max_model_len=cfg.max_model_len)
+        steps = range(2 * iteration, 2 * iteration + 2)
+        return json.loads(json.dumps(mrt.sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps],
+                                                         cfg, iteration)))
+
+    saved = [json.load(open(tmp_path / "run" / "prefixes" / f"iter_{i}.rank0.json")) for i in (0, 1)]
+    ckpt2 = str(tmp_path / "run" / "checkpoints" / "step_2")
+    assert saved[0] == resample(tiny_model, 0)    # iteration 0: the starting model's samples
+    assert saved[1] == resample(ckpt2, 1)         # iteration 1: pi_ref = the weights after step 2,
+    assert saved[1] != resample(tiny_model, 1)    # not the starting model's any more
+
+
+def test_algorithm_2_resume_mid_iteration_is_exact(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+    tok = toy_tokenizer(tiny_model)
+
+    def run(out, kill_at=None, resume=False):
+        cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "1",
+                       "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24",
+                       "--out", str(out), *(["--resume"] if resume else []))
+        rollout_fn, reward_fn, advantage_fn, metrics_fn = mrt.algorithm_2(cfg, tok)
+
+        def rewards(mine, groups, c):
+            if kill_at is not None and len(open(os.path.join(str(out), "metrics.jsonl")).readlines()) == kill_at:
+                raise KeyboardInterrupt   # killed in step kill_at + 1: inside iteration 1, after its first step
+            return reward_fn(mine, groups, c)
+        if kill_at is not None:
+            os.makedirs(out, exist_ok=True)
+            open(os.path.join(str(out), "metrics.jsonl"), "a").close()
+        grpo.train(cfg, rollout_fn=rollout_fn, reward_fn=rewards, advantage_fn=advantage_fn, metrics_fn=metrics_fn)
+    run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", kill_at=3)
+    run(tmp_path / "b", resume=True)
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step_4" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step_4" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    rows = lambda d: [(r["step"], r["prefix_j"], r["loss"]) for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))]  # noqa: E731
+    assert rows("a") == rows("b")
+    # the checkpoints are HF folders
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "b" / "checkpoints" / "step_4"))
+
+
+def test_algorithm_2_on_vllm_shares_the_prefix(tiny_model, tokenizer, vllm_engine, tmp_path, restore_engine_weights):
+    long_problem = " ".join(f"item {i} weighs {i % 7} grams;" for i in range(60)) + " what is the total?"
+    train = _write_problems(tmp_path / "train.jsonl", [{"id": f"q{i}", "problem": f"{i}: {long_problem}", "answer": "1"}
+                                                       for i in range(4)])
+    cfg = mrt.parse_rl_args(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
+                             "--num-generations", "4", "--max-prompt-length", "900", "--max-completion-length", "24",
+                             "--prover-max-tokens", "8", "--max-model-len", "1024", "--max-steps", "4",
+                             "--steps-per-iteration", "2", "--beta", "0"])
+    pieces = mrt.algorithm_2(cfg, tokenizer)
+    grpo.train(cfg, engine=vllm_engine, rollout_fn=pieces[0], reward_fn=pieces[1], advantage_fn=pieces[2],
+               metrics_fn=pieces[3])
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:   # prompt tokens vLLM computed for a step, against one prefill of q + z_{0:j} plus the suffixes
+        assert r["prompt_tokens_computed"] <= 1.3 * r["prompt_tokens_limit"], r
+        if "seconds_prefixes" not in r:  # (an iteration's first step finds q in the cache, from pi_ref's sampling)
+            assert r["prompt_tokens_limit"] <= r["prompt_tokens_computed"], r
+
+
+# ==============================================================================================
 # Every entry point ends cleanly: exit 0 and no traceback, under python and torchrun, vLLM and hf
 # ==============================================================================================
 
 CLI_RUNS = [
     # (script, ranks: None = plain python, engine, model: "r1" thinks, "chatml" has no thought block)
-    ("mrt.py", None, "vllm", "r1"),
-    ("mrt.py", 1, "hf", "chatml"),
+    ("mrt.py", None, "vllm", "r1"),         # Algorithm 2: 2 iterations x 2 steps
+    ("mrt.py", 2, "vllm", "r1"),
+    ("mrt.py --smoke", 1, "hf", "chatml"),
     ("grpo.py", None, "vllm", "chatml"),   # vLLM's exit handler used to run after the group was gone
     ("grpo.py", 2, "vllm", "r1"),          # two engines joined to the job as external launchers
     ("evaluate.py", None, "vllm", "chatml"),
     ("evaluate.py", 2, "vllm", "r1"),
+    ("star.py", 2, "vllm", "r1"),          # Algorithm 1: rollouts and mu sharded, the data gathered
+    ("star.py sft", None, "hf", "chatml"),
 ]
 
 
@@ -1376,8 +1795,20 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
     here = os.path.dirname(os.path.abspath(__file__))
     path = tiny_model if model == "r1" else chatml_model
     common = ["--model", path, "--engine", engine, "--max-model-len", "1024"]
-    if script == "mrt.py":
-        args = [script, *common, "--num-problems", "2", "--max-tokens", "24", "--prover-max-tokens", "8"]
+    if script == "mrt.py --smoke":
+        args = ["mrt.py", "--smoke", *common, "--num-problems", "2", "--max-tokens", "24", "--prover-max-tokens", "8"]
+    elif script == "mrt.py":
+        args = [script, *common, "--out", str(tmp_path / "run"), "--batch-size", "8", "--num-generations", "2",
+                "--max-prompt-length", "256", "--max-completion-length", "16", "--prover-max-tokens", "8",
+                "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "2"]
+    elif script == "star.py":
+        args = [script, *common, "--out", str(tmp_path / "run"), "--num-problems", "4", "--max-tokens", "24",
+                "--prover-samples", "2", "--prover-max-tokens", "8", "--batch-size", "2", "--max-steps", "1"]
+    elif script == "star.py sft":
+        data = tmp_path / "sft.jsonl"
+        data.write_text("".join(json.dumps({"problem": f"{i}?", "completion": "\\boxed{1}"}) + "\n" for i in range(4)))
+        args = ["star.py", "sft", "--model", path, "--data", str(data), "--out", str(tmp_path / "run"),
+                "--batch-size", "2", "--max-steps", "2"]
     elif script == "grpo.py":
         args = [script, *common, "--out", str(tmp_path / "run"), "--batch-size", "8", "--num-generations", "4",
                 "--max-prompt-length", "256", "--max-completion-length", "16", "--max-steps", "1"]
@@ -1388,8 +1819,19 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
                 "--no-plots"]
     proc = run_cli(args, cwd=here, nproc=ranks)
     thinking = model == "r1"
-    if script == "mrt.py":
+    if script == "mrt.py --smoke":
         assert f"thinking: {'on' if thinking else 'off'} (--thinking auto)" in proc.stdout
+    elif script == "mrt.py":
+        from transformers import AutoModelForCausalLM
+        rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("j_r_prefix" in r for r in rows)
+        assert sorted(os.listdir(tmp_path / "run" / "prefixes")) == [f"iter_{i}.rank{r}.json" for i in (0, 1)
+                                                                     for r in range(ranks or 1)]
+        AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "checkpoints" / "step_4"))
+    elif script == "star.py":
+        assert os.path.isfile(tmp_path / "run" / "iter_1" / "data.jsonl") and os.path.isfile(tmp_path / "run" / "iter_1" / "trained")
+    elif script == "star.py sft":
+        assert [json.loads(line).get("sft_step") for line in open(tmp_path / "run" / "metrics.jsonl")] == [None, 1, 2]
     elif script == "grpo.py":
         assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == [1]
         assert os.path.isfile(tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors")
