@@ -430,19 +430,7 @@ def check_args(p, cfg):
                 f"must be a multiple of the {world} ranks")
     if not os.path.isdir(cfg.model):
         p.error(f"--model: no such folder: {cfg.model}")
-    if not os.path.isfile(cfg.train):
-        p.error(f"--train: no such file: {cfg.train}")
-    if cfg.train_years is not None:
-        try:
-            first, last = (int(y) for y in cfg.train_years.split("-"))
-            assert first <= last
-        except (ValueError, AssertionError):
-            p.error(f"--train-years: expected FIRST-LAST like 1989-2023, got {cfg.train_years!r}")
-        cfg.train_years = (first, last)
-        try:
-            prover.load_problems(cfg.train, years=cfg.train_years)
-        except ValueError as e:
-            p.error(f"--train-years: {e}")
+    prover.check_train_args(p, cfg)
     if cfg.resume and policy.latest_checkpoint(cfg.out) is None:
         p.error(f"--resume: no checkpoint in {cfg.out}/checkpoints")
     from transformers import AutoConfig, AutoTokenizer

@@ -377,6 +377,22 @@ def add_engine_args(parser):
                         help="vLLM memory fraction (default 0.8 on GPU as in Table 3, 0.1 of host RAM on CPU)")
 
 
+def check_train_args(parser, args):
+    """--train (a name in data/ or a JSONL path) and --train-years FIRST-LAST, checked by loading the
+    problems once, so that a bad file or range is a clear error before any work starts."""
+    if args.train_years is not None:
+        try:
+            first, last = (int(y) for y in args.train_years.split("-"))
+            assert first <= last
+        except (ValueError, AssertionError):
+            parser.error(f"--train-years: expected FIRST-LAST like 1989-2023, got {args.train_years!r}")
+        args.train_years = (first, last)
+    try:
+        load_problems(args.train, years=args.train_years)
+    except (OSError, ValueError) as e:
+        parser.error(f"--train: {e}")
+
+
 def check_engine_args(parser, args):
     """Errors for the shared flags before anything starts: an engine that cannot be imported."""
     if args.engine == "vllm" and not vllm_available():

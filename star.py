@@ -236,13 +236,15 @@ def build_examples(engine, problems, cfg, iteration):
     tok = engine.tokenizer
     prompts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) for q in problems]
     # ---- generate: z ~ pi_theta(.|x) ---------------------------------------------------------------
+    t0 = time.time()
     outputs = engine.generate(prompts, n=cfg.rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_tokens=cfg.max_tokens,
                               seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank())
     traces = [(q, s) for q, samples in zip(problems, outputs) for s in samples]
     correct = [prover.reward(s.text, q["answer"], thinking=cfg.thinking) for q, s in traces]
     stats = {"rollouts": len(traces), "accuracy_sum": sum(correct), "kept": 0, "i_over_k_sum": 0.0,
-             "progress_sum": 0.0, "j_r_empty_sum": 0.0, "tokens_sum": sum(s.num_tokens for _, s in traces)}
+             "progress_sum": 0.0, "j_r_empty_sum": 0.0, "tokens_sum": sum(s.num_tokens for _, s in traces),
+             "seconds_rollout": time.time() - t0, "seconds_mu": 0.0}
     rows = []
     if cfg.variant == "star":
         for (q, s), c in zip(traces, correct):
@@ -256,10 +258,12 @@ def build_examples(engine, problems, cfg, iteration):
     for q, s in traces:
         stream, _ = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
         segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream)))
+    t1 = time.time()
     mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, max_tokens=cfg.prover_max_tokens,
                            seed=cfg.seed + iteration, thinking=cfg.thinking)
     scores = mu.score([(q["problem"], q["answer"], prefixes, s.token_ids)
                        for (q, s), prefixes in zip(traces, segmented)])
+    stats["seconds_mu"] = time.time() - t1
     # ---- select: the prefix of largest cumulative progress, and a correct answer there -------------
     for (q, s), prefixes, score in zip(traces, segmented, scores):
         stats["j_r_empty_sum"] += score.success_rates[0]
@@ -342,7 +346,8 @@ def run(cfg, engine=None):
                 row = {"phase": "iteration", "iteration": t, "variant": cfg.variant, "rollouts": totals["rollouts"],
                        "kept": totals["kept"], "accuracy": totals["accuracy_sum"] / totals["rollouts"],
                        "mean_response_tokens": totals["tokens_sum"] / totals["rollouts"],
-                       "seconds_data": time.time() - t0}
+                       "seconds_data": time.time() - t0, "seconds_rollout": max(s["seconds_rollout"] for _, s in gathered),
+                       "seconds_mu": max(s["seconds_mu"] for _, s in gathered)}
                 if cfg.variant == "mrt":
                     row.update(mean_i_over_k=totals["i_over_k_sum"] / kept, mean_progress=totals["progress_sum"] / kept,
                                j_r_empty=totals["j_r_empty_sum"] / totals["rollouts"])
@@ -469,17 +474,7 @@ def parse_args(argv=None):
         p.error(f"--num-problems must be >= 1, got {cfg.num_problems}")
     if cfg.temperature < 0 or cfg.prover_temperature < 0 or not 0 < cfg.top_p <= 1:
         p.error("--temperature and --prover-temperature must be >= 0, --top-p in (0, 1]")
-    if cfg.train_years is not None:
-        try:
-            first, last = (int(y) for y in cfg.train_years.split("-"))
-            assert first <= last
-        except (ValueError, AssertionError):
-            p.error(f"--train-years: expected FIRST-LAST like 1989-2023, got {cfg.train_years!r}")
-        cfg.train_years = (first, last)
-    try:
-        prover.load_problems(cfg.train, years=cfg.train_years)
-    except (OSError, ValueError) as e:
-        p.error(f"--train: {e}")
+    prover.check_train_args(p, cfg)
     prover.check_engine_args(p, cfg)
     cfg = check_common(p, cfg)
     if cfg.max_model_len is None:

@@ -1273,7 +1273,7 @@ def _grpo_cfg(tiny_model, out, *extra):
     grpo.add_grpo_args(p)
     argv = ["--model", tiny_model, "--out", str(out), "--batch-size", "32", "--num-generations", "8",
             "--max-prompt-length", "256", "--max-completion-length", "4", "--engine", "hf", "--temperature", "1.0",
-            "--warmup-ratio", "0", "--max-model-len", "1024", *extra]
+            "--warmup-ratio", "0", "--max-model-len", "1024", "--beta", "0", *extra]  # beta > 0: the CLI tests
     return grpo.check_args(p, p.parse_args(argv))
 
 
@@ -1357,10 +1357,23 @@ def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
 def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
     for extra, message in [(["--batch-size", "30"], "multiple of --num-generations"),
                            (["--max-completion-length", "5000"], "does not fit"),
-                           (["--resume"], "no checkpoint"), (["--ppo-epochs", "0"], "--ppo-epochs must be")]:
+                           (["--resume"], "no checkpoint"), (["--ppo-epochs", "0"], "--ppo-epochs must be"),
+                           (["--train-years", "2020"], "--train-years: expected FIRST-LAST"),
+                           (["--train-years", "1989-2023"], "math_train_4k.jsonl:1: a year filter needs a year"),
+                           (["--length-penalty-alpha", "1.5"], "--length-penalty-alpha must be in [0, 1)")]:
         with pytest.raises(SystemExit):
             _grpo_cfg(tiny_model, tmp_path / "x", *extra)
         assert message in capsys.readouterr().err
+    for parse, argv, message in [
+            (mrt.parse_rl_args, ["--model", tiny_model, "--alpha", "-1"], "--alpha >= 0"),
+            (mrt.parse_rl_args, ["--model", tiny_model, "--advantage", "mean"], "invalid choice: 'mean'"),
+            (star.parse_args, ["--model", tiny_model, "--out", "x", "--iterations", "0"], "--iterations must be >= 1"),
+            (star.parse_args, ["--model", tiny_model, "--out", "x", "--train", "nowhere.jsonl"],
+             "--train: problems 'nowhere.jsonl'"),
+            (star.parse_args, ["sft", "--model", tiny_model, "--data", "nowhere.jsonl", "--out", "x"], "--data: no such file")]:
+        with pytest.raises(SystemExit):
+            parse(argv)
+        assert message in capsys.readouterr().err, argv
 
 
 def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
@@ -1647,7 +1660,7 @@ def _mrt_cfg(tiny_model, tmp_path, *extra):
     return mrt.parse_rl_args(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
                               "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "64",
                               "--engine", "hf", "--max-model-len", "1024", "--warmup-ratio", "0", "--beta", "0",
-                              "--min-prefix-episodes", "1", *extra])
+                              "--min-prefix-episodes", "1", "--prover-max-tokens", "8", *extra])
 
 
 @pytest.mark.parametrize("form", ["progress", "baseline", "joint"])
