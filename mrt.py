@@ -19,18 +19,19 @@ Algorithm 2 (App. B.1), per iteration of --steps-per-iteration steps:
         after the other, so that vLLM's prefix cache computes that context once.
     rewards (line 9, Eq. 3; --advantage):
         progress  r_i + alpha * r_prg,i with r_prg,i = r_i - J_r(mu | q, z_{0:j}), J_r the mean reward of
-                  the G terminations, as GRPO's reward (line 11; the default)
+                  the G terminations (the default); the advantage is GRPO's for r_i plus alpha * r_prg,i
         baseline  advantage r_i - J_r(mu | q, z_{0:j}): the terminations replace the group mean (the
                   official release's RL README)
         joint     one GRPO group of the G continuations and the G terminations, all trained on (Fig. 6:
                   "normalizing rewards across this set of traces ... implicitly compute the progress bonus")
     the loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
 
-Note on `progress` with GRPO's std scaling (--scale-rewards std): J_r is one number per prompt, so
-r_i + alpha * (r_i - J_r) = (1 + alpha) r_i - alpha J_r is an affine map of r_i within a group, and
-the group-normalised advantages equal outcome GRPO's on the same continuations; alpha and J_r then
-act only through --scale-rewards none, and what differs from GRPO is that each rollout starts after a
-pi_ref prefix. `baseline` and `joint` are the forms in which J_r changes the advantages.
+How `progress` enters GRPO. Line 11 puts r_i + alpha * r_prg,i "in place of A_i". Fed to GRPO as a
+reward instead, it would be lost: J_r is one number per prompt, so (1 + alpha) r_i - alpha J_r is an
+affine map of r_i within a group, and the group-normalised advantages would be outcome GRPO's. We
+take Eq. 3's two terms each with its own estimator: A_i = GRPO's advantage of r_i (the outcome term)
++ alpha * (r_i - J_r) (the progress term, whose baseline is the terminations' J_r). The KL term, when
+--beta > 0, stays anchored to the starting model (as in TRL); pi_ref here is the prefix sampler only.
 """
 
 import argparse
@@ -124,7 +125,7 @@ def algorithm_2(cfg, tokenizer):
         iteration = step // per_iteration
         if state["iteration"] != iteration:
             path = os.path.join(cfg.out, "prefixes", f"iter_{iteration}.rank{dist.get_rank()}.json")
-            if os.path.exists(path):          # a resumed run: the same pi_ref samples as before
+            if cfg.resume and os.path.exists(path):   # a resumed run: the same pi_ref samples as before
                 with open(path) as f:
                     saved = {int(s): rows for s, rows in json.load(f).items()}
             else:                             # the iteration's first step: the engine holds pi_ref
@@ -162,10 +163,11 @@ def algorithm_2(cfg, tokenizer):
         t1 = time.time()
         terminations = engine.generate([c + s for c, s in zip(contexts, suffixes)], n=cfg.num_generations,
                                        temperature=cfg.temperature, top_p=cfg.top_p,
-                                       max_tokens=cfg.prover_max_tokens, seed=seed + 1)
+                                       max_tokens=cfg.prover_max_tokens, seed=seed + 500_009)  # streams apart
         t2 = time.time()
         # ---- grading ----------------------------------------------------------------------------------------
-        cont_r = [[prover.reward(s.text, q["answer"], thinking=cfg.thinking) for s in group]
+        cont_r = [[0.0 if cfg.zero_truncated and s.finish_reason == "length"
+                   else prover.reward(s.text, q["answer"], thinking=cfg.thinking) for s in group]
                   for q, group in zip(mine, continuations)]
         term_r = [[prover.reward(s.text, q["answer"], thinking=False) for s in group]  # answers after a closed thought
                   for q, group in zip(mine, terminations)]
@@ -193,7 +195,14 @@ def algorithm_2(cfg, tokenizer):
     def advantage_fn(flat, size, cfg):
         if cfg.advantage == "baseline":
             return torch.tensor(flat, dtype=torch.float32)     # the rewards are the advantages already
-        return grpo.group_advantages(flat, size, cfg.scale_rewards)
+        if cfg.advantage == "joint":
+            return grpo.group_advantages(flat, size, cfg.scale_rewards)
+        # progress: GRPO's advantage of the outcome r_i, plus alpha * r_prg,i (see the module docstring)
+        st = state["step"]
+        r = [x for c in st["cont_r"] for x in c]
+        bonus = [termination_baseline(c, t) for c, t in zip(st["cont_r"], st["term_r"])]
+        return grpo.group_advantages(r, size, cfg.scale_rewards) + cfg.alpha * torch.tensor(
+            [b for group in bonus for b in group], dtype=torch.float32)
 
     def metrics_fn(mine, groups, cfg):
         st, n = state["step"], len(mine)
@@ -207,8 +216,9 @@ def algorithm_2(cfg, tokenizer):
                "terminations_all_fail": (sum(max(t) == 0.0 for t in st["term_r"]), n),
                "continuation_length": (sum(lengths), len(lengths)),
                **{f"seconds_{k}": (v, 1) for k, v in st["seconds"].items()}}
-        if "seconds_prefixes" in state:   # the iteration's partial rollouts, on the step that sampled them
-            out["seconds_prefixes"] = (state.pop("seconds_prefixes"), 1)
+        # the iteration's partial rollouts, on the step that sampled them (every rank sends every key)
+        out["seconds_prefixes"] = (state.pop("seconds_prefixes", 0.0), 1)
+        out["accuracy"] = out["continuation_reward"]   # joint groups hold terminations too: grade continuations
         if st["prompt_tokens_computed"] is not None:
             # the least possible: each q + z_{0:j} prefilled once, then each termination's suffix
             limit = sum(len(c) for c in st["contexts"]) + sum(len(s) for s in st["suffixes"])

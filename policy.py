@@ -42,7 +42,7 @@ def setup_distributed():
     """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one."""
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if "RANK" in os.environ:
+        if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend)         # torchrun's rendezvous (env://)
         else:
             # plain python: a group of one on an in-process store, so no port is taken (two runs on

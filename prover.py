@@ -8,7 +8,6 @@ Paper: Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress), App. D (F
     MetaProver, progress                   J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), r_prg (Def. 6.1)
 """
 
-import itertools
 import json
 import os
 import re
@@ -456,7 +455,7 @@ def forced_success_rate(samples, gold):
     mu's samples are answers after a closed thought, so each is graded whole (thinking=False).
     """
     answers = [extract_answer(s.text, thinking=False) for s in samples]
-    rewards = [1.0 if is_equiv(a, gold) else 0.0 for a in answers]
+    rewards = [reward(s.text, gold, thinking=False) for s in samples]   # r(x, y), as every other grade
     return sum(rewards) / len(rewards), answers, rewards
 
 
@@ -537,5 +536,5 @@ def progress(success_rates):
     episode, cumulative progress), where cumulative[j] = sum_{i<=j} r_prg(z_i) = J_r(z_{0:j+1}) - J_r(empty).
     """
     per_episode = [b - a for a, b in zip(success_rates, success_rates[1:])]
-    cumulative = list(itertools.accumulate(per_episode))
+    cumulative = [b - success_rates[0] for b in success_rates[1:]]  # the telescoped sum: equal J_r, equal values
     return per_episode, cumulative

@@ -5,7 +5,7 @@
     python star.py sft --data F --model M --out D          # SFT on a JSONL file (the warm start of App. A.2)
 
 Paper: Sec. 7.1 and Fig. 6 (left), App. B.1 Algorithm 1, App. B.2 Table 2 (SFT hyperparameters),
-Sec. 7.2 (20 forced terminations per prefix for the progress estimates), App. A.2 (warm-start SFT).
+Sec. 8.1 ("rolling out each prefix 20 times" for the progress estimates), App. A.2 (warm-start SFT).
 The baseline STaR (Zelikman et al., 2022; Table 1 and Fig. 7) keeps whole rollouts that are correct.
 
 Per iteration t, with pi_theta in the engine (Algorithm 1):
@@ -53,7 +53,7 @@ the completion is the assistant's continuation (thought, answer) and ends with E
 ANSWER_HEAD = prover.TIME_IS_UP.split("</think>\n\n", 1)[1]  # "**Step-by-Step Explanation and Answer:**..."
 
 
-def load_sft_data(path, tokenizer, thinking, max_seq_length, truncate=False):
+def load_sft_data(path, tokenizer, thinking, max_seq_length, truncate=False, allow_empty=False):
     """Tokenized SFT examples [(prompt ids, completion ids + EOS, weight)] and the number of rows
     skipped as too long (or cut to max_seq_length when truncate=True: the completion's tail goes).
     Malformed rows are errors that name the file and line."""
@@ -89,7 +89,7 @@ def load_sft_data(path, tokenizer, thinking, max_seq_length, truncate=False):
                     continue
                 completion_ids = completion_ids[:max_seq_length - len(prompt_ids)]
             examples.append((prompt_ids, completion_ids, float(weight)))
-    if not examples:
+    if not examples and not allow_empty:
         raise ValueError(f"{path}: no usable examples ({skipped} longer than --max-seq-length {max_seq_length})")
     return examples, skipped
 
@@ -143,7 +143,7 @@ def sft_step(model, optimizer, scheduler, batch, cfg, pad_id):
 def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
     """Fine-tune the model at `start_weights` (loaded here as an FSDP2 policy) on `examples`, for
     cfg.epochs epochs of global batches of cfg.batch_size sequences (Table 2: 3 epochs, 256, lr 1e-6,
-    warmup 0.1, cosine). Checkpoints go to out_dir/checkpoints every cfg.save_every steps and at the
+    warmup 0.1; cosine as in Table 3). Checkpoints go to out_dir/checkpoints every cfg.save_every steps and at the
     end; a run that finds one there resumes from it exactly (weights, optimizer, schedule, data order).
     With an engine, the final weights are synced into it. The policy is freed on return, so that
     between SFT runs the GPU holds only the engine. Returns the last step's metrics."""
@@ -260,7 +260,7 @@ def build_examples(engine, problems, cfg, iteration):
         segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream)))
     t1 = time.time()
     mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, max_tokens=cfg.prover_max_tokens,
-                           seed=cfg.seed + iteration, thinking=cfg.thinking)
+                           seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank(), thinking=cfg.thinking)
     scores = mu.score([(q["problem"], q["answer"], prefixes, s.token_ids)
                        for (q, s), prefixes in zip(traces, segmented)])
     stats["seconds_mu"] = time.time() - t1
@@ -362,7 +362,8 @@ def run(cfg, engine=None):
             path = os.path.join(cfg.out, f"iter_{u}", "data.jsonl")
             if os.path.getsize(path) == 0:
                 continue
-            more, more_skipped = load_sft_data(path, tokenizer, cfg.thinking, cfg.max_seq_length, cfg.truncate)
+            more, more_skipped = load_sft_data(path, tokenizer, cfg.thinking, cfg.max_seq_length, cfg.truncate,
+                                               allow_empty=True)   # an iteration whose rows are all too long
             examples += more
             skipped += more_skipped
         if examples:
@@ -420,7 +421,7 @@ def add_star_args(p):
     p.add_argument("--top-p", type=float, default=1.0, help="rollout top-p (default 1.0)")
     p.add_argument("--max-tokens", type=int, default=16384, help="rollout budget in tokens (Sec. 8.1: 16K)")
     p.add_argument("--prover-samples", dest="m", type=int, default=20,
-                   help="m, forced terminations per prefix for progress (Sec. 7.2: 20)")
+                   help="m, forced terminations per prefix for progress (Sec. 8.1: 20)")
     p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
     p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
     p.add_argument("--keep-time-is-up", action="store_true",

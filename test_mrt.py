@@ -1678,9 +1678,11 @@ def test_algorithm_2_rewards_and_advantages_by_hand(tiny_model, tokenizer, tmp_p
     size = len(groups[0])
     adv_a, adv_b = advantages[a * size:(a + 1) * size], advantages[b * size:(b + 1) * size]
     # p1: continuation rewards r = [1, 0, 1, 1], terminations 3 of 4 right: J_r(mu | q, z_{0:1}) = 0.75
-    if form == "progress":   # r + 1.0 * (r - 0.75) = [1.25, -0.75, 1.25, 1.25]: mean 0.75, std 1
+    if form == "progress":   # reward r + 1.0 * (r - 0.75); advantage: GRPO's for r (mean 0.75, unbiased
+        # std 0.5) plus 1.0 * (r - 0.75)
         assert rewards[a] == [1.25, -0.75, 1.25, 1.25]
-        assert adv_a == pytest.approx([0.5 / 1.0001, -1.5 / 1.0001, 0.5 / 1.0001, 0.5 / 1.0001])
+        assert adv_a == pytest.approx([0.25 / 0.5001 + 0.25, -0.75 / 0.5001 - 0.75, 0.25 / 0.5001 + 0.25,
+                                       0.25 / 0.5001 + 0.25])
     elif form == "baseline":  # the advantage is r - 0.75 itself
         assert rewards[a] == [0.25, -0.75, 0.25, 0.25] and adv_a == pytest.approx([0.25, -0.75, 0.25, 0.25])
     else:                     # one group of 8: [1, 0, 1, 1 | 1, 1, 1, 0]: mean 0.75, unbiased std sqrt(1.5 / 7)
@@ -1714,10 +1716,11 @@ def test_algorithm_2_loss_ignores_the_prefix_tokens():
 
 def test_algorithm_2_prefixes_come_from_pi_ref_and_refresh(tiny_model, tmp_path):
     cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "2",
-                   "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24")
+                   "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24", "--advantage", "joint")
     tok = toy_tokenizer(tiny_model)
     pieces = mrt.algorithm_2(cfg, tok)
     # a reward the random model can learn (its answers are never right), so that the weights move
+    # (the joint form's advantages are GRPO's of whatever reward it is given)
     grpo.train(cfg, rollout_fn=pieces[0], reward_fn=first_token_reward, advantage_fn=pieces[2], metrics_fn=pieces[3])
     problems = grpo.training_problems(cfg, tok)[0]
 
