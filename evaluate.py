@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-import policy  # noqa: F401  (first: importing it pins this rank's GPU before torch or vLLM loads)
+import policy  # first: importing it pins this rank's GPU before torch or vLLM loads
 
 import numpy as np  # noqa: E402
 
@@ -491,16 +491,6 @@ def parse_args(argv=None):
     return args
 
 
-def _atomic_write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_partial(path, config):
     """Records of an earlier, interrupted run with the same configuration: {(bench, id, part): record}."""
     done = {}
@@ -654,7 +644,7 @@ def run(args, engine=None):
         return None   # not rank 0
     results = summarize(args, config, world, benchmarks, done)
     results["seconds"] = {"total": time.time() - t0, **{f"{part} (rank 0)": s for part, s in seconds.items()}}
-    _atomic_write_json(args.out, results)
+    policy.write_atomic(args.out, json.dumps(results, indent=1))
     for r in range(world):  # the results file now holds everything: drop the run's scratch files
         for suffix in (".partial.jsonl", ".done"):
             if os.path.exists(f"{args.out}.rank{r}{suffix}"):

@@ -66,7 +66,7 @@ def draw_prefix_episodes(k, rng, min_episodes=0):
 
 
 def sample_prefixes(engine, per_step, cfg, iteration):
-    """One pi_ref rollout per (step, prompt) of an iteration, cut after j episodes: a list per step of
+    """Alg. 2 lines 3 and 7: one pi_ref rollout per (step, prompt) of an iteration, cut after j episodes: a list per step of
     {"id", "j", "k", "prefix", "prefix_ids", "rollout_ids"}. All of the iteration's rollouts go in one generate call."""
     tok = engine.tokenizer
     flat = [(s, i, q) for s, problems in per_step for i, q in enumerate(problems)]
@@ -85,16 +85,6 @@ def sample_prefixes(engine, per_step, cfg, iteration):
                        "prefix_ids": prover.prefix_token_ids(tok, sample.token_ids, prefix),
                        "rollout_ids": list(sample.token_ids)})   # the whole pi_ref sample, for the record
     return out
-
-
-def _write_json_atomic(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ==============================================================================================
@@ -132,7 +122,7 @@ def algorithm_2(cfg, tokenizer):
                 t0 = time.time()
                 steps = range(iteration * per_iteration, min((iteration + 1) * per_iteration, total_steps))
                 saved = sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps], cfg, iteration)
-                _write_json_atomic(path, saved)
+                policy.write_atomic(path, json.dumps(saved))
                 state["seconds_prefixes"] = time.time() - t0
             state["iteration"], state["prefixes"] = iteration, saved
         return state["prefixes"][step]

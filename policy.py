@@ -264,6 +264,18 @@ def load_checkpoint(path, model, optimizer, scheduler):
     return state["step"]
 
 
+def write_atomic(path, text):
+    """Write a text file so that a reader (or a resumed run) never sees half of it: temp file,
+    fsync, rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def log_metrics(out_dir, row):
     """Append one JSON line to out_dir/metrics.jsonl (rank 0 only)."""
     if dist.is_initialized() and dist.get_rank() != 0:

@@ -289,17 +289,6 @@ def build_examples(engine, problems, cfg, iteration):
 # The loop
 # ==============================================================================================
 
-def _write_jsonl_atomic(path, rows):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def resume_point(cfg):
     """(first iteration still to do, the weights it starts from): the last checkpoint of the last
     iteration whose SFT finished, or --model."""
@@ -340,7 +329,7 @@ def run(cfg, engine=None):
             gathered = [None] * world
             dist.all_gather_object(gathered, (rows, stats))
             if rank == 0:
-                _write_jsonl_atomic(data_path, [r for rows_r, _ in gathered for r in rows_r])
+                policy.write_atomic(data_path, "".join(json.dumps(r) + "\n" for rows_r, _ in gathered for r in rows_r))
                 totals = {key: sum(s[key] for _, s in gathered) for key in stats}
                 kept = max(totals["kept"], 1)
                 row = {"phase": "iteration", "iteration": t, "variant": cfg.variant, "rollouts": totals["rollouts"],
@@ -448,9 +437,8 @@ def check_common(p, cfg):
 
 
 def parse_args(argv=None):
-    argv = list(argv) if argv is not None else None
     import sys
-    args_list = sys.argv[1:] if argv is None else argv
+    args_list = sys.argv[1:] if argv is None else list(argv)
     if args_list[:1] == ["sft"]:
         p = argparse.ArgumentParser(prog="star.py sft", formatter_class=argparse.RawDescriptionHelpFormatter,
                                     description="SFT on a JSONL file: the warm start of App. A.2, with the loop "
