@@ -341,8 +341,11 @@ def summarize_episodes(records, cfg):
               {"kind": "empty thought: --model answering after <think></think>, not the paper's instruct model",
                "model": cfg.model})
     direct.update(samples=cfg.direct_n, max_tokens=cfg.direct_max_tokens)
+    steps = [r for t in traces for r in prover.progress(t["success_rates"])[0]]   # r_prg of every (grouped) episode
     return {"group_size": cfg.group_size, "traces": len(traces), "direct_baseline": direct,
             "mean_episodes": float(np.mean([t["k"] for t in traces])),
+            "mean_progress_per_episode": float(np.mean(steps)) if steps else 0.0,
+            "fraction_episodes_without_progress": float(np.mean([r <= 0 for r in steps])) if steps else 0.0,
             "fraction_closed": float(np.mean([t["closed"] for t in traces])), "buckets": buckets}
 
 

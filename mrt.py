@@ -5,8 +5,8 @@
     torchrun --nproc_per_node 8 mrt.py --model PATH --method grpo    # outcome-reward GRPO (Table 1)
              ... --method length-penalty                              # GRPO with Arora & Zanette's length penalty
              ... --method mrt-star | star                             # Algorithm 1 / STaR: star.py's flags apply
+    python mrt.py [--quick]                                           # no --model: MRT vs GRPO, STaR in the toy world
     python mrt.py --smoke [--model PATH]                              # sample, segment, score every prefix with mu
-    python mrt.py                                                     # no --model: the smoke run on a tiny model
 
 Algorithm 2 (App. B.1), per iteration of --steps-per-iteration steps:
     pi_ref <- pi_theta (line 3): at the iteration's first step, while the engine still holds pi_theta,
@@ -35,6 +35,7 @@ take Eq. 3's two terms each with its own estimator: A_i = GRPO's advantage of r_
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -301,6 +302,261 @@ def parse_smoke_args(argv):
 
 
 # ==============================================================================================
+# The default run: MRT against outcome-reward RL in the toy world (toy.py), end to end on a CPU
+# ==============================================================================================
+
+TOY_METHODS = ("grpo", "mrt-rl", "star", "mrt-star")
+
+
+def toy_train(method, seed, folder, warm, engine, paths, args):
+    """Train one (method, seed) of the toy comparison from the warm start through the real entry
+    points' parsers and loops; a killed run resumes. Returns the trained weights' folder; the
+    engine holds them on return."""
+    common = ["--model", warm, "--train", paths["train"], "--out", folder, "--seed", str(seed),
+              "--max-model-len", str(args.max_model_len), "--thinking", "on"] + (["--engine", args.engine] if args.engine else [])
+    policy.load_weights_into_engine(warm, engine)          # every run starts from the same weights
+    if method in ("grpo", "mrt-rl"):
+        flags = common + ["--method", method, "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+                          "--num-generations", str(args.num_generations), "--max-prompt-length", "64",
+                          "--max-completion-length", str(args.max_completion_length), "--lr", str(args.lr),
+                          "--beta", "0", "--warmup-ratio", "0", "--temperature", str(args.temperature),
+                          "--save-every", str(args.steps), "--keep-checkpoints", "1", "--micro-batch-tokens", "4096",
+                          "--alpha", str(args.alpha), "--prover-max-tokens", "16"]
+        done = policy.latest_checkpoint(folder)
+        if done and done.endswith(f"step_{args.steps}"):
+            policy.load_weights_into_engine(done, engine)
+            return done
+        cfg = parse_rl_args(flags + (["--resume"] if done else []))
+        if method == "mrt-rl":
+            from transformers import AutoTokenizer
+            rollout_fn, reward_fn, advantage_fn, metrics_fn = algorithm_2(cfg, AutoTokenizer.from_pretrained(warm))
+            grpo.train(cfg, engine=engine, reward_fn=reward_fn, rollout_fn=rollout_fn, advantage_fn=advantage_fn,
+                       metrics_fn=metrics_fn)
+        else:
+            grpo.train(cfg, engine=engine)
+        return policy.latest_checkpoint(folder)
+    import star
+    cfg = star.parse_args(common + ["--variant", "mrt" if method == "mrt-star" else "star",
+                                    "--iterations", str(args.iterations), "--rollouts", str(args.star_rollouts),
+                                    "--max-tokens", str(args.max_completion_length), "--temperature", str(args.temperature),
+                                    "--prover-samples", "8", "--prover-max-tokens", "16", "--lr", str(args.star_lr),
+                                    "--epochs", "2", "--batch-size", "32", "--max-seq-length", "256",
+                                    "--micro-batch-tokens", "4096", "--save-every", "1000", "--keep-checkpoints", "1"])
+    first, weights = star.resume_point(cfg)
+    policy.load_weights_into_engine(weights, engine)
+    star.run(cfg, engine=engine)
+    weights = star.resume_point(cfg)[1]
+    policy.load_weights_into_engine(weights, engine)      # an iteration that kept nothing leaves the weights as they were
+    return weights
+
+
+def toy_evaluate(weights, seed, folder, engine, paths, args):
+    """evaluate.py's analyses of one checkpoint on the held-out problems (its results JSON)."""
+    import evaluate
+    flags = ["--model", weights, "--benchmarks", paths["eval"], "--analysis", "accuracy,episodes,regret,efficiency",
+             "--out", os.path.join(folder, "eval.json"), "--num-samples", str(args.eval_samples),
+             "--max-tokens", str(args.eval_max_tokens), "--traces", str(args.eval_traces), "--prover-samples", "4",
+             "--prover-max-tokens", "16", "--maj-p", "1,2,4", "--direct-n", "8", "--direct-max-tokens", "16",
+             "--budgets", args.budgets, "--buckets", "1-2,3-4,5-20", "--seed", str(seed), "--no-plots",
+             "--max-model-len", str(args.max_model_len), "--chunk-size", "64", "--thinking", "on"]
+    return evaluate.run(evaluate.parse_args(flags + (["--engine", args.engine] if args.engine else [])), engine=engine)
+
+
+def toy_measures(result):
+    """The comparison's numbers from one evaluate.py results dict."""
+    e = result["benchmarks"]["eval"]
+    acc, ep, reg = e["accuracy"], e["episodes"], e["regret"]
+    return {"pass@1": acc["pass@1"], "mean_tokens": acc["mean_response_tokens"], "truncated": acc["fraction_truncated"],
+            "mean_episodes": ep["mean_episodes"], "progress_per_episode": ep["mean_progress_per_episode"],
+            "episodes_without_progress": ep["fraction_episodes_without_progress"],
+            "J_r": next(b["J_r"] for b in ep["buckets"] if b["episodes"] == "all"),
+            "cumulative_regret": reg["cumulative_regret"], "normalized_regret": reg["normalized_regret_by_tokens"],
+            "tokens_per_correct": acc["mean_response_tokens"] / max(acc["pass@1"], 1e-9),
+            "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]]}
+
+
+def toy_summary(per_seed):
+    """mean and spread (sample std; 0 for one seed) over seeds of every scalar, budget-wise for dicts."""
+    import statistics
+
+    def agg(values):
+        if isinstance(values[0], dict):
+            return {k: agg([v[k] for v in values]) for k in values[0]}
+        if isinstance(values[0], list):   # curves: mean point by point, up to the shortest
+            n = min(len(v) for v in values)
+            return [agg([v[i] for v in values]) if isinstance(values[0][0], list) else statistics.fmean(v[i] for v in values)
+                    for i in range(n)]
+        return {"mean": statistics.fmean(values), "spread": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return {**agg(list(per_seed.values())), "seeds": sorted(per_seed)}
+
+
+def toy_table(methods, budgets):
+    cols = ["pass@1", "mean_tokens", "mean_episodes", "progress_per_episode", "episodes_without_progress",
+            "tokens_per_correct"] + [f"regret@{b}" for b in budgets]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in methods.items():
+        cells = []
+        for c in cols:
+            v = m["normalized_regret"][c.split("@")[1]] if c.startswith("regret@") else m[c]
+            digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if "progress" in c or "regret" in c else 2
+            cells.append(f"{v['mean']:.{digits}f} ± {v['spread']:.{digits}f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def toy_plot(methods, out):
+    """Fig. 7-style accuracy against tokens and Fig. 9-style normalized regret against the budget."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, m in methods.items():
+        a.plot([p[0] for p in m["efficiency"]], [p[1] for p in m["efficiency"]], "o-", label=name)
+        budgets = sorted(m["normalized_regret"], key=int)
+        b.plot([int(c) for c in budgets], [m["normalized_regret"][c]["mean"] for c in budgets], "o-", label=name)
+    a.set(title="token efficiency (Fig. 7): maj@K vs total tokens", xlabel="total tokens of K samples", ylabel="maj@K")
+    b.set(title="normalized regret (Fig. 9)", xlabel="token budget C0", ylabel="normalized regret")
+    a.legend()
+    b.legend()
+    fig.tight_layout()
+    path = os.path.join(out, "results.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def toy_run(args, engine=None):
+    """`python mrt.py`: warm start -> GRPO, MRT-RL, STaR, MRT-STaR from it (several seeds) -> evaluate.py
+    on held-out problems -> one table, results.json (+ results.png). A killed run resumes: a run with
+    its eval.json is done, a training run continues from its checkpoints. `engine`: one the caller
+    owns (the tests), holding the warm start's architecture; its weights are replaced here."""
+    rank, world_size = policy.setup_distributed()
+    t_start = time.time()
+    warm = toy.warm_start(args.warm_start, rebuild=args.rebuild, build_dir=os.path.join(args.out, "warm_start"))
+    train, held_out = toy.make_problems(toy.World())
+    paths = {"train": os.path.join(args.out, "data", "train.jsonl"), "eval": os.path.join(args.out, "data", "eval.jsonl")}
+    if rank == 0:
+        for key, rows in (("train", train), ("eval", held_out)):
+            policy.write_atomic(paths[key], "".join(json.dumps(q) + "\n" for q in rows))
+    dist.barrier()
+    if rank == 0:
+        print(f"toy world: {len(train)} training problems, {len(held_out)} held out; warm start {warm}")
+    seconds = {"warm_start": time.time() - t_start}
+    owned, clean = engine is None, False
+    per_method = {}
+    try:
+        if owned:
+            engine = prover.make_engine(warm, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
+                                        gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed + rank)
+        runs = [("base", s) for s in args.seed_list] + [(m, s) for m in args.methods for s in args.seed_list]
+        for method, seed in runs:
+            folder = os.path.join(args.out, method, f"seed_{seed}")
+            result_path = os.path.join(folder, "eval.json")
+            if not os.path.exists(result_path):
+                if rank == 0:
+                    print(f"== {method}, seed {seed}")
+                t0 = time.time()
+                weights = warm if method == "base" else toy_train(method, seed, folder, warm, engine, paths, args)
+                if method == "base":
+                    policy.load_weights_into_engine(warm, engine)
+                t1 = time.time()
+                toy_evaluate(weights, seed, folder, engine, paths, args)
+                seconds[f"train {method}"] = seconds.get(f"train {method}", 0.0) + t1 - t0
+                seconds[f"evaluate {method}"] = seconds.get(f"evaluate {method}", 0.0) + time.time() - t1
+            dist.barrier()
+            if rank == 0:
+                with open(result_path) as f:
+                    per_method.setdefault(method, {})[seed] = toy_measures(json.load(f))
+        clean = True
+    finally:
+        if owned:
+            policy.teardown(engine, clean=clean)
+    if rank != 0:
+        return None
+    methods = {name: toy_summary(per_seed) for name, per_seed in per_method.items()}
+    budgets = [str(int(b)) for b in args.budgets.split(",") if b.strip()]
+    table = toy_table(methods, budgets)
+    seconds["total"] = time.time() - t_start
+    results = {"methods": methods, "table": table, "seconds": seconds, "world": dataclasses.asdict(toy.World()),
+               "config": {k: v for k, v in vars(args).items() if k != "seed_list"}, "warm_start": warm}
+    policy.write_atomic(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
+    png = None if args.no_plots else toy_plot(methods, args.out)
+    print(f"\nMRT vs outcome-reward RL in the toy world: {len(held_out)} held-out problems, seeds {args.seed_list}, "
+          f"mean ± sample std over seeds (normalized regret at token budgets C0; lower is better)\n")
+    print(table)
+    print(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {png}" if png else "")
+          + f"; {seconds['total'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")")
+    return results
+
+
+def parse_toy_args(argv):
+    p = argparse.ArgumentParser(prog="mrt.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "The default run (no --model): MRT against outcome-reward RL in the toy world of toy.py, on a CPU.\n"
+        "From the shipped warm start (toy_warm_start/, rebuilt when asked or when toy.World changes), train GRPO,\n"
+        "MRT-RL (Algorithm 2), STaR and MRT-STaR (Algorithm 1) with the same steps, prompts and samples, for several\n"
+        "seeds; evaluate every model and the warm start on held-out problems with evaluate.py; print one table and\n"
+        "write results.json (+ results.png with matplotlib). For a real model: python mrt.py --model PATH --help."))
+    p.add_argument("--out", default="runs/toy", help="run folder (default runs/toy); a killed run resumes from it")
+    p.add_argument("--quick", action="store_true",
+                   help="one seed, 10 RL steps, one STaR iteration, 8 eval samples and 4 traces (other flags still apply)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0): seeds are seed .. seed + seeds - 1")
+    p.add_argument("--methods", default=",".join(TOY_METHODS), help=f"comma-separated, from {','.join(TOY_METHODS)}")
+    p.add_argument("--steps", type=int, default=30, help="RL steps of grpo and mrt-rl (default 30)")
+    p.add_argument("--batch-size", type=int, default=64, help="RL completions per step (default 64)")
+    p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt (default 4)")
+    p.add_argument("--max-completion-length", type=int, default=96,
+                   help="the training token budget of rollouts, RL and STaR (default 96: about six episodes)")
+    p.add_argument("--temperature", type=float, default=0.9, help="rollout temperature (Table 3: 0.9)")
+    p.add_argument("--lr", type=float, default=2e-4, help="RL learning rate (default 2e-4)")
+    p.add_argument("--alpha", type=float, default=1.0, help="MRT-RL progress weight alpha (default 1.0)")
+    p.add_argument("--iterations", type=int, default=2, help="STaR / MRT-STaR iterations (default 2)")
+    p.add_argument("--star-rollouts", type=int, default=4, help="rollouts per problem and STaR iteration (default 4)")
+    p.add_argument("--star-lr", type=float, default=2e-4, help="SFT learning rate of STaR / MRT-STaR (default 2e-4)")
+    p.add_argument("--eval-samples", type=int, default=16, help="evaluation samples per held-out problem (default 16)")
+    p.add_argument("--eval-traces", type=int, default=8,
+                   help="evaluation traces per held-out problem scored by mu at every episode (default 8)")
+    p.add_argument("--eval-max-tokens", type=int, default=128, help="evaluation budget in tokens (default 128)")
+    p.add_argument("--budgets", default="32,64,96,128", help="token budgets C0 of normalized regret (default 32,64,96,128)")
+    p.add_argument("--warm-start", default=toy.WARM_START_DIR, help="the shipped warm start folder (default toy_warm_start/)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~15 min) into --out")
+    p.add_argument("--no-plots", action="store_true", help="skip results.png even when matplotlib is installed")
+    p.add_argument("--engine", choices=("vllm", "hf"), default=None, help="generation backend (default vllm when importable)")
+    p.add_argument("--dtype", default="auto", help="engine dtype (default auto)")
+    p.add_argument("--max-model-len", type=int, default=512, help="engine context (default 512)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM memory fraction (default: prover.py's)")
+    if "--quick" in argv:   # --quick changes the defaults; flags given explicitly still win
+        p.set_defaults(seeds=1, steps=10, iterations=1, eval_samples=8, eval_traces=4)
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in TOY_METHODS]
+    if bad or not args.methods:
+        p.error(f"--methods: unknown {bad}; choose from {', '.join(TOY_METHODS)}")
+    for flag in ("seeds", "steps", "batch_size", "num_generations", "max_completion_length", "iterations",
+                 "star_rollouts", "eval_samples", "eval_traces", "eval_max_tokens", "max_model_len"):
+        if getattr(args, flag) < 1:
+            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
+    if args.lr <= 0 or args.star_lr <= 0 or args.alpha < 0 or args.temperature < 0:
+        p.error("--lr and --star-lr must be > 0, --alpha and --temperature >= 0")
+    try:
+        budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+        assert budgets and min(budgets) >= 1
+    except (ValueError, AssertionError):
+        p.error(f"--budgets: expected comma-separated token counts, got {args.budgets!r}")
+    if args.eval_max_tokens + 128 > args.max_model_len:
+        p.error(f"--max-model-len {args.max_model_len} must hold a prompt (< 64 tokens), --eval-max-tokens "
+                f"{args.eval_max_tokens} and mu's suffix and answer (< 64): use at least {args.eval_max_tokens + 128}")
+    if not args.rebuild and not os.path.isdir(args.warm_start):
+        p.error(f"--warm-start: no such folder: {args.warm_start} (--rebuild builds one)")
+    prover.check_engine_args(p, args)
+    args.seed_list = list(range(args.seed, args.seed + args.seeds))
+    return args
+
+
+# ==============================================================================================
 # CLI
 # ==============================================================================================
 
@@ -340,13 +596,14 @@ def parse_rl_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--method", default="mrt-rl")
+    pre.add_argument("--method", default=None)
     pre.add_argument("--model", default=None)
     pre.add_argument("--smoke", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    helping = "-h" in argv or "--help" in argv
-    if known.smoke or (known.model is None and not helping):
+    if known.smoke:
         return smoke(parse_smoke_args(argv))
+    if known.model is None and known.method is None:
+        return toy_run(parse_toy_args(argv))      # the default run: the toy world
     if known.method in ("mrt-star", "star"):
         import star
         rest, skip = [], False

@@ -111,6 +111,14 @@ def full_weights(model):
         yield name, tensor.detach()
 
 
+def load_weights_into_engine(path, engine):
+    """Put the weights of an HF model folder into a live engine (a run that starts from a checkpoint
+    the engine does not hold: the toy world trains every method from one warm start on one engine)."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    engine.update_weights((name, p.detach()) for name, p in model.named_parameters())
+
+
 def sync_weights(model, engine):
     """Stream the policy's new weights into this rank's engine (Engine.update_weights)."""
     engine.update_weights(full_weights(model))

@@ -46,9 +46,12 @@ import torch.distributed as dist  # noqa: E402
 # ==============================================================================================
 
 SFT_FORMAT = """SFT data (star.py sft --data F, and the files Algorithm 1 writes): one JSON object per line,
-    {"problem": str | "prompt": [chat messages], "completion": str, "weight": float (optional, 1)}
+    {"problem": str | "prompt": [chat messages], "completion": str, "weight": float (optional, 1),
+     "context": str (optional)}
 The prompt is built with prover.build_prompt, as for rollouts, so SFT and RL see the same prompts;
-the completion is the assistant's continuation (thought, answer) and ends with EOS."""
+the completion is the assistant's continuation (thought, answer) and ends with EOS. A "context"
+continues the assistant turn before the completion and is not trained on (a thought prefix and
+Fig. 22's suffix, when the example teaches the answer mu should give there)."""
 
 ANSWER_HEAD = prover.TIME_IS_UP.split("</think>\n\n", 1)[1]  # "**Step-by-Step Explanation and Answer:**..."
 
@@ -78,10 +81,13 @@ def load_sft_data(path, tokenizer, thinking, max_seq_length, truncate=False, all
                 raise ValueError(f"{where}: needs a \"problem\" string or a \"prompt\" list of chat messages")
             if not isinstance(row.get("completion"), str) or not row["completion"]:
                 raise ValueError(f"{where}: missing or empty string field \"completion\"")
+            context = row.get("context", "")
+            if not isinstance(context, str):
+                raise ValueError(f"{where}: \"context\" must be a string, got {type(context).__name__}")
             weight = row.get("weight", 1.0)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"{where}: \"weight\" must be a finite number >= 0, got {weight!r}")
-            prompt_ids = prover.build_prompt(tokenizer, prompt, thinking=thinking)
+            prompt_ids = prover.build_prompt(tokenizer, prompt, context, thinking=thinking)
             completion_ids = tokenizer.encode(row["completion"], add_special_tokens=False) + [tokenizer.eos_token_id]
             if len(prompt_ids) + len(completion_ids) > max_seq_length:
                 if not truncate or len(prompt_ids) >= max_seq_length:

