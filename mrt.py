@@ -306,6 +306,12 @@ def parse_smoke_args(argv):
 # ==============================================================================================
 
 TOY_METHODS = ("grpo", "mrt-rl", "star", "mrt-star")
+TOY_LEGEND = """
+pass@1, mean_tokens: evaluate.py accuracy (n samples per held-out problem at --eval-max-tokens); tokens_per_correct:
+mean_tokens / pass@1 (token efficiency, lower is better); mean_episodes, progress_per_episode: the episodes analysis
+(mu with m = 8 at every episode, Def. 6.1); unproductive_token_share, gave_up: toy.measure's scripted reading of the
+same kind of samples (tokens of re-tries and re-checks; thoughts closed without finding x); regret@C0: normalized
+regret (Fig. 9) at token budget C0, lower is better."""
 
 
 def toy_train(method, seed, folder, warm, engine, paths, args):
@@ -339,7 +345,8 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
     cfg = star.parse_args(common + ["--variant", "mrt" if method == "mrt-star" else "star",
                                     "--iterations", str(args.iterations), "--rollouts", str(args.star_rollouts),
                                     "--max-tokens", str(args.max_completion_length), "--temperature", str(args.temperature),
-                                    "--prover-samples", "8", "--prover-max-tokens", "16", "--lr", str(args.star_lr),
+                                    "--prover-samples", "20", "--weight-by-progress",   # Sec. 8.1, App. B.2
+                                    "--prover-max-tokens", "16", "--lr", str(args.star_lr),
                                     "--epochs", "2", "--batch-size", "32", "--max-seq-length", "256",
                                     "--micro-batch-tokens", "4096", "--save-every", "1000", "--keep-checkpoints", "1"])
     first, weights = star.resume_point(cfg)
@@ -355,15 +362,16 @@ def toy_evaluate(weights, seed, folder, engine, paths, args):
     import evaluate
     flags = ["--model", weights, "--benchmarks", paths["eval"], "--analysis", "accuracy,episodes,regret,efficiency",
              "--out", os.path.join(folder, "eval.json"), "--num-samples", str(args.eval_samples),
-             "--max-tokens", str(args.eval_max_tokens), "--traces", str(args.eval_traces), "--prover-samples", "4",
-             "--prover-max-tokens", "16", "--maj-p", "1,2,4", "--direct-n", "8", "--direct-max-tokens", "16",
+             "--max-tokens", str(args.eval_max_tokens), "--traces", str(args.eval_traces), "--prover-samples", "8",
+             "--prover-max-tokens", "16", "--maj-p", "1,2,4,8", "--direct-n", "8", "--direct-max-tokens", "16",
              "--budgets", args.budgets, "--buckets", "1-2,3-4,5-20", "--seed", str(seed), "--no-plots",
              "--max-model-len", str(args.max_model_len), "--chunk-size", "64", "--thinking", "on"]
     return evaluate.run(evaluate.parse_args(flags + (["--engine", args.engine] if args.engine else [])), engine=engine)
 
 
-def toy_measures(result):
-    """The comparison's numbers from one evaluate.py results dict."""
+def toy_measures(result, traces):
+    """The comparison's numbers from one evaluate.py results dict, and toy.measure's scripted reading
+    of the traces (unproductive_token_share, gave_up)."""
     e = result["benchmarks"]["eval"]
     acc, ep, reg = e["accuracy"], e["episodes"], e["regret"]
     return {"pass@1": acc["pass@1"], "mean_tokens": acc["mean_response_tokens"], "truncated": acc["fraction_truncated"],
@@ -372,7 +380,8 @@ def toy_measures(result):
             "J_r": next(b["J_r"] for b in ep["buckets"] if b["episodes"] == "all"),
             "cumulative_regret": reg["cumulative_regret"], "normalized_regret": reg["normalized_regret_by_tokens"],
             "tokens_per_correct": acc["mean_response_tokens"] / max(acc["pass@1"], 1e-9),
-            "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]]}
+            "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]],
+            "unproductive_token_share": traces["unproductive_token_share"], "gave_up": traces["gave_up"]}
 
 
 def toy_summary(per_seed):
@@ -391,14 +400,14 @@ def toy_summary(per_seed):
 
 
 def toy_table(methods, budgets):
-    cols = ["pass@1", "mean_tokens", "mean_episodes", "progress_per_episode", "episodes_without_progress",
-            "tokens_per_correct"] + [f"regret@{b}" for b in budgets]
+    cols = ["pass@1", "mean_tokens", "tokens_per_correct", "mean_episodes", "progress_per_episode",
+            "unproductive_token_share", "gave_up"] + [f"regret@{b}" for b in budgets]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in methods.items():
         cells = []
         for c in cols:
             v = m["normalized_regret"][c.split("@")[1]] if c.startswith("regret@") else m[c]
-            digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if "progress" in c or "regret" in c else 2
+            digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if c.startswith(("progress", "regret")) else 2
             cells.append(f"{v['mean']:.{digits}f} ± {v['spread']:.{digits}f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -463,13 +472,18 @@ def toy_run(args, engine=None):
                 if method == "base":
                     policy.load_weights_into_engine(warm, engine)
                 t1 = time.time()
+                # the toy world's own reading of the traces (scripted J_r): what the training changed
+                if rank == 0:
+                    traces = toy.measure(engine, toy.World(), held_out, n=args.eval_samples,
+                                         max_tokens=args.eval_max_tokens, seed=seed, mu=False)
+                    policy.write_atomic(os.path.join(folder, "toy_measures.json"), json.dumps(traces))
                 toy_evaluate(weights, seed, folder, engine, paths, args)
                 seconds[f"train {method}"] = seconds.get(f"train {method}", 0.0) + t1 - t0
                 seconds[f"evaluate {method}"] = seconds.get(f"evaluate {method}", 0.0) + time.time() - t1
             dist.barrier()
             if rank == 0:
-                with open(result_path) as f:
-                    per_method.setdefault(method, {})[seed] = toy_measures(json.load(f))
+                with open(result_path) as f, open(os.path.join(folder, "toy_measures.json")) as g:
+                    per_method.setdefault(method, {})[seed] = toy_measures(json.load(f), json.load(g))
         clean = True
     finally:
         if owned:
@@ -487,6 +501,7 @@ def toy_run(args, engine=None):
     print(f"\nMRT vs outcome-reward RL in the toy world: {len(held_out)} held-out problems, seeds {args.seed_list}, "
           f"mean ± sample std over seeds (normalized regret at token budgets C0; lower is better)\n")
     print(table)
+    print(TOY_LEGEND)
     print(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {png}" if png else "")
           + f"; {seconds['total'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")")
     return results
@@ -505,22 +520,23 @@ def parse_toy_args(argv):
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0): seeds are seed .. seed + seeds - 1")
     p.add_argument("--methods", default=",".join(TOY_METHODS), help=f"comma-separated, from {','.join(TOY_METHODS)}")
-    p.add_argument("--steps", type=int, default=30, help="RL steps of grpo and mrt-rl (default 30)")
+    p.add_argument("--steps", type=int, default=50, help="RL steps of grpo and mrt-rl (default 50)")
     p.add_argument("--batch-size", type=int, default=64, help="RL completions per step (default 64)")
     p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt (default 4)")
-    p.add_argument("--max-completion-length", type=int, default=96,
-                   help="the training token budget of rollouts, RL and STaR (default 96: about six episodes)")
+    p.add_argument("--max-completion-length", type=int, default=toy.TRAINING_BUDGET,
+                   help=f"the training token budget of rollouts, RL and STaR (default {toy.TRAINING_BUDGET}: about "
+                        "seven episodes and the answer)")
     p.add_argument("--temperature", type=float, default=0.9, help="rollout temperature (Table 3: 0.9)")
     p.add_argument("--lr", type=float, default=2e-4, help="RL learning rate (default 2e-4)")
     p.add_argument("--alpha", type=float, default=1.0, help="MRT-RL progress weight alpha (default 1.0)")
     p.add_argument("--iterations", type=int, default=2, help="STaR / MRT-STaR iterations (default 2)")
     p.add_argument("--star-rollouts", type=int, default=4, help="rollouts per problem and STaR iteration (default 4)")
     p.add_argument("--star-lr", type=float, default=2e-4, help="SFT learning rate of STaR / MRT-STaR (default 2e-4)")
-    p.add_argument("--eval-samples", type=int, default=16, help="evaluation samples per held-out problem (default 16)")
+    p.add_argument("--eval-samples", type=int, default=32, help="evaluation samples per held-out problem (default 32)")
     p.add_argument("--eval-traces", type=int, default=8,
                    help="evaluation traces per held-out problem scored by mu at every episode (default 8)")
-    p.add_argument("--eval-max-tokens", type=int, default=128, help="evaluation budget in tokens (default 128)")
-    p.add_argument("--budgets", default="32,64,96,128", help="token budgets C0 of normalized regret (default 32,64,96,128)")
+    p.add_argument("--eval-max-tokens", type=int, default=192, help="evaluation budget in tokens (default 192)")
+    p.add_argument("--budgets", default="48,96,144,192", help="token budgets C0 of normalized regret (default 48,96,144,192)")
     p.add_argument("--warm-start", default=toy.WARM_START_DIR, help="the shipped warm start folder (default toy_warm_start/)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~15 min) into --out")
     p.add_argument("--no-plots", action="store_true", help="skip results.png even when matplotlib is installed")

@@ -1981,7 +1981,7 @@ def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
         assert m["seeds"] == [0]
         assert 0.0 <= m["pass@1"]["mean"] <= 1.0 and m["pass@1"]["spread"] == 0.0
         assert m["mean_tokens"]["mean"] > 0 and m["mean_episodes"]["mean"] > 0
-        assert set(m["normalized_regret"]) == {"32", "64", "96", "128"}
+        assert set(m["normalized_regret"]) == {"48", "96", "144", "192"}
         assert all(0.0 <= v["mean"] <= 1.0 for v in m["normalized_regret"].values())
     assert "| mrt-rl |" in results["table"]
     for method in ("grpo", "mrt-rl"):    # trained the asked number of steps, from the warm start
@@ -2001,3 +2001,34 @@ def test_toy_args_errors():
         mrt.parse_toy_args(["--budgets", "32,x"])
     with pytest.raises(SystemExit):
         mrt.parse_toy_args(["--eval-max-tokens", "1000"])      # does not fit --max-model-len 512
+
+
+def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
+    world = toy.World()
+    functions = toy.hidden_functions(world)
+    _, held_out = toy.make_problems(world)
+    q = held_out[0]
+    values, x, y = functions[q["function"]], int(q["answer"]), q["target"]
+    a, b = [d for d in range(world.symbols) if d != x][:2]
+    g = q["function"]
+    found = [f"Try {a}.\n\n{g}({a})={values[a]}, target {y}.\n\nNo.\n\n",
+             f"Wait, try {x}.\n\n{g}({x})={y}, target {y}.\n\nYes.\n\n"]
+    wrong_value = (values[a] + 1) % world.symbols
+    gave_up = [f"Try {a}.\n\n{g}({a})={wrong_value}, target {y}.\n\nNo.\n\n",       # a wrong check
+               f"But wait, try {a}.\n\n{g}({a})={values[a]}, target {y}.\n\nNo.\n\n"]  # a re-try: no progress
+    responses = ["".join(found) + toy.final_answer(x), "".join(gave_up) + toy.final_answer(b)]
+
+    def respond(text, n, stop):
+        if text.endswith(prover.TIME_IS_UP):      # mu: x once a prefix says Yes, else b
+            return [f"Answer:** \\boxed{{{x if 'Yes' in text.split('<think>')[1] else b}}}."] * n
+        return responses[:n]
+    got = toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, m=3)
+    assert got["pass@1"] == 0.5 and got["format_valid"] == 1.0 and got["gave_up"] == 0.5
+    assert got["check_accuracy"] == 3 / 4 and got["checks"] == 4
+    assert got["mu_found"] == 1.0            # the one prefix with a right Yes at x
+    assert got["mu_vs_ideal"] == 0.0         # 5 open prefixes (x untried), mu always answers b
+    assert got["prefixes"] == 6 and got["prefixes_after_a_wrong_check"] == 0 and got["mean_episodes"] == 2
+    sizes = [len(tokenizer.encode(e, add_special_tokens=False)) for e in found + gave_up]
+    assert got["unproductive_token_share"] == pytest.approx(sizes[3] / sum(sizes))
+    assert set(toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, mu=False)) == {
+        "pass@1", "check_accuracy", "format_valid", "unproductive_token_share", "gave_up", "mean_episodes", "samples", "checks"}

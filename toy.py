@@ -142,6 +142,8 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 # is the found x, or a guess among the untried digits, so J_r(mu | x, z_{0:j}) = 1 once x is found
 # and 1 / #untried before (scripted_success_rate): it rises only when an episode tries a new digit.
 
+TRAINING_BUDGET = 128   # tokens per response in the warm start's gates and mrt.py's training runs: ~7 episodes
+
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
 CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=2" in a thought
@@ -344,7 +346,7 @@ def read_checks(thought):
     return [(name, int(c), int(v), int(t), verdict) for name, c, v, t, verdict in VERDICT.findall(thought)]
 
 
-def measure(engine, world, problems, n=8, max_tokens=96, temperature=0.9, m=4, seed=0):
+def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperature=0.9, m=4, seed=0, mu=True):
     """The warm start's quality gates (and the toy world's own view of any checkpoint in `engine`):
 
     pass@1            mean 0/1 reward of n samples per problem at the budget
@@ -357,6 +359,8 @@ def measure(engine, world, problems, n=8, max_tokens=96, temperature=0.9, m=4, s
     mu_extractable    share of mu's answers with a boxed answer, over every prefix
     unproductive_token_share  tokens of episodes without progress under the scripted J_r (re-tries,
                       checks after x is found), over all thought tokens
+    gave_up           share of closed thoughts that end without a right "Yes" at x (a guess follows)
+    With mu=False only the sampled traces are measured (no mu keys).
     """
     import episodes
     import prover
@@ -364,7 +368,7 @@ def measure(engine, world, problems, n=8, max_tokens=96, temperature=0.9, m=4, s
     functions = hidden_functions(world)
     prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
     outputs = engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    rewards, checks, valid, traces, unproductive, thought_tokens, num_episodes = [], [], [], [], 0, 0, []
+    rewards, checks, valid, traces, unproductive, thought_tokens, num_episodes, gave_up = [], [], [], [], 0, 0, [], []
     for q, samples in zip(problems, outputs):
         values, x = functions[q["function"]], int(q["answer"])
         for s in samples:
@@ -387,8 +391,18 @@ def measure(engine, world, problems, n=8, max_tokens=96, temperature=0.9, m=4, s
                 kinds.append("open" if not at_x and x not in tried_digits(world, q, p) else
                              "found" if any(r[2] == r[3] == q["target"] and r[4] == "Yes" for r in at_x) else "wrong")
             traces.append((q, prefixes, ideal, kinds, s.token_ids))
-    mu = prover.MetaProver(engine, m=m, temperature=0.7, max_tokens=16, seed=seed + 1)
-    scores = mu.score([(q["problem"], q["answer"], prefixes, ids) for q, prefixes, _, _, ids in traces])
+            if closed:
+                gave_up.append(not kinds or kinds[-1] != "found")
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+    out = {"pass@1": mean(rewards), "check_accuracy": mean(checks), "format_valid": mean(valid),
+           "unproductive_token_share": unproductive / max(thought_tokens, 1), "gave_up": mean(gave_up),
+           "mean_episodes": mean(num_episodes), "samples": len(rewards), "checks": len(checks)}
+    if not mu:
+        return out
+    meta_prover = prover.MetaProver(engine, m=m, temperature=0.7, max_tokens=16, seed=seed + 1)
+    scores = meta_prover.score([(q["problem"], q["answer"], prefixes, ids) for q, prefixes, _, _, ids in traces])
     found, unfound, ideal_unfound, extractable, wrong = [], [], [], [], 0
     for (q, prefixes, ideal, kinds, _), score in zip(traces, scores):
         for j, rate in enumerate(score.success_rates):
@@ -400,14 +414,9 @@ def measure(engine, world, problems, n=8, max_tokens=96, temperature=0.9, m=4, s
                 ideal_unfound.append(ideal[j])
             else:
                 wrong += 1
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-    return {"pass@1": mean(rewards), "check_accuracy": mean(checks), "format_valid": mean(valid),
-            "mu_found": mean(found), "mu_vs_ideal": mean(unfound) / mean(ideal_unfound) if ideal_unfound else float("nan"),
-            "mu_extractable": mean(extractable), "unproductive_token_share": unproductive / max(thought_tokens, 1),
-            "mean_episodes": mean(num_episodes), "samples": len(rewards), "checks": len(checks),
-            "prefixes": len(extractable) // m, "prefixes_after_a_wrong_check": wrong}
+    return {**out, "mu_found": mean(found),
+            "mu_vs_ideal": mean(unfound) / mean(ideal_unfound) if ideal_unfound else float("nan"),
+            "mu_extractable": mean(extractable), "prefixes": len(extractable) // m, "prefixes_after_a_wrong_check": wrong}
 
 
 GATES = {"check_accuracy >= 0.9": lambda g: g["check_accuracy"] >= 0.9,
@@ -419,20 +428,21 @@ GATES = {"check_accuracy >= 0.9": lambda g: g["check_accuracy"] >= 0.9,
 
 def check_gates(out_dir, world, engine_name=None, record=None):
     """Measure the warm start in out_dir on the held-out problems (16 samples each at the training
-    budget of 96 tokens), print the gates, and write them into out_dir/toy_world.json beside the
+    budget, TRAINING_BUDGET tokens), print the gates, and write them into out_dir/toy_world.json beside the
     configuration and the build record. Returns the measures."""
     import prover
     _, held_out = make_problems(world)
     engine = prover.make_engine(out_dir, engine=engine_name, max_model_len=512, seed=world.seed)
     try:
-        gates = measure(engine, world, held_out, n=16, max_tokens=96)
+        gates = measure(engine, world, held_out, n=16, max_tokens=TRAINING_BUDGET)
     finally:
         engine.close()
     met = {name: bool(test(gates)) for name, test in GATES.items()}
     record = {**(record or {}), "world": asdict(world), "gates": gates, "gates_met": met}
     with open(os.path.join(out_dir, "toy_world.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-    print(f"toy warm start {out_dir}: gates on the {len(held_out)} held-out problems (16 samples each, 96 tokens):")
+    print(f"toy warm start {out_dir}: gates on the {len(held_out)} held-out problems (16 samples each, "
+          f"{TRAINING_BUDGET} tokens):")
     for key, value in gates.items():
         print(f"   {key:30s} {value:.3f}" if isinstance(value, float) else f"   {key:30s} {value}")
     for name, ok in met.items():
