@@ -320,7 +320,6 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
     engine holds them on return."""
     common = ["--model", warm, "--train", paths["train"], "--out", folder, "--seed", str(seed),
               "--max-model-len", str(args.max_model_len), "--thinking", "on"] + (["--engine", args.engine] if args.engine else [])
-    policy.load_weights_into_engine(warm, engine)          # every run starts from the same weights
     if method in ("grpo", "mrt-rl"):
         flags = common + ["--method", method, "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
                           "--num-generations", str(args.num_generations), "--max-prompt-length", "64",
@@ -332,6 +331,8 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
         if done and done.endswith(f"step_{args.steps}"):
             policy.load_weights_into_engine(done, engine)
             return done
+        if not done:   # a fresh run starts from the warm start; a resumed one, from its checkpoint (grpo.train syncs it)
+            policy.load_weights_into_engine(warm, engine)
         cfg = parse_rl_args(flags + (["--resume"] if done else []))
         if method == "mrt-rl":
             from transformers import AutoTokenizer
@@ -349,12 +350,11 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
                                     "--prover-max-tokens", "16", "--lr", str(args.star_lr),
                                     "--epochs", "2", "--batch-size", "32", "--max-seq-length", "256",
                                     "--micro-batch-tokens", "4096", "--save-every", "1000", "--keep-checkpoints", "1"])
-    first, weights = star.resume_point(cfg)
-    policy.load_weights_into_engine(weights, engine)
+    # star.run wants the engine to hold the weights it resumes from; each SFT syncs its result, and an
+    # iteration that kept nothing leaves them as they were, so on return the engine holds the last ones
+    policy.load_weights_into_engine(star.resume_point(cfg)[1], engine)
     star.run(cfg, engine=engine)
-    weights = star.resume_point(cfg)[1]
-    policy.load_weights_into_engine(weights, engine)      # an iteration that kept nothing leaves the weights as they were
-    return weights
+    return star.resume_point(cfg)[1]
 
 
 def toy_evaluate(weights, seed, folder, engine, paths, args):
@@ -468,9 +468,12 @@ def toy_run(args, engine=None):
                 if rank == 0:
                     print(f"== {method}, seed {seed}")
                 t0 = time.time()
-                weights = warm if method == "base" else toy_train(method, seed, folder, warm, engine, paths, args)
                 if method == "base":
+                    weights = warm
                     policy.load_weights_into_engine(warm, engine)
+                else:
+                    weights = toy_train(method, seed, folder, warm, engine, paths, args)
+                    seconds[f"train {method}"] = seconds.get(f"train {method}", 0.0) + time.time() - t0
                 t1 = time.time()
                 # the toy world's own reading of the traces (scripted J_r): what the training changed
                 if rank == 0:
@@ -478,7 +481,6 @@ def toy_run(args, engine=None):
                                          max_tokens=args.eval_max_tokens, seed=seed, mu=False)
                     policy.write_atomic(os.path.join(folder, "toy_measures.json"), json.dumps(traces))
                 toy_evaluate(weights, seed, folder, engine, paths, args)
-                seconds[f"train {method}"] = seconds.get(f"train {method}", 0.0) + t1 - t0
                 seconds[f"evaluate {method}"] = seconds.get(f"evaluate {method}", 0.0) + time.time() - t1
             dist.barrier()
             if rank == 0:
@@ -491,11 +493,10 @@ def toy_run(args, engine=None):
     if rank != 0:
         return None
     methods = {name: toy_summary(per_seed) for name, per_seed in per_method.items()}
-    budgets = [str(int(b)) for b in args.budgets.split(",") if b.strip()]
-    table = toy_table(methods, budgets)
+    table = toy_table(methods, [str(b) for b in args.budget_list])
     seconds["total"] = time.time() - t_start
     results = {"methods": methods, "table": table, "seconds": seconds, "world": dataclasses.asdict(toy.World()),
-               "config": {k: v for k, v in vars(args).items() if k != "seed_list"}, "warm_start": warm}
+               "config": {k: v for k, v in vars(args).items() if k not in ("seed_list", "budget_list")}, "warm_start": warm}
     policy.write_atomic(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
     png = None if args.no_plots else toy_plot(methods, args.out)
     print(f"\nMRT vs outcome-reward RL in the toy world: {len(held_out)} held-out problems, seeds {args.seed_list}, "
@@ -557,11 +558,8 @@ def parse_toy_args(argv):
             p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
     if args.lr <= 0 or args.star_lr <= 0 or args.alpha < 0 or args.temperature < 0:
         p.error("--lr and --star-lr must be > 0, --alpha and --temperature >= 0")
-    try:
-        budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-        assert budgets and min(budgets) >= 1
-    except (ValueError, AssertionError):
-        p.error(f"--budgets: expected comma-separated token counts, got {args.budgets!r}")
+    import evaluate
+    args.budget_list = evaluate._parse_ints(p, "--budgets", args.budgets, 1)   # args.budgets goes to evaluate.py as given
     if args.eval_max_tokens + 128 > args.max_model_len:
         p.error(f"--max-model-len {args.max_model_len} must hold a prompt (< 64 tokens), --eval-max-tokens "
                 f"{args.eval_max_tokens} and mu's suffix and answer (< 64): use at least {args.eval_max_tokens + 128}")

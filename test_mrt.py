@@ -66,10 +66,8 @@ def restore_engine_weights(tiny_model, vllm_engine, hf_engine):
     """For tests that load other weights into the session's shared engines: the tiny model's own
     weights go back in afterwards, whether the test passed or not."""
     yield
-    from transformers import AutoModelForCausalLM
-    original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     for engine in (vllm_engine, hf_engine):
-        engine.update_weights(list(original.named_parameters()))
+        policy.load_weights_into_engine(tiny_model, engine)
 
 
 @pytest.fixture(scope="session")

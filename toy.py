@@ -256,8 +256,9 @@ def tried_digits(world, q, thought):
 
 
 def scripted_success_rate(world, q, thought):
-    """The ideal J_r(mu | x, z_{0:j}) of a thought prefix: 1 when it has tried x (the answer is
-    known), else a uniform guess among the untried digits, 1 / #untried."""
+    """The ideal J_r(mu | x, z_{0:j}) of Eq. 4 for a thought prefix: 1 when it has tried x (the answer
+    is known), else a uniform guess among the untried digits, 1 / #untried. Its differences are the
+    ideal progress of Definition 6.1."""
     tried = tried_digits(world, q, thought)
     return 1.0 if int(q["answer"]) in tried else 1.0 / (world.symbols - len(tried))
 
