@@ -297,9 +297,15 @@ class VLLMEngine:
 
 
 class HFEngine:
-    """transformers generate, for machines without vLLM: the n samples of a prompt in one batch."""
+    """transformers forward passes in a hand-written decode loop, for machines without vLLM.
 
-    def __init__(self, model, dtype="auto", max_model_len=4096, device=None, seed=0):
+    Every prompt x n samples goes in one batch (left padded, a KV cache, finished rows dropped as they
+    accumulate). Sampling is the exponential race (argmax of p / E with E ~ Exp(1), the same draw as
+    sampling from p) with noise from one generator per prompt, seeded seed + i: a prompt's samples do
+    not depend on which other prompts share its batch, up to float rounding of the padded forward.
+    """
+
+    def __init__(self, model, dtype="auto", max_model_len=4096, device=None, seed=0, max_batch_tokens=65536):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -308,36 +314,93 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.max_model_len = max_model_len
         self.seed = seed
+        self.max_batch_tokens = max_batch_tokens  # rows x (prompt + budget) per batch: bounds the KV cache
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
         """n samples per prompt; a string in `stop` ends a sample (cut after generation, left out of the text).
         max_tokens: one budget for all prompts, or a list with one per prompt."""
-        import torch
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
+        budgets = [min(_budget(max_tokens, i), self.max_model_len - len(p)) for i, p in enumerate(ids)]
+        base = self.seed if seed is None else seed
         samples = []
-        for i, prompt in enumerate(prompts):
-            ids = _prompt_ids(self.tokenizer, prompt, self.max_model_len, i)
-            x = torch.tensor([ids] * n, device=self.device)
-            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
-                else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-            with torch.random.fork_rng(devices=[self.device] if self.device != "cpu" else []), torch.no_grad():
-                torch.manual_seed((self.seed if seed is None else seed) + i)
-                out = self.model.generate(x, attention_mask=torch.ones_like(x), pad_token_id=pad, eos_token_id=eos,
-                                          max_new_tokens=min(_budget(max_tokens, i), self.max_model_len - len(ids)),
-                                          **sampling)
-            row_samples = []
-            for row in out[:, len(ids):].tolist():
-                stopped = eos in row
-                tokens = row[:row.index(eos) + 1] if stopped else row
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                found = min(((text.find(s), s) for s in stop or () if s in text), default=None)
-                if found is not None:  # keep the tokens up to the one that completes the stop string
-                    cut, end = found[0], found[0] + len(found[1])
-                    stopped, text = True, text[:cut]
-                    tokens = tokens[:shortest_decoding_prefix(self.tokenizer, tokens, end, skip_special_tokens=True)]
-                row_samples.append(Sample(text, tokens, "stop" if stopped else "length"))
-            samples.append(row_samples)
+        # whole prompts per batch (a prompt's n rows share its noise generator), bounded in tokens
+        batch = []
+        for i in range(len(ids) + 1):
+            if batch and (i == len(ids) or n * sum(len(ids[j]) + budgets[j] for j in batch + [i]) > self.max_batch_tokens):
+                rows = self._decode([ids[j] for j in batch], [budgets[j] for j in batch], [base + j for j in batch],
+                                    n, temperature, top_p)
+                samples.extend(self._samples(rows[k * n:(k + 1) * n], stop) for k in range(len(batch)))
+                batch = []
+            if i < len(ids):
+                batch.append(i)
+        return samples
+
+    def _decode(self, prompt_ids, budgets, seeds, n, temperature, top_p):
+        """The decode loop: the generated ids of every row (prompt k's n rows are k*n .. k*n+n-1)."""
+        import torch
+        from transformers import DynamicCache
+        dev = self.device
+        eos = -1 if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id
+        rows = [p for p in prompt_ids for _ in range(n)]
+        width, B = max(len(p) for p in rows), len(rows)
+        ids = torch.zeros((B, width), dtype=torch.long)
+        attn = torch.zeros((B, width), dtype=torch.long)
+        for r, p in enumerate(rows):                     # left padding: every row's last token is at -1
+            ids[r, width - len(p):] = torch.tensor(p)
+            attn[r, width - len(p):] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        positions = (attn.cumsum(1) - 1).clamp(min=0)
+        generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        budget = torch.tensor([b for b in budgets for _ in range(n)], device=dev)
+        out = [[] for _ in range(B)]
+        alive = torch.arange(B, device=dev)              # rows still generating, in batch order
+        cache, x = DynamicCache(), ids
+        with torch.no_grad():
+            for t in range(max(budgets)):
+                logits = self.model(input_ids=x, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                                    use_cache=True).logits[:, -1].float()                    # [alive, V]
+                if temperature > 0:
+                    probs = torch.softmax(logits / temperature, dim=-1)
+                    if top_p < 1.0:   # nucleus: keep the smallest set of top tokens with mass >= top_p
+                        sorted_p, order = probs.sort(dim=-1, descending=True)
+                        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+                        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+                    # a prompt draws noise for all n of its rows while any is alive: its draws never
+                    # depend on the other prompts of the batch
+                    rows_alive = alive.tolist()
+                    blocks = {k: torch.empty((n, probs.shape[-1]), device=dev).exponential_(generator=generators[k])
+                              for k in sorted({r // n for r in rows_alive})}                 # {prompt: [n, V]}
+                    noise = torch.stack([blocks[r // n][r % n] for r in rows_alive])        # [alive, V]
+                    token = (probs / noise).argmax(-1)
+                else:
+                    token = logits.argmax(-1)
+                for r, tok in zip(alive.tolist(), token.tolist()):
+                    out[r].append(tok)
+                done = (token == eos) | (t + 1 >= budget[alive])
+                if done.all():
+                    break
+                keep = ~done
+                if done.any():                           # drop finished rows from the batch and the cache
+                    index = keep.nonzero().squeeze(1)
+                    cache.batch_select_indices(index)
+                    alive, token, attn, positions = alive[index], token[index], attn[index], positions[index]
+                x = token[:, None]
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+        return out
+
+    def _samples(self, rows, stop):
+        eos = self.tokenizer.eos_token_id
+        samples = []
+        for tokens in rows:
+            stopped = tokens[-1] == eos
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            found = min(((text.find(s), s) for s in stop or () if s in text), default=None)
+            if found is not None:  # keep the tokens up to the one that completes the stop string
+                cut, end = found[0], found[0] + len(found[1])
+                stopped, text = True, text[:cut]
+                tokens = tokens[:shortest_decoding_prefix(self.tokenizer, tokens, end, skip_special_tokens=True)]
+            samples.append(Sample(text, tokens, "stop" if stopped else "length"))
         return samples
 
     def update_weights(self, named_tensors):

@@ -712,6 +712,31 @@ def test_sampling_is_reproducible_per_seed(tokenizer, vllm_engine, hf_engine):
         assert len({tuple(s.token_ids) for row in a for s in row}) == 6  # six distinct random streams
 
 
+def test_hf_engine_batch_composition_does_not_change_samples(tokenizer, hf_engine):
+    """One batched decode loop for all prompts: prompt 0's samples are the same alone, beside other
+    prompts (of other lengths, so it is left padded), or split across batches by the token bound."""
+    prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS[:3]]
+    assert len({len(p) for p in prompts}) > 1
+
+    def ids(out):
+        return [[s.token_ids for s in row] for row in out]
+
+    together = hf_engine.generate(prompts, n=3, temperature=1.0, max_tokens=[12, 5, 9], seed=7)
+    alone = hf_engine.generate(prompts[:1], n=3, temperature=1.0, max_tokens=12, seed=7)
+    assert ids(alone)[0] == ids(together)[0]
+    assert [max(len(s.token_ids) for s in row) for row in together] == [12, 5, 9]  # the random model never stops
+    bound, hf_engine.max_batch_tokens = hf_engine.max_batch_tokens, 1   # one prompt per batch
+    try:
+        split = hf_engine.generate(prompts, n=3, temperature=1.0, max_tokens=[12, 5, 9], seed=7)
+    finally:
+        hf_engine.max_batch_tokens = bound
+    assert ids(split) == ids(together)
+    # nucleus sampling with a tiny top-p keeps only the most likely token: greedy decoding
+    greedy = hf_engine.generate(prompts, n=1, temperature=0.0, max_tokens=6)
+    nucleus = hf_engine.generate(prompts, n=2, temperature=1.0, top_p=1e-6, max_tokens=6, seed=3)
+    assert all(s.token_ids == g[0].token_ids for g, row in zip(greedy, nucleus) for s in row)
+
+
 def test_prompt_too_long_is_a_clear_error(vllm_engine):
     with pytest.raises(ValueError, match="max_model_len=1024"):
         vllm_engine.generate([[5] * 1024], n=1, max_tokens=4)
