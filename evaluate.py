@@ -531,14 +531,11 @@ def score_shard(args, config, mine, engine=None):
     fresh = not os.path.exists(partial_path) or os.path.getsize(partial_path) == 0
     built = []  # engines made here are closed here, once scoring is over (a caller's are not)
     if engine is None:
-        engine = prover.make_engine(args.model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
-                                    gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
+        engine = prover.engine_from_args(args, args.model, seed=args.seed)
         built.append(engine)
     direct_engine = engine
     if "episodes" in parts and args.direct_model:
-        direct_engine = prover.make_engine(args.direct_model, engine=args.engine, dtype=args.dtype,
-                                           max_model_len=args.max_model_len, seed=args.seed,
-                                           gpu_memory_utilization=args.gpu_memory_utilization)
+        direct_engine = prover.engine_from_args(args, args.direct_model, seed=args.seed)
         built.append(direct_engine)
     seconds = {}
     from tqdm import tqdm

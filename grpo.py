@@ -227,8 +227,7 @@ def sample_rollout(engine, problems, cfg, step):
 def rollout_engine(cfg, rank):
     """This rank's engine, holding the weights the run starts from (the latest checkpoint on --resume)."""
     weights = (policy.latest_checkpoint(cfg.out) if cfg.resume else None) or cfg.model
-    return prover.make_engine(weights, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                              gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+    return prover.engine_from_args(cfg, weights, seed=cfg.seed + rank)
 
 
 def training_problems(cfg, tokenizer):

@@ -320,8 +320,7 @@ def run(cfg, engine=None):
     problems = prover.load_problems(cfg.train, years=cfg.train_years)[:cfg.num_problems]
     first, weights = resume_point(cfg)
     if engine is None:
-        engine = prover.make_engine(weights, engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                                    gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+        engine = prover.engine_from_args(cfg, weights, seed=cfg.seed + rank)
     if rank == 0 and first > 1:
         print(f"star: iterations 1..{first - 1} done, resuming at iteration {first} from {weights}")
     history = []
@@ -495,8 +494,7 @@ def main(argv=None):
                 policy.log_metrics(cfg.out, {"phase": "data", "examples": len(examples), "skipped_too_long": skipped})
             sft(cfg, examples, cfg.model, tokenizer, cfg.out)
         else:
-            engine = prover.make_engine(resume_point(cfg)[1], engine=cfg.engine, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                                        gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed + rank)
+            engine = prover.engine_from_args(cfg, resume_point(cfg)[1], seed=cfg.seed + rank)
             run(cfg, engine=engine)
         clean = True
     finally:

