@@ -3,7 +3,8 @@
     python bench.py episodes     # segmentation of a synthetic 16k-token R1-style trace (Sec. 5, App. D)
     python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
     python bench.py prefix-cache # scoring all prefixes of one trace with mu (Eq. 4): vLLM cache on/off, HF
-    python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s
+    python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s;
+                                 # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
 """
 
 import argparse
@@ -199,7 +200,17 @@ def bench_grpo(argv):
     p.add_argument("--ranks", default="1,2", help="world sizes to run (default 1,2)")
     p.add_argument("--batch-size", type=int, default=64, help="completions per step, all ranks (default 64)")
     p.add_argument("--max-completion-length", type=int, default=256, help="tokens per completion (default 256)")
+    p.add_argument("--flops-steps", type=int, default=3,
+                   help="timed training steps of the FLOP/s measurement after one warm-up (default 3; 0 skips it)")
+    p.add_argument("--flops-only", action="store_true", help="only the FLOP/s measurement, not the tiny-model runs")
+    p.add_argument("--flops-shape", default="576,30,9,3,1536,49152",
+                   help="hidden,layers,heads,kv_heads,ffn,vocab of the FLOP/s model (default: a 135M-parameter "
+                        "SmolLM-like shape)")
+    p.add_argument("--flops-seqs", type=int, default=8, help="sequences per FLOP/s step (default 8)")
+    p.add_argument("--flops-tokens", type=int, default=256, help="tokens per sequence, 1/4 prompt (default 256)")
     args = p.parse_args(argv)
+    if args.flops_only:
+        return training_flops(args)
 
     import json
     import os
@@ -225,6 +236,75 @@ def bench_grpo(argv):
                   f"step {mean('seconds_generate') + mean('seconds_score') + mean('seconds_train') + mean('seconds_sync'):.2f} s "
                   f"(generate {mean('seconds_generate'):.2f}, score {mean('seconds_score'):.2f}, "
                   f"train {mean('seconds_train'):.2f}, sync {mean('seconds_sync'):.2f})")
+    if args.flops_steps:
+        training_flops(args)
+
+
+def matmul_flops(n=2048, repeats=5):
+    """The machine's own fp32 matmul rate (FLOP/s): the best of `repeats` n x n x n products."""
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def training_flops(args):
+    """The training phase of a GRPO step (grpo.train_step: FSDP2 forward, log-probs, clipped loss,
+    backward, clip, AdamW) on a compute-bound random-weight model, in achieved FLOP/s against the
+    fp32 matmul rate measured in the same process. FLOPs per token: 6 N (N = the parameters that
+    multiply: every weight matrix and the output head, not the input embedding lookup) plus
+    12 L H Q T for attention (PaLM's count, App. B of Chowdhery et al. 2022: L layers, H heads of
+    size Q, sequence length T)."""
+    import argparse as _argparse
+    import os
+    import grpo
+    import policy
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    hidden, layers, heads, kv_heads, ffn, vocab = (int(v) for v in args.flops_shape.split(","))
+    config = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, intermediate_size=ffn, vocab_size=vocab,
+                         tie_word_embeddings=True, max_position_embeddings=4096)
+    policy.setup_distributed()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        Qwen2ForCausalLM(config).save_pretrained(tmp)
+        model = policy.load_policy(tmp)
+    n_matmul = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2)  # embed = tied output head
+    head = config.hidden_size // heads
+    p = _argparse.ArgumentParser()
+    grpo.add_grpo_args(p)
+    cfg = p.parse_args(["--model", ".", "--beta", "0", "--loss-agg", "token-mean"])
+    cfg.epsilon_high = cfg.epsilon
+    optimizer, scheduler = policy.make_optimizer(model, 1e-5, 0.0, args.flops_steps + 1, 0.0)
+    g = torch.Generator().manual_seed(0)
+    prompt_len = args.flops_tokens // 4
+    ids = torch.randint(0, vocab, (args.flops_seqs, args.flops_tokens), generator=g).tolist()
+    rollout = grpo.Rollout(prompts=[row[:prompt_len] for row in ids], completions=[row[prompt_len:] for row in ids],
+                           advantages=torch.randn(args.flops_seqs, generator=g))
+    tokens = args.flops_seqs * args.flops_tokens
+    flops = tokens * (6 * n_matmul + 12 * layers * heads * head * args.flops_tokens)
+    peak_before = matmul_flops()
+    grpo.train_step(model, optimizer, scheduler, rollout, cfg, pad_id=0)       # warm-up
+    seconds = []
+    for _ in range(args.flops_steps):
+        t0 = time.perf_counter()
+        grpo.train_step(model, optimizer, scheduler, rollout, cfg, pad_id=0)
+        seconds.append(time.perf_counter() - t0)
+    peak = max(peak_before, matmul_flops())
+    step = statistics.median(seconds)
+    print(f"training FLOP/s, {args.flops_shape} (hidden, layers, heads, kv heads, ffn, vocab): {n_matmul / 1e6:.0f} M "
+          f"matmul parameters, {args.flops_seqs} x {args.flops_tokens} tokens per step, {torch.get_num_threads()} threads")
+    print(f"  train_step {step:.2f} s (median of {len(seconds)}), {flops / 1e12:.2f} TFLOP per step: "
+          f"{flops / step / 1e9:.0f} GFLOP/s achieved")
+    print(f"  fp32 matmul 2048^3 in this process: {peak / 1e9:.0f} GFLOP/s; training reaches "
+          f"{100 * flops / step / peak:.0f}% of it")
+    os.environ.pop("MASTER_ADDR", None)
 
 
 BENCHES = {"episodes": bench_episodes, "reward": bench_reward, "prefix-cache": bench_prefix_cache, "grpo": bench_grpo}

@@ -2,8 +2,9 @@
 
     pin_local_gpu, setup_distributed, teardown   one GPU per torchrun rank, the process group, a clean end
     load_policy, full_weights, sync_weights      the policy pi_theta as an FSDP2 module; its weights into the engine
-    micro_batches, rank_micro_batches            token-budgeted micro-batches, the same count on every rank
-    pad_sequences, token_logprobs                (prompt, completion) pairs -> ids and masks -> log pi(y_t | ...)
+    micro_batches, rank_micro_batches            token-budgeted micro-batches (padded or packed rows), the same
+                                                 count on every rank
+    sequence_logprobs, token_logprobs            (prompt, completion) pairs -> ids and masks -> log pi(y_t | ...)
     make_optimizer                               AdamW with linear warmup then cosine decay (Tables 2, 3)
     save_checkpoint, load_checkpoint             atomic HF checkpoints + trainer state, exact resume
     log_metrics                                  one JSON line per step (rank 0)
@@ -83,7 +84,8 @@ def all_sum(*values):
 # ==============================================================================================
 
 def load_policy(path, gradient_checkpointing=False, bf16=None):
-    """The policy as an FSDP2 module: fully_shard on every decoder layer, then on the root.
+    """The policy as an FSDP2 module: fully_shard on every decoder layer, then on the root (a single
+    fp32 process keeps the plain module).
 
     On GPU the sharded parameters stay fp32 (the optimizer's master copy) and are gathered in bf16
     for compute, gradients reduced in fp32 (MixedPrecisionPolicy). On CPU everything is fp32.
@@ -96,6 +98,10 @@ def load_policy(path, gradient_checkpointing=False, bf16=None):
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if not bf16 and not (dist.is_initialized() and dist.get_world_size() > 1):
+        # one fp32 process: nothing to shard and no mixed precision, and FSDP2 would still copy every
+        # parameter into and out of its all-gather buffers, forward and backward (~6 % of a CPU step)
+        return model
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
@@ -128,9 +134,32 @@ def sync_weights(model, engine):
 # Batches: token-budgeted micro-batches, padding, log-probs
 # ==============================================================================================
 
-def micro_batches(lengths, max_tokens):
-    """Indices grouped into micro-batches of at most max_tokens padded tokens, sequences sorted by
-    length so that each micro-batch pads little. A sequence longer than the budget goes alone."""
+def pack_rows(lengths, width):
+    """Sequence indices packed into rows of at most `width` tokens, first-fit decreasing (a sequence
+    longer than `width` gets a row of its own)."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if fit is None:
+            rows.append([i])
+            room.append(width - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return rows
+
+
+def micro_batches(lengths, max_tokens, pack=False):
+    """Micro-batches of at most max_tokens padded tokens, each a list of rows, each row a list of
+    sequence indices. Unpacked (pack=False), a row holds one sequence and sequences are sorted by
+    length so that each micro-batch pads little; a sequence longer than the budget goes alone.
+    Packed, sequences share rows no wider than the longest sequence (pack_rows), so that only row
+    ends are padded and a row's attention span is never longer than in an unpacked batch."""
+    if pack and lengths:
+        width = max(lengths)
+        rows = pack_rows(lengths, width)
+        per_batch = max(1, max_tokens // width)
+        return [rows[i:i + per_batch] for i in range(0, len(rows), per_batch)]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, current, longest = [], [], 0
     for i in order:
@@ -138,20 +167,26 @@ def micro_batches(lengths, max_tokens):
         if current and longest_if * (len(current) + 1) > max_tokens:
             batches.append(current)
             current, longest_if = [], lengths[i]
-        current.append(i)
+        current.append([i])
         longest = longest_if
     if current:
         batches.append(current)
     return batches
 
 
-def rank_micro_batches(lengths, max_tokens):
+def rank_micro_batches(lengths, max_tokens, pack=False):
     """This rank's micro_batches, padded with empty ones to the largest count of any rank: every
     FSDP forward and backward is a collective, so every rank must run the same number."""
-    batches = micro_batches(lengths, max_tokens) if lengths else []
+    batches = micro_batches(lengths, max_tokens, pack) if lengths else []
     count = torch.tensor([len(batches)], device=device())
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     return batches + [[]] * (int(count.item()) - len(batches))
+
+
+def padded_fraction(lengths, batches):
+    """The share of the tokens a list of micro-batches computes that are padding."""
+    computed = sum(len(b) * max(sum(lengths[i] for i in row) for row in b) for b in batches if b)
+    return 1 - sum(lengths) / computed if computed else 0.0
 
 
 def pad_sequences(prompts, completions, pad_id):
@@ -173,17 +208,87 @@ def pad_sequences(prompts, completions, pad_id):
     return ids.to(device()), attn.to(device()), comp.to(device())
 
 
-def token_logprobs(model, ids, attn, chunk=4096):
+def sequence_logprobs(model, rows, prompts, completions, pad_id):
+    """log pi(y_t | x, y_<t) of one micro-batch, whatever its layout, as [n, T - 1] log-probs and the
+    completion mask of pad_sequences (n = the micro-batch's sequences in row order, T = the longest).
+
+    rows: lists of indices into prompts / completions. Rows of one sequence are padded (attention
+    mask); a row holding several sequences is packed: position ids restart at 0 for each sequence
+    and transformers then keeps attention within each (its packed-sequence mask), with no padding
+    but at row ends. The packed log-probs are gathered back into the padded layout, so a loss
+    cannot tell the two apart.
+    """
+    order = [i for row in rows for i in row]
+    ids, attn, comp = pad_sequences([prompts[i] for i in order], [completions[i] for i in order], pad_id)
+    if all(len(row) == 1 for row in rows):
+        return token_logprobs(model, ids, attn), comp
+    lengths = [len(prompts[i]) + len(completions[i]) for i in order]
+    sizes, k = [], 0
+    for row in rows:
+        sizes.append(sum(lengths[k:k + len(row)]))
+        k += len(row)
+    width = max(sizes)
+    packed = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    where = torch.zeros((len(order), ids.shape[1]), dtype=torch.long)        # flat packed index of each token
+    k = 0
+    for r, row in enumerate(rows):
+        offset = 0
+        for _ in row:
+            n = lengths[k]
+            packed[r, offset:offset + n] = ids[k, :n].cpu()
+            positions[r, offset:offset + n] = torch.arange(n)
+            where[k, :n] = r * width + offset + torch.arange(n)
+            offset, k = offset + n, k + 1
+        positions[r, offset:] = torch.arange(width - offset)                 # the row's padding: its own span
+    logp = token_logprobs(model, packed.to(device()), None, positions=positions.to(device()))   # [R, W - 1]
+    logp = torch.cat([logp, torch.zeros_like(logp[:, :1])], dim=1).reshape(-1)
+    return logp[where[:, :-1].to(device())] * attn[:, 1:], comp    # 0 where the padded layout has padding
+
+
+class _TargetLogProb(torch.autograd.Function):
+    """log softmax(logits)[target] for each row of [N, V] logits, in chunks of rows, with a backward
+    that writes the gradient once, in place: softmax * -g, plus g at the target. Autograd's own
+    gather + logsumexp would fill two [N, V] zero buffers and add them (on a 135M model with a 49k
+    vocabulary, those passes were ~15 % of a CPU training step)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, chunk):
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for i in range(0, logits.shape[0], chunk):
+            part = logits[i:i + chunk].float()                                  # a copy only for bf16
+            lse[i:i + chunk] = torch.logsumexp(part, dim=1)
+            out[i:i + chunk] = part.gather(1, targets[i:i + chunk, None]).squeeze(1) - lse[i:i + chunk]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], ctx.chunk):
+            rows, g = slice(i, i + ctx.chunk), grad[i:i + ctx.chunk, None].float()
+            p = grad_logits[rows] if logits.dtype == torch.float32 else None     # fp32: write in place
+            p = torch.sub(logits[rows].float(), lse[rows, None], out=p)
+            p.exp_().mul_(-g).scatter_add_(1, targets[rows, None], g)          # (softmax - onehot) * -g
+            if p.data_ptr() != grad_logits[rows].data_ptr():
+                grad_logits[rows] = p
+        return grad_logits, None, None
+
+
+def token_logprobs(model, ids, attn, chunk=4096, positions=None):
     """log pi(token_{t+1} | tokens_{<=t}) for every position: [n, T - 1], fp32, computed in chunks of
-    rows of the logits so that the [tokens, vocab] float32 buffer stays bounded."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]          # [n, T-1, V]
-    targets = ids[:, 1:]
-    flat, flat_t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    out = []
-    for i in range(0, flat.shape[0], chunk):
-        part = flat[i:i + chunk].float()
-        out.append(part.gather(1, flat_t[i:i + chunk, None]).squeeze(1) - torch.logsumexp(part, dim=1))
-    return torch.cat(out).view(targets.shape)
+    rows of the logits so that the [tokens, vocab] float32 buffers stay bounded. Packed rows pass
+    position ids and no attention mask (sequence_logprobs)."""
+    # no KV cache: transformers only reads packed rows from the position ids when there is none
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).logits  # [n, T, V]
+    # every position is scored (the last one against a dummy target) and the last column dropped
+    # afterwards: slicing the logits first would copy all of them
+    targets = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], dim=1)
+    logp = _TargetLogProb.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), chunk)
+    return logp.view(ids.shape)[:, :-1]
 
 
 # ==============================================================================================

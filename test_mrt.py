@@ -1264,17 +1264,59 @@ def test_grpo_gradient_equals_reinforce_closed_form():
 def test_micro_batches_respect_the_token_budget():
     lengths = [5, 30, 7, 12, 3, 40, 8]
     batches = policy.micro_batches(lengths, 32)
-    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(len(row) == 1 for b in batches for row in b)      # unpacked: one sequence per row
+    assert sorted(row[0] for b in batches for row in b) == list(range(7))
     for b in batches:
-        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 32
-    assert [lengths[i] for i in batches[0]] == [3, 5, 7, 8]   # sorted by length: little padding
+        assert len(b) == 1 or max(lengths[row[0]] for row in b) * len(b) <= 32
+    assert [lengths[row[0]] for row in batches[0]] == [3, 5, 7, 8]   # sorted by length: little padding
+    # padded: [3,5,7,8] -> 4 x 8, [12] -> 12, [30] -> 30, [40] -> 40: 114 tokens computed for 105
+    assert policy.padded_fraction(lengths, batches) == pytest.approx(1 - 105 / 114)
+
+
+def test_packed_rows_first_fit_decreasing_by_hand():
+    lengths = [5, 30, 7, 12, 3, 40, 8]
+    # width 40: 40 | 30+8 | 12+7+5+3 (first fit, longest first)
+    assert policy.pack_rows(lengths, 40) == [[5], [1, 6], [3, 2, 0, 4]]
+    batches = policy.micro_batches(lengths, 80, pack=True)        # rows of <= 40 tokens, 2 rows per micro-batch
+    assert batches == [[[5], [1, 6]], [[3, 2, 0, 4]]]
+    # a micro-batch is as wide as its longest row: 2 x 40 (40 | 30+8), then 1 x 27 (12+7+5+3)
+    assert policy.padded_fraction(lengths, batches) == pytest.approx(1 - 105 / 107)
+
+
+def test_packed_log_probs_equal_padded(tiny_model):
+    """Several sequences in one row (position ids restarting, attention kept within each) give the
+    same log-probs as one padded row per sequence, and so the same loss gradient."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 2000, (n,), generator=g).tolist() for n in (3, 6, 2, 5, 4)]
+    completions = [torch.randint(5, 2000, (n,), generator=g).tolist() for n in (12, 1, 7, 3, 2)]
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    (packed_rows,) = policy.micro_batches(lengths, 1000, pack=True)
+    assert any(len(row) > 1 for row in packed_rows)
+    order = [i for row in packed_rows for i in row]
+    padded_rows = [[i] for i in order]
+    grads = []
+    for rows in (packed_rows, padded_rows):
+        model.zero_grad()
+        logp, comp = policy.sequence_logprobs(model, rows, prompts, completions, pad_id=0)
+        (logp * comp).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        if rows is packed_rows:
+            packed_logp, packed_comp = logp.detach(), comp
+    assert torch.equal(packed_comp, comp)
+    valid = torch.tensor([[t + 1 < lengths[i] for t in range(comp.shape[1])] for i in order])
+    assert torch.allclose(packed_logp[valid], logp.detach()[valid], atol=1e-5)
+    assert (packed_logp[~valid] == 0).all()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
 
 
 FSDP_SCRIPT = r'''
 import sys, types, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import grpo, policy
-out, model_path, loss_agg = sys.argv[2], sys.argv[3], sys.argv[4]
+out, model_path, loss_agg, pack = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "pack"
 rank, world = policy.setup_distributed()
 model = policy.load_policy(model_path)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
@@ -1286,9 +1328,9 @@ adv = torch.randn(8, generator=g)
 share = slice(rank * 8 // world, (rank + 1) * 8 // world)
 rollout = grpo.Rollout(prompts[share], comps[share], adv[share])
 cfg = types.SimpleNamespace(micro_batch_tokens=40, ppo_epochs=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
-                            loss_agg=loss_agg, max_grad_norm=1e9)
+                            loss_agg=loss_agg, max_grad_norm=1e9, pack_sequences=pack)
 stats = grpo.train_step(model, opt, sched, rollout, cfg, pad_id=2)
-grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+grads = {n: getattr(p.grad, "full_tensor", lambda: p.grad)() for n, p in model.named_parameters()}  # world 1: a plain module
 weights = dict(policy.full_weights(model))
 if rank == 0:
     torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
@@ -1296,15 +1338,17 @@ policy.teardown()
 '''
 
 
-@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean"])
-def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg):
+@pytest.mark.parametrize("loss_agg, layout", [("token-mean", "pad"), ("seq-mean", "pad"), ("seq-mean", "pack")])
+def test_fsdp2_two_ranks_equal_one_process(tiny_model, tmp_path, loss_agg, layout):
+    """One GRPO step: FSDP2 over 2 ranks (sequences packed into rows, or padded) equals one plain
+    process with padded rows."""
     here = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / "step.py"
     script.write_text(FSDP_SCRIPT)
     results = {}
     for world in (1, 2):
         out = tmp_path / f"world{world}.pt"
-        run_torchrun(world, [str(script), here, str(out), tiny_model, loss_agg], cwd=here)
+        run_torchrun(world, [str(script), here, str(out), tiny_model, loss_agg, layout if world == 2 else "pad"], cwd=here)
         results[world] = torch.load(out)
     one, two = results[1], results[2]
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
@@ -1476,7 +1520,7 @@ batch = [(torch.randint(5, 2000, (int(torch.randint(3, 9, (1,), generator=g)),),
           float(torch.rand(1, generator=g)) * 2) for _ in range(7)]
 cfg = types.SimpleNamespace(micro_batch_tokens=40, max_grad_norm=1e9)
 stats = star.sft_step(model, opt, sched, batch[rank::world], cfg, pad_id=2)
-grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+grads = {n: getattr(p.grad, "full_tensor", lambda: p.grad)() for n, p in model.named_parameters()}  # world 1: a plain module
 weights = dict(policy.full_weights(model))
 if rank == 0:
     torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
