@@ -3,6 +3,7 @@
     python bench.py episodes     # segmentation of a synthetic 16k-token R1-style trace (Sec. 5, App. D)
     python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
     python bench.py prefix-cache # scoring all prefixes of one trace with mu (Eq. 4): vLLM cache on/off, HF
+    python bench.py padding      # padded share of training tokens: padded vs packed rows (--pack-sequences)
     python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s;
                                  # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
 """
@@ -307,7 +308,41 @@ def training_flops(args):
     os.environ.pop("MASTER_ADDR", None)
 
 
-BENCHES = {"episodes": bench_episodes, "reward": bench_reward, "prefix-cache": bench_prefix_cache, "grpo": bench_grpo}
+def bench_padding(argv):
+    p = argparse.ArgumentParser(prog="bench.py padding", description=(
+        "Padded share of the training tokens, padded rows vs packed rows (--pack-sequences), on a length "
+        "distribution like the paper's RL runs: Table 3's 256 completions per step over 8 ranks, prompts of "
+        "100-400 tokens, completions log-normal around --median tokens and cut at the 16k budget."))
+    p.add_argument("--median", type=int, default=6000, help="median completion length (default 6000)")
+    p.add_argument("--sigma", type=float, default=0.7, help="log-normal sigma of completion lengths (default 0.7)")
+    p.add_argument("--budget", type=int, default=16384, help="completion budget (default 16384)")
+    p.add_argument("--ranks", type=int, default=8, help="ranks (default 8)")
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per step, all ranks (default 256)")
+    p.add_argument("--steps", type=int, default=50, help="simulated steps (default 50)")
+    args = p.parse_args(argv)
+    import math
+    import policy
+    rng = random.Random(0)
+    print(f"{args.batch_size} sequences per step over {args.ranks} ranks, completions log-normal (median "
+          f"{args.median}, sigma {args.sigma}) cut at {args.budget}, {args.steps} steps")
+    for max_tokens in (32768, 65536):
+        for pack in (False, True):
+            computed = real = batches = 0
+            for _ in range(args.steps):
+                lengths = [rng.randint(100, 400) + min(args.budget, int(rng.lognormvariate(math.log(args.median), args.sigma)))
+                           for _ in range(args.batch_size)]
+                per_rank = args.batch_size // args.ranks
+                for r in range(args.ranks):   # each rank batches its own share (grpo.step_problems)
+                    mine = lengths[r * per_rank:(r + 1) * per_rank]
+                    b = policy.micro_batches(mine, max_tokens, pack=pack)
+                    computed += sum(mine) / (1 - policy.padded_fraction(mine, b))
+                    real += sum(mine)
+                    batches += len(b)
+            print(f"--micro-batch-tokens {max_tokens}, {'packed' if pack else 'padded'} rows: padded fraction "
+                  f"{1 - real / computed:.3f}, {batches / args.steps / args.ranks:.1f} micro-batches per rank and step")
+
+
+BENCHES = {"episodes": bench_episodes, "padding": bench_padding, "reward": bench_reward, "prefix-cache": bench_prefix_cache, "grpo": bench_grpo}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:

@@ -153,12 +153,13 @@ def micro_batches(lengths, max_tokens, pack=False):
     """Micro-batches of at most max_tokens padded tokens, each a list of rows, each row a list of
     sequence indices. Unpacked (pack=False), a row holds one sequence and sequences are sorted by
     length so that each micro-batch pads little; a sequence longer than the budget goes alone.
-    Packed, sequences share rows no wider than the longest sequence (pack_rows), so that only row
-    ends are padded and a row's attention span is never longer than in an unpacked batch."""
+    Packed, sequences share rows (pack_rows) as wide as the budget allows for as many rows as fit
+    the longest sequence: only row ends are padded, and a row spans less than twice the longest
+    sequence (with sdpa, attention is computed over the whole row and masked; flash-attention
+    kernels skip the masked part)."""
     if pack and lengths:
-        width = max(lengths)
-        rows = pack_rows(lengths, width)
-        per_batch = max(1, max_tokens // width)
+        per_batch = max(1, max_tokens // max(lengths))
+        rows = pack_rows(lengths, max(max_tokens // per_batch, max(lengths)))
         return [rows[i:i + per_batch] for i in range(0, len(rows), per_batch)]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, current, longest = [], [], 0
