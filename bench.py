@@ -261,8 +261,6 @@ def training_flops(args):
     multiply: every weight matrix and the output head, not the input embedding lookup) plus
     12 L H Q T for attention (PaLM's count, App. B of Chowdhery et al. 2022: L layers, H heads of
     size Q, sequence length T)."""
-    import argparse as _argparse
-    import os
     import grpo
     import policy
     import torch
@@ -278,7 +276,7 @@ def training_flops(args):
         model = policy.load_policy(tmp)
     n_matmul = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2)  # embed = tied output head
     head = config.hidden_size // heads
-    p = _argparse.ArgumentParser()
+    p = argparse.ArgumentParser()
     grpo.add_grpo_args(p)
     cfg = p.parse_args(["--model", ".", "--beta", "0", "--loss-agg", "token-mean"])
     cfg.epsilon_high = cfg.epsilon
@@ -305,7 +303,6 @@ def training_flops(args):
           f"{flops / step / 1e9:.0f} GFLOP/s achieved")
     print(f"  fp32 matmul 2048^3 in this process: {peak / 1e9:.0f} GFLOP/s; training reaches "
           f"{100 * flops / step / peak:.0f}% of it")
-    os.environ.pop("MASTER_ADDR", None)
 
 
 def bench_padding(argv):

@@ -696,28 +696,42 @@ def test_vllm_and_hf_engines_agree_greedy_and_after_weight_sync(tokenizer, vllm_
     assert greedy(vllm_engine) == before_vllm
 
 
-def test_compiled_vllm_engine_decodes_like_transformers_after_weight_sync(tiny_model, tokenizer, hf_engine,
-                                                                          restore_engine_weights):
+COMPILED_ENGINE_SCRIPT = r'''
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import prover
+from transformers import AutoTokenizer
+model_path, problems = sys.argv[2], json.loads(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(model_path)
+engine = prover.VLLMEngine(model_path, dtype="float32", max_model_len=1024, seed=0)   # compiled: the default
+hf = prover.HFEngine(model_path, dtype="float32", max_model_len=1024)
+prompts = [prover.build_prompt(tokenizer, p) for p in problems]
+greedy = lambda e: [s[0].token_ids for s in e.generate(prompts, n=1, temperature=0.0, max_tokens=12)]  # noqa: E731
+result = {"eager": engine.llm.llm_engine.vllm_config.model_config.enforce_eager, "before": greedy(engine),
+          "hf_before": greedy(hf)}
+g = torch.Generator().manual_seed(1)
+perturbed = {k: v.detach() + 0.2 * torch.randn(v.shape, generator=g) for k, v in hf.model.named_parameters()}
+engine.update_weights(perturbed.items())
+hf.update_weights(perturbed.items())
+result.update(after=greedy(engine), hf_after=greedy(hf))
+engine.close()
+print("RESULT " + json.dumps(result))
+'''
+
+
+def test_compiled_vllm_engine_decodes_like_transformers_after_weight_sync(tiny_model, tmp_path):
     """The default vLLM engine is compiled (torch.compile on CPU): in-place weight reloads must reach
-    the compiled model, so its greedy decoding follows the new weights as the HF engine's does."""
-    engine = prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0, kv_cache_gib=0.25)
-    try:
-        assert not engine.llm.llm_engine.vllm_config.model_config.enforce_eager
-        prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
-
-        def greedy(e):
-            return [s[0].token_ids for s in e.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
-
-        assert greedy(engine) == greedy(hf_engine)
-        g = torch.Generator().manual_seed(1)
-        perturbed = {k: v.detach() + 0.2 * torch.randn(v.shape, generator=g) for k, v in hf_engine.model.named_parameters()}
-        before = greedy(engine)
-        engine.update_weights(perturbed.items())
-        hf_engine.update_weights(perturbed.items())
-        after = greedy(engine)
-        assert after == greedy(hf_engine) and after != before
-    finally:
-        engine.close()
+    the compiled model, so its greedy decoding follows the new weights as the HF engine's does. In
+    its own process: vLLM's parallel state is global, and closing a second engine here would tear
+    down the session's shared one."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "compiled.py"
+    script.write_text(COMPILED_ENGINE_SCRIPT)
+    proc = run_cli([str(script), here, tiny_model, json.dumps(PROBLEMS)], cwd=here)
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["eager"] is False
+    assert result["before"] == result["hf_before"]
+    assert result["after"] == result["hf_after"] and result["after"] != result["before"]
 
 
 def test_update_weights_rejects_unknown_names(hf_engine):
