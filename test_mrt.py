@@ -19,6 +19,7 @@ import types
 import pytest
 import torch
 
+import backtrack
 import episodes
 import evaluate
 import grader
@@ -354,6 +355,60 @@ def test_backtrack_with_error_analysis_and_linearized_chain():
 def test_malformed_backtrack_raises(text, message):
     with pytest.raises(ValueError, match=__import__("re").escape(message)):
         parse_backtrack(text)
+
+
+# The search tree of test_beam_search_picks_the_backtrack_node_set_by_hand: the rollouts each node
+# gets (gold answer 2). Success rates: () 2/4, (a) 1/4, (b) 0, (a,c) 3/4, (a,d) 1, (a,c,f) 1, (a,c,e) 0.
+BEAM_ROLLOUTS = {
+    (): ["Step 1: a\n\nStep 2: c\n\nAnswer: 1"] * 2 + ["Step 1: b\n\nAnswer: 2", "Step 1: a\n\nStep 2: d\n\nAnswer: 2"],
+    ("a",): ["Step 2: c\n\nAnswer: 1"] * 3 + ["Step 2: d\n\nAnswer: 2"],
+    ("b",): ["Answer: 1"] * 4,
+    ("a", "c"): ["Step 3: f\n\nAnswer: 2"] * 3 + ["Step 3: e\n\nAnswer: 1"],
+    ("a", "d"): ["Answer: 2"] * 4,
+    ("a", "c", "f"): ["Answer: 2"] * 4,
+    ("a", "c", "e"): ["Answer: 1"] * 4,
+}
+
+
+def scripted_steps_respond(text, n, stop):
+    assert text.count(prover.BOS) == 1 and backtrack.FORMAT_INSTRUCTION in text
+    steps = tuple(re.findall(r"Step \d+: (\w+)\n\n", text))
+    return BEAM_ROLLOUTS[steps][:n]
+
+
+def test_beam_search_picks_the_backtrack_node_set_by_hand(tokenizer):
+    engine = FakeEngine(tokenizer, scripted_steps_respond)
+    nodes = backtrack.beam_search(engine, tokenizer, "What is 1+1?", "2", beam_width=2, rollouts=4)
+    assert {s: n.success_rate for s, n in nodes.items()} == {
+        (): 0.5, ("a",): 0.25, ("b",): 0.0, ("a", "c"): 0.75, ("a", "d"): 1.0, ("a", "c", "f"): 1.0, ("a", "c", "e"): 0.0}
+    assert engine.calls == [1, 2, 2, 2]                  # one generate call per depth
+    # the failed attempt a, c, e: its prefixes (), (a), (a, c) have estimated 0.5, 0.25, 0.75: back to step 2
+    assert backtrack.backtrack_node(nodes, ["a", "c", "e"]) == 2
+    assert backtrack.backtrack_node(nodes, ["a", "c"]) == 0 and backtrack.backtrack_node(nodes, ["b"]) == 0
+    trace = backtrack.backtrack_trace(nodes, ["a", "c", "e"], "1", random.Random(0))
+    (b,) = parse_backtrack(trace)
+    assert (b.backtrack_step, b.attempt_answer, b.revision_answer) == (2, "1", "2")
+    assert b.backtrack == BACKTRACK_MARKER + " Step 3 went wrong.\n\n"
+    assert backtrack.parse_steps(b.revised_solution) == (["a", "c", "f"], "2")
+    assert backtrack.parse_steps(b.attempt) == (["a", "c", "e"], "1")
+    # the three datasets of Fig. 14 / 15
+    rows = backtrack.warm_start_rows("What is 1+1?", nodes, random.Random(0), per_problem=3)
+    assert {k: len(v) for k, v in rows.items()} == {"backtrack": 3, "rise": 3, "rejection": 3}
+    for row in rows["backtrack"]:
+        (b,) = parse_backtrack(row["completion"])
+        assert b.revision_answer == "2" and b.attempt_answer == "1"
+        attempt, _ = backtrack.parse_steps(b.attempt)
+        assert b.backtrack_step == backtrack.backtrack_node(nodes, attempt)
+    for row in rows["rise"]:
+        (b,) = parse_backtrack(row["completion"])
+        assert b.backtrack_step == 0 and b.attempt_answer == "1" and b.revision_answer == "2"
+    assert all(prover.reward(r["completion"], "2", thinking=False) == 1.0 for r in rows["rejection"])
+    assert all(backtrack.parse_steps(r["completion"])[0] for r in rows["rejection"])
+
+
+def test_parse_steps_continuations():
+    assert backtrack.parse_steps("Step 3: x = 1\n\nso y = 2\n\nStep 4: z\n\nAnswer: 5\n\nextra") == (["x = 1\n\nso y = 2", "z"], "5")
+    assert backtrack.parse_steps("Preamble.\n\nStep 1: a\n\nStep 2: cut at the bud") == (["a", "cut at the bud"], None)
 
 
 # ==============================================================================================
