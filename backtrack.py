@@ -1,6 +1,9 @@
 """backtrack.py: the backtracking-search setting of App. A: warm-start SFT data (App. A.2, Fig. 14).
 
     python backtrack.py data --model PATH --train data/math_train_4k.jsonl --out runs/backtrack_data
+    python star.py sft --model PATH --data runs/backtrack_data/backtrack.jsonl --thinking off --out runs/warm
+    torchrun --nproc_per_node 8 backtrack.py rl --model runs/warm/checkpoints/step_N --out runs/bt_rl     # MRT-RL
+    torchrun --nproc_per_node 8 backtrack.py star --model runs/warm/... --progress-threshold 0.25 --out runs/bt_star
 
 In this setting there is no <think> block: a response is an attempt z_0 ("Step 1: ...", ...,
 "Answer: ..."), a backtrack episode z_1 (episodes.BACKTRACK_MARKER and a short note), and a revised
@@ -23,10 +26,14 @@ import argparse
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 
+import policy  # first: it pins this rank's GPU before torch is imported
 import episodes
+import grpo
 import prover
+import star
 
 
 # ==============================================================================================
@@ -155,7 +162,7 @@ def rise_trace(wrong, right):
 
 def warm_start_rows(problem, nodes, rng, per_problem=4):
     """The three datasets' rows for one problem: {"backtrack": [...], "rise": [...], "rejection": [...]},
-    each row {"problem", "completion"}; at most per_problem rows each."""
+    each row {"prompt": this setting's chat messages, "completion"}; at most per_problem rows each."""
     found = solutions(nodes)
     wrong = [(s, a) for s, a, r in found if r == 0 and s]
     right = [(s, a) for s, a, r in found if r > 0 and s]
@@ -169,7 +176,130 @@ def warm_start_rows(problem, nodes, rng, per_problem=4):
     if right:
         rows["rise"] = [rise_trace(w, rng.choice(right)) for w in wrong[:per_problem]]
         rows["rejection"] = [episodes.format_attempt(*r) for r in right[:per_problem]]
-    return {name: [{"problem": problem, "completion": c} for c in texts] for name, texts in rows.items()}
+    return {name: [{"prompt": backtrack_messages(problem), "completion": c} for c in texts] for name, texts in rows.items()}
+
+
+# ==============================================================================================
+# The meta-prover and progress in this setting (App. A.1)
+# ==============================================================================================
+
+@dataclass
+class BacktrackScores:
+    """J_r(mu | x, .) after each episode of one backtrack (Eq. 4), with mu = "stop and answer now":
+
+        after the attempt z_0             the attempt's own answer: r(x; z_0)
+        after the backtrack z_0, z_1      answers forced right after the steps the backtrack keeps
+                                          (the prefix up to "Step k:", then "Answer:"), m samples
+        after the revision z_0, z_1, z_2  the revision's own answer: r(x; z_2)
+
+    progress is Def. 6.1's r_prg(z_1; c) of the backtrack episode: what going back gained."""
+    attempt: float
+    backtrack: float
+    revision: float
+    forced_answers: list = field(default_factory=list)
+
+    @property
+    def progress(self):
+        return self.backtrack - self.attempt
+
+
+def kept_prefix(backtracks, i):
+    """The response text mu answers from after backtrack i: the solution it revises (the first attempt,
+    or the previous backtrack's revised solution) up to its "Step k:" line, k = backtrack_step + 1."""
+    solution = backtracks[i - 1].revised_solution if i else backtracks[0].attempt
+    k = backtracks[i].backtrack_step + 1
+    return solution[:re.search(rf"^[ \t]*Step[ \t]+{k}[ \t]*:", solution, re.MULTILINE).start()]
+
+
+def answer_prover(engine, m=8, max_tokens=64, temperature=0.7, seed=0):
+    """mu for this setting: prover.MetaProver with "Answer:" as the forcing suffix, one line per answer."""
+    return prover.MetaProver(engine, m=m, temperature=temperature, max_tokens=max_tokens, seed=seed, thinking=False,
+                             suffix="Answer:", stop=["\n"])
+
+
+def score_backtracks(mu, items):
+    """BacktrackScores for every backtrack of every (problem, gold, response text); None for a text
+    that does not parse as the Fig. 30 format (no marker, bad numbering)."""
+    parsed, traces = [], []
+    for problem, gold, text in items:
+        try:
+            bts = episodes.parse_backtrack(text)
+        except ValueError:
+            parsed.append(None)
+            continue
+        parsed.append(bts)
+        traces.append((backtrack_messages(problem), gold, [kept_prefix(bts, i) for i in range(len(bts))]))
+    forced = iter(mu.score(traces))
+    out = []
+    for (problem, gold, _), bts in zip(items, parsed):
+        if bts is None:
+            out.append(None)
+            continue
+        f = next(forced)
+        grade = lambda answer: prover.reward(f"Answer: {answer}", gold, thinking=False)  # noqa: E731
+        out.append([BacktrackScores(grade(b.attempt_answer), rate, grade(b.revision_answer), answers)
+                    for b, rate, answers in zip(bts, f.success_rates, f.answers)])
+    return out
+
+
+def star_filter(traces, threshold=None):
+    """The STaR variant's selection (App. A.1): keep an on-policy trace when its (first) revision is
+    right, r(x; z_2) = 1, and its backtrack made progress r_prg(z_1; c) >= threshold. threshold None
+    is the STaR baseline: correctness alone. traces: (row, [BacktrackScores] or None); returns rows."""
+    return [row for row, scores in traces
+            if scores and scores[0].revision == 1.0 and (threshold is None or scores[0].progress >= threshold)]
+
+
+# ==============================================================================================
+# On-policy rollouts (Fig. 13) and the RL variant's reward
+# ==============================================================================================
+
+def attempt_contexts(engine, problems, max_tokens, temperature, seed):
+    """z_0 ~ pi(.|x) for each problem, cut at the marker, then the context x, z_0, marker that a
+    backtrack continues: (context ids, attempt texts)."""
+    tok = engine.tokenizer
+    heads = [prover.build_prompt(tok, backtrack_messages(q["problem"]), thinking=False) for q in problems]
+    attempts = [g[0].text.rstrip() for g in engine.generate(heads, n=1, temperature=temperature, max_tokens=max_tokens,
+                                                            seed=seed, stop=[episodes.BACKTRACK_MARKER])]
+    contexts = [h + tok.encode(a + "\n\n" + episodes.BACKTRACK_MARKER, add_special_tokens=False)
+                for h, a in zip(heads, attempts)]
+    return contexts, attempts
+
+
+def backtrack_rl(alpha=1.0, m=4, prover_max_tokens=32):
+    """grpo.train's rollout_fn, reward_fn and metrics_fn for MRT-RL in this setting (App. A.1): from an
+    on-policy attempt z_0 and the marker, G continuations (the backtrack z_1 and the revision z_2, up
+    to a next marker) are sampled and trained on; the reward is r(x; z_2) + alpha * r_prg(z_1; c), the
+    progress of the backtrack under this setting's mu. alpha = 0 is outcome-reward GRPO on the same
+    rollouts. The attempt is context, not trained on (as mrt.py's partial rollouts). Unlike mrt.py's
+    open-ended bonus, r_prg here differs between the G samples (each backtrack keeps its own steps),
+    so it can be a reward: its J_r(mu | x, z_0) part is shared by the group and GRPO's centring
+    removes it, leaving r(x; z_2) + alpha * J_r(mu | x, z_0, z_1) in effect."""
+    state = {}
+
+    def rollout_fn(engine, mine, cfg, step):
+        seed = grpo.step_seed(cfg, step)
+        half = cfg.max_completion_length // 2      # the attempt and its continuation share the budget
+        contexts, attempts = attempt_contexts(engine, mine, half, cfg.temperature, seed)
+        groups = engine.generate(contexts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_tokens=cfg.max_completion_length - half, seed=seed + 1,
+                                 stop=[episodes.BACKTRACK_MARKER])
+        texts = [[a + "\n\n" + episodes.BACKTRACK_MARKER + s.text for s in g] for a, g in zip(attempts, groups)]
+        mu = answer_prover(engine, m=m, max_tokens=prover_max_tokens, seed=seed + 2)
+        flat = score_backtracks(mu, [(q["problem"], q["answer"], t) for q, ts in zip(mine, texts) for t in ts])
+        state["scores"] = [flat[i * cfg.num_generations:(i + 1) * cfg.num_generations] for i in range(len(mine))]
+        return contexts, groups
+
+    def reward_fn(problems, groups, cfg):
+        return [[0.0 if not sc else sc[0].revision + alpha * sc[0].progress for sc in row] for row in state["scores"]]
+
+    def metrics_fn(problems, groups, cfg):
+        scores = [sc[0] for row in state["scores"] for sc in row if sc]
+        n = len(state["scores"]) * (len(state["scores"][0]) if state["scores"] else 0)
+        return {"backtrack_parsed": (len(scores), n), "backtrack_progress": (sum(s.progress for s in scores), len(scores)),
+                "revision_correct": (sum(s.revision for s in scores), len(scores))}
+
+    return rollout_fn, reward_fn, metrics_fn
 
 
 # ==============================================================================================
@@ -204,6 +334,29 @@ def build_data(args):
     print(f"wrote {', '.join(f'{n}.jsonl (+{c} rows)' for n, c in counts.items())} to {args.out}")
 
 
+def star_iteration(cfg, engine, problems, tokenizer):
+    """One iteration of the STaR variant (App. A.1): on-policy traces (Fig. 13), mu on each backtrack,
+    star_filter (--progress-threshold; none: the STaR baseline), then SFT on the kept traces, from the
+    weights the engine holds. Returns (kept rows, scored traces)."""
+    contexts, attempts = attempt_contexts(engine, problems, cfg.max_tokens, cfg.temperature, cfg.seed)
+    groups = engine.generate(contexts, n=cfg.rollouts, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                             seed=cfg.seed + 1, stop=[episodes.BACKTRACK_MARKER])
+    items, rows = [], []
+    for q, attempt, group in zip(problems, attempts, groups):
+        for s in group:
+            text = attempt + "\n\n" + episodes.BACKTRACK_MARKER + s.text
+            items.append((q["problem"], q["answer"], text))
+            rows.append({"prompt": backtrack_messages(q["problem"]), "completion": text})
+    scores = score_backtracks(answer_prover(engine, cfg.m, cfg.prover_max_tokens, seed=cfg.seed + 2), items)
+    kept = star_filter(list(zip(rows, scores)), cfg.progress_threshold)
+    data = os.path.join(cfg.out, "data.jsonl")
+    policy.write_atomic(data, "".join(json.dumps(r) + "\n" for r in kept))
+    if kept:
+        examples, _ = star.load_sft_data(data, tokenizer, False, cfg.max_seq_length, cfg.truncate)
+        star.sft(cfg, examples, cfg.model, tokenizer, os.path.join(cfg.out, "sft"), engine)
+    return kept, scores
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,7 +373,62 @@ def main(argv=None):
     d.add_argument("--per-problem", type=int, default=4, help="rows per problem in each dataset (default 4)")
     d.add_argument("--seed", type=int, default=0, help="sampling seed")
     prover.add_engine_args(d)
+
+    r = sub.add_parser("rl", help="MRT-RL in this setting (App. A.1): GRPO on backtrack + revision, progress-adjusted reward")
+    grpo.add_grpo_args(r)
+    r.add_argument("--alpha", type=float, default=1.0, help="weight of the backtrack's progress r_prg(z_1) (0: GRPO)")
+    r.add_argument("--prover-samples", type=int, default=4, help="m, answers forced after the kept steps (default 4)")
+    r.add_argument("--prover-max-tokens", type=int, default=32, help="tokens per forced answer (default 32)")
+    r.set_defaults(max_prompt_length=1500, max_completion_length=1024, lr=1e-6, beta=0.04)   # Table 5
+
+    t = sub.add_parser("star", help="MRT-STaR in this setting (App. A.1): one iteration of on-policy traces, "
+                                    "filtered by correctness and backtrack progress, then SFT")
+    star.add_sft_args(t)
+    t.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"), help="training problems (JSONL)")
+    t.add_argument("--num-problems", type=int, default=None, help="the first N problems (default all)")
+    t.add_argument("--rollouts", type=int, default=4, help="backtrack + revision samples per attempt (default 4)")
+    t.add_argument("--max-tokens", type=int, default=1024, help="tokens per attempt and per continuation (default 1024)")
+    t.add_argument("--temperature", type=float, default=0.9, help="sampling temperature (default 0.9)")
+    t.add_argument("--m", type=int, default=4, help="answers forced after the kept steps, per backtrack (default 4)")
+    t.add_argument("--prover-max-tokens", type=int, default=32, help="tokens per forced answer (default 32)")
+    t.add_argument("--progress-threshold", type=float, default=None,
+                   help="keep traces whose backtrack progress r_prg(z_1) >= this (MRT-STaR; e.g. 0.25); "
+                        "unset: the STaR baseline, correct revisions only")
+    t.set_defaults(max_seq_length=4096)   # Table 4
+    prover.add_engine_args(t)
+
     args = p.parse_args(argv)
+    if args.command == "rl":
+        args.thinking = "off"
+        cfg = grpo.check_args(r, args)
+        rank, _ = policy.setup_distributed()
+        engine = None
+        try:
+            engine = grpo.rollout_engine(cfg, rank)
+            rollout_fn, reward_fn, metrics_fn = backtrack_rl(cfg.alpha, cfg.prover_samples, cfg.prover_max_tokens)
+            grpo.train(cfg, engine, reward_fn=reward_fn, rollout_fn=rollout_fn, metrics_fn=metrics_fn)
+        finally:
+            policy.teardown(engine)
+        return
+    if args.command == "star":
+        args.thinking = "off"
+        cfg = star.check_common(t, args)
+        for flag in ("rollouts", "max_tokens", "m", "prover_max_tokens"):
+            if getattr(cfg, flag) < 1:
+                t.error(f"{prover.option_name(t, flag)} must be >= 1")
+        try:
+            problems = prover.load_problems(cfg.train)[:cfg.num_problems]
+        except (OSError, ValueError) as e:
+            t.error(f"--train: {e}")
+        rank, _ = policy.setup_distributed()
+        engine = None
+        try:
+            engine = prover.engine_from_args(cfg, cfg.model, seed=cfg.seed + rank)
+            kept, scores = star_iteration(cfg, engine, problems, engine.tokenizer)
+            print(f"kept {len(kept)} of {len(scores)} traces ({sum(s is not None for s in scores)} parsed)")
+        finally:
+            policy.teardown(engine)
+        return
     for flag in ("beam_width", "rollouts", "max_depth", "max_tokens", "per_problem"):
         if getattr(args, flag) < 1:
             d.error(f"{prover.option_name(d, flag)} must be >= 1")

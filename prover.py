@@ -523,14 +523,15 @@ def prefix_token_ids(tokenizer, response_ids, prefix):
     return tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
 
 
-def forced_success_rate(samples, gold):
+def forced_success_rate(samples, gold, lead=""):
     """Equation 4: J_r(mu | x, z_{0:j}) = E_{y ~ mu(.|x, z_{0:j})} r(x, y), estimated by the mean 0/1
     reward of the m forced-termination samples y_1..y_m. Returns (rate, answers, rewards).
 
-    mu's samples are answers after a closed thought, so each is graded whole (thinking=False).
+    mu's samples are answers after a closed thought, so each is graded whole (thinking=False), after
+    `lead` (the part of the answer the forcing suffix already wrote, such as "Answer:").
     """
-    answers = [extract_answer(s.text, thinking=False) for s in samples]
-    rewards = [reward(s.text, gold, thinking=False) for s in samples]   # r(x, y), as every other grade
+    answers = [extract_answer(lead + s.text, thinking=False) for s in samples]
+    rewards = [reward(lead + s.text, gold, thinking=False) for s in samples]   # r(x, y), as every other grade
     return sum(rewards) / len(rewards), answers, rewards
 
 
@@ -540,20 +541,23 @@ class MetaProver:
     For every thought prefix of a trace it samples m forced-termination answers and grades them
     with the 0/1 reward: J_r(mu | x, z_{0:j}) = mean reward. The defaults are App. D's: m = 8 samples
     at temperature 0.7, 4096 max tokens. thinking=False (a model with no thought block): the prefix
-    is the start of the response itself and the suffix is TIME_IS_UP_NO_THOUGHT.
+    is the start of the response itself and the suffix is TIME_IS_UP_NO_THOUGHT. `suffix` replaces
+    the forcing text for other formats (the backtracking setting forces "Answer:", App. A), with
+    `stop` strings that end its samples; a sample is graded after the suffix.
     """
 
     def __init__(self, engine, m=8, temperature=0.7, top_p=1.0, max_tokens=4096, seed=0, batch_prompts=256,
-                 thinking=True):
+                 thinking=True, suffix=None, stop=None):
         self.engine, self.tokenizer, self.thinking = engine, engine.tokenizer, thinking
         self.m, self.temperature, self.top_p, self.max_tokens, self.seed = m, temperature, top_p, max_tokens, seed
-        self.batch_prompts = batch_prompts
+        self.batch_prompts, self.suffix, self.stop = batch_prompts, suffix, stop
 
     def prompts(self, problem, thought_prefixes, response_ids=None):
         """Token ids of x, z_{0:j}, TIME_IS_UP for every prefix: shared heads, so one prefix cache."""
         head = build_prompt(self.tokenizer, problem, thinking=self.thinking)
         return [head + prefix_token_ids(self.tokenizer, response_ids, prefix)
-                + self.tokenizer.encode(time_is_up_suffix(prefix, self.thinking), add_special_tokens=False)
+                + self.tokenizer.encode(time_is_up_suffix(prefix, self.thinking) if self.suffix is None
+                                        else paragraph_break(prefix) + self.suffix, add_special_tokens=False)
                 for prefix in thought_prefixes]
 
     def score(self, traces, m=None, max_tokens=None, progress_bar=False):
@@ -571,12 +575,12 @@ class MetaProver:
         def flush():
             prompts = [q for _, ps in batch for q in ps]
             samples = self.engine.generate(prompts, n=m, temperature=self.temperature, top_p=self.top_p,
-                                           max_tokens=max_tokens, seed=self.seed)
+                                           max_tokens=max_tokens, seed=self.seed, stop=self.stop)
             at = 0
             for gold, ps in batch:
                 rows = samples[at:at + len(ps)]  # rows[j]: the m samples of mu at prefix z_{0:j}
                 at += len(ps)
-                scored = [forced_success_rate(row, gold) for row in rows]
+                scored = [forced_success_rate(row, gold, self.suffix or "") for row in rows]
                 results.append(PrefixScores(success_rates=[rate for rate, _, _ in scored],
                                             answers=[answers for _, answers, _ in scored],
                                             rewards=[rewards for _, _, rewards in scored],

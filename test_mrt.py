@@ -406,6 +406,75 @@ def test_beam_search_picks_the_backtrack_node_set_by_hand(tokenizer):
     assert all(backtrack.parse_steps(r["completion"])[0] for r in rows["rejection"])
 
 
+def scripted_backtrack_respond(text, n, stop):
+    """Attempt prompts get "a, c -> 1"; a context ending in the marker gets three continuations (a
+    backtrack to the start that answers 2, one to step 2 that answers 3, and one with no step);
+    mu's prompts (ending "Answer:") answer 1 when the kept steps hold step a, else 2, 2, 2, 1."""
+    response = text.split(backtrack.FORMAT_INSTRUCTION, 1)[1]
+    if text.endswith("Answer:"):
+        return [" 1"] * n if "Step 1: a" in response else ([" 2", " 2", " 2", " 1"] * n)[:n]
+    if text.endswith(BACKTRACK_MARKER):
+        return [" Step 1 went wrong.\n\nStep 1: b\n\nAnswer: 2", " Step 2 went wrong.\n\nStep 2: d\n\nAnswer: 3",
+                " I give up."][:n]
+    return ["Step 1: a\n\nStep 2: c\n\nAnswer: 1"] * n
+
+
+def test_backtrack_rl_reward_and_star_filter_by_hand(tokenizer):
+    policy.setup_distributed()
+    engine = FakeEngine(tokenizer, scripted_backtrack_respond)
+    rollout_fn, reward_fn, metrics_fn = backtrack.backtrack_rl(alpha=1.0, m=4)
+    cfg = types.SimpleNamespace(max_completion_length=64, temperature=1.0, top_p=1.0, num_generations=3, seed=0)
+    mine = [{"id": "q", "problem": "What is 1+1?", "answer": "2"}]
+    contexts, groups = rollout_fn(engine, mine, cfg, 0)
+    assert tokenizer.decode(contexts[0]).endswith("Step 2: c\n\nAnswer: 1\n\n" + BACKTRACK_MARKER)
+    # 1: attempt wrong (0), forced after no kept step 3/4, revision right: progress 0.75, reward 1 + 0.75
+    # 2: kept step a, forced answers all 1 (0), revision 3 wrong: progress 0, reward 0
+    # 3: no "Step k:" after the marker: not the format, reward 0
+    assert reward_fn(mine, groups, cfg) == [[1.75, 0.0, 0.0]]
+    assert metrics_fn(mine, groups, cfg) == {"backtrack_parsed": (2, 3), "backtrack_progress": (0.75, 2),
+                                             "revision_correct": (1.0, 2)}
+    assert reward_fn(mine, groups, types.SimpleNamespace()) == [[1.75, 0.0, 0.0]]
+    # the STaR variant's filter on the same three traces, scored by the same mu
+    mu = backtrack.answer_prover(engine, m=4)
+    texts = ["Step 1: a\n\nStep 2: c\n\nAnswer: 1\n\n" + BACKTRACK_MARKER + c
+             for c in scripted_backtrack_respond("x" + backtrack.FORMAT_INSTRUCTION + BACKTRACK_MARKER, 3, None)]
+    scored = backtrack.score_backtracks(mu, [("What is 1+1?", "2", t) for t in texts])
+    assert [(s[0].attempt, s[0].backtrack, s[0].revision) if s else None for s in scored] == [(0.0, 0.75, 1.0), (0.0, 0.0, 0.0), None]
+    traces = list(zip(["one", "two", "three"], scored))
+    assert backtrack.star_filter(traces) == ["one"]                       # STaR: right revisions
+    assert backtrack.star_filter(traces, threshold=0.75) == ["one"]       # MRT-STaR: and progress >= 0.75
+    assert backtrack.star_filter(traces, threshold=0.8) == []
+
+
+def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_model, tokenizer, tmp_path):
+    """On the tiny model: the data builder's CLI, a warm-start SFT on Backtrack traces (star.py sft,
+    no thought block), then one MRT-RL step in this setting (backtrack.py rl), each a clean exit."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
+                                for i in range(4)))
+    run_cli(["backtrack.py", "data", "--model", tiny_model, "--train", str(problems), "--out", str(tmp_path / "data"),
+             "--num-problems", "2", "--beam-width", "1", "--rollouts", "2", "--max-depth", "1", "--max-tokens", "12",
+             "--engine", "hf", "--max-model-len", "1024"], cwd=here)
+    assert open(tmp_path / "data" / "done.txt").read().split() == ["p0", "p1"]
+    # warm-start rows from the scripted search tree (the random model never answers right)
+    nodes = backtrack.beam_search(FakeEngine(tokenizer, scripted_steps_respond), tokenizer, "What is 1+1?", "2",
+                                  beam_width=2, rollouts=4)
+    rows = backtrack.warm_start_rows("What is 1+1?", nodes, random.Random(0), per_problem=4)["backtrack"]
+    data = tmp_path / "backtrack.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_cli(["star.py", "sft", "--model", tiny_model, "--data", str(data), "--out", str(tmp_path / "warm"),
+             "--thinking", "off", "--batch-size", "2", "--max-steps", "2", "--lr", "1e-4"], cwd=here)
+    warm = tmp_path / "warm" / "checkpoints" / "step_2"
+    run_cli(["backtrack.py", "rl", "--model", str(warm), "--train", str(problems), "--out", str(tmp_path / "rl"),
+             "--engine", "hf", "--batch-size", "4", "--num-generations", "2", "--max-prompt-length", "256",
+             "--max-completion-length", "16", "--max-model-len", "1024", "--max-steps", "1", "--beta", "0",
+             "--prover-samples", "2", "--prover-max-tokens", "4"], cwd=here)
+    (row,) = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
+    assert row["step"] == 1 and 0 <= row["backtrack_parsed"] <= 1
+    assert os.path.isfile(tmp_path / "rl" / "checkpoints" / "step_1" / "model.safetensors")
+
+
 def test_parse_steps_continuations():
     assert backtrack.parse_steps("Step 3: x = 1\n\nso y = 2\n\nStep 4: z\n\nAnswer: 5\n\nextra") == (["x = 1\n\nso y = 2", "z"], "5")
     assert backtrack.parse_steps("Preamble.\n\nStep 1: a\n\nStep 2: cut at the bud") == (["a", "cut at the bud"], None)
