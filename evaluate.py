@@ -19,6 +19,13 @@ Analyses (--analysis, comma-separated):
   extrapolate  the regret curve continued by budget forcing (App. F): mu after 0/2/4/6/8 extensions
                of a closed thought, accuracy and normalized regret at the in-budget and extended budgets
   efficiency   maj@K against total tokens spent (Fig. 7)
+  The backtracking-search setting (App. A, Sec. 8.4; --thinking off, a model warm-started by backtrack.py):
+  parallel       --backtrack-n independent attempt-backtrack-revision traces per problem: maj@N against
+                 total tokens (Fig. 8, solid)
+  linearized     an attempt and --backtrack-n sequential backtracks, each from the last --window tokens
+                 (2048 in the paper): maj@K over the first K answers against total tokens (Fig. 8, dashed)
+  progress-hist  the progress r_prg(z_1; c) of the backtrack episode of the parallel traces (Def. 6.1 with
+                 backtrack.py's mu), as a histogram (Fig. 16)
 Results: one JSON file (every number plus the configuration), a table on stdout, and with matplotlib
 installed (optional) Fig. 3- and Fig. 9-style PNGs beside it. A killed run resumes from its partial
 files (<out>.rank<r>.partial.jsonl).
@@ -36,11 +43,13 @@ import policy  # first: importing it pins this rank's GPU before torch or vLLM l
 
 import numpy as np  # noqa: E402
 
+import backtrack  # noqa: E402
 import episodes  # noqa: E402
 import prover  # noqa: E402
 
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva")
-ANALYSES = ("accuracy", "episodes", "regret", "extrapolate", "efficiency")
+ANALYSES = ("accuracy", "episodes", "regret", "extrapolate", "efficiency", "parallel", "linearized", "progress-hist")
+BACKTRACK_ANALYSES = ("parallel", "linearized", "progress-hist")
 
 
 # ==============================================================================================
@@ -290,6 +299,44 @@ def budget_forcing(engine, problems, cfg):
 # Aggregation: records -> the numbers of the paper's tables and figures
 # ==============================================================================================
 
+def score_parallel(engine, problems, cfg):
+    """parallel / progress-hist: backtrack.parallel_traces, then mu on each trace's backtrack; the
+    record keeps answers, tokens and the backtrack progress of every trace that parses (Fig. 16)."""
+    records = backtrack.parallel_traces(engine, problems, cfg.backtrack_n, cfg.max_tokens, cfg.trace_temperature, cfg.seed)
+    mu = backtrack.answer_prover(engine, m=cfg.m, max_tokens=min(cfg.prover_max_tokens, 64), temperature=cfg.prover_temperature,
+                                 seed=cfg.seed)
+    for q, record in zip(problems, records):
+        scores = backtrack.score_backtracks(mu, [(q["problem"], q["answer"], t) for t in record.pop("texts")])
+        record["progress"] = [s[0].progress for s in scores if s]
+    return records
+
+
+def summarize_majority_by_tokens(problems, records, sequential, tokens_key="tokens"):
+    """maj@K against total tokens (Fig. 7, Fig. 8). Independent samples or parallel traces: maj@K
+    averages over K-subsets (maj_at_k) and K of them cost K times their mean tokens. A linearized
+    trace's answers come in order: maj@K votes over its first K answers, which cost what its first
+    K episode pairs spent."""
+    n = len(records[0]["answers"])
+    out = []
+    for k in range(1, n + 1):
+        if sequential:
+            maj = [maj_at_k(r["answers"][:k], q["answer"], k) for q, r in zip(problems, records)]
+            tokens = [sum(r[tokens_key][:k]) for r in records]
+        else:
+            maj = [maj_at_k(r["answers"], q["answer"], k) for q, r in zip(problems, records)]
+            tokens = [k * np.mean(r[tokens_key]) for r in records]
+        out.append({"K": k, "total_tokens": float(np.mean(tokens)), "maj@K": float(np.mean(maj))})
+    return out
+
+
+def progress_histogram(values, bins=8):
+    """Fig. 16: the backtrack episodes' progress r_prg(z_1; c) in [-1, 1], binned: edges, counts, mean."""
+    counts, edges = np.histogram(values, bins=bins, range=(-1.0, 1.0))
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "n": len(values),
+            "mean": float(np.mean(values)) if values else None,
+            "fraction_positive": float(np.mean([v > 0 for v in values])) if values else None}
+
+
 def _ks(n):
     return sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n} | {n})
 
@@ -307,11 +354,7 @@ def summarize_accuracy(problems, records):
 
 def summarize_efficiency(problems, records):
     """Fig. 7: maj@K against the total tokens of K responses, K = 1..n."""
-    n = len(records[0]["correct"])
-    mean_tokens = float(np.mean([t for r in records for t in r["num_tokens"]]))
-    return [{"K": k, "total_tokens": k * mean_tokens,
-             "maj@K": float(np.mean([maj_at_k(r["answers"], q["answer"], k) for q, r in zip(problems, records)]))}
-            for k in range(1, n + 1)]
+    return summarize_majority_by_tokens(problems, records, sequential=False, tokens_key="num_tokens")
 
 
 def _mean_curves(curves):
@@ -395,10 +438,11 @@ def summarize_extrapolation(records, cfg):
 # ==============================================================================================
 
 PARTS = {"accuracy": "samples", "efficiency": "samples", "episodes": "episodes", "regret": "episodes",
-         "extrapolate": "forcing"}
+         "extrapolate": "forcing", "parallel": "backtrack", "progress-hist": "backtrack", "linearized": "linearized"}
 CONFIG_KEYS = ("model", "benchmarks", "n", "temperature", "top_p", "max_tokens", "traces", "trace_temperature",
                "group_size", "m", "prover_temperature", "prover_max_tokens", "maj_p", "direct_model", "direct_n",
-               "direct_max_tokens", "direct_thinking", "forcings", "force_tokens", "extrapolate_n", "limit", "seed", "thinking")
+               "direct_max_tokens", "direct_thinking", "forcings", "force_tokens", "extrapolate_n", "limit", "seed", "thinking",
+               "backtrack_n", "window")
 
 
 def _parse_ints(parser, flag, text, minimum=0):
@@ -447,6 +491,9 @@ def parse_args(argv=None):
     p.add_argument("--extrapolate-n", type=int, default=4, help="extrapolate: traces per problem")
     p.add_argument("--extrapolate-budgets", default="20480,24576,28672,32768",
                    help="token budgets of the extrapolated normalized regret (Fig. 9 dashed)")
+    p.add_argument("--backtrack-n", type=int, default=10,
+                   help="parallel: traces per problem; linearized: sequential backtracks (Fig. 8: K up to 10)")
+    p.add_argument("--window", type=int, default=2048, help="linearized: tokens of the trace kept in context (Sec. 8.4: 2048)")
     p.add_argument("--chunk-size", type=int, default=32, help="problems per engine batch; also the resume granularity")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots even when matplotlib is installed")
@@ -457,7 +504,7 @@ def parse_args(argv=None):
     if bad or not args.analysis:
         p.error(f"--analysis: unknown {bad}; choose from {', '.join(ANALYSES)}")
     for flag in ("n", "max_tokens", "traces", "group_size", "m", "prover_max_tokens", "direct_n", "direct_max_tokens",
-                 "force_tokens", "extrapolate_n", "chunk_size"):
+                 "force_tokens", "extrapolate_n", "chunk_size", "backtrack_n", "window"):
         if getattr(args, flag) < 1:
             p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < 1:
@@ -490,6 +537,9 @@ def parse_args(argv=None):
     if not args.thinking and "extrapolate" in args.analysis:
         p.error("--analysis extrapolate forces a model to think longer after </think> (App. F): it needs a model "
                 "with a thought block (--thinking on)")
+    if args.thinking and any(a in BACKTRACK_ANALYSES for a in args.analysis):
+        p.error(f"--analysis {','.join(a for a in args.analysis if a in BACKTRACK_ANALYSES)}: the backtracking setting "
+                "(App. A) has no thought block; pass --thinking off")
     args.out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.model)) + ".json")
     return args
 
@@ -545,7 +595,7 @@ def score_shard(args, config, mine, engine=None):
             log.write(json.dumps({"config": config}) + "\n")
         for start in range(0, len(todo), args.chunk_size):
             chunk = todo[start:start + args.chunk_size]
-            for part in [part for part in ("samples", "episodes", "forcing") if part in parts]:
+            for part in [part for part in ("samples", "episodes", "forcing", "backtrack", "linearized") if part in parts]:
                 need = [(b, q) for b, q in chunk if (b, q["id"], part) not in done]
                 if not need:
                     continue
@@ -555,6 +605,11 @@ def score_shard(args, config, mine, engine=None):
                     records = sample_responses(engine, problems, args)
                 elif part == "episodes":
                     records = score_episodes(engine, direct_engine, problems, args)
+                elif part == "backtrack":
+                    records = score_parallel(engine, problems, args)
+                elif part == "linearized":
+                    records = backtrack.linearized_traces(engine, problems, args.backtrack_n, args.window,
+                                                          args.max_tokens, args.trace_temperature, args.seed)
                 else:
                     records = budget_forcing(engine, problems, args)
                 seconds[part] = seconds.get(part, 0.0) + time.time() - t_part
@@ -616,6 +671,12 @@ def summarize(args, config, world, benchmarks, done):
             entry["regret"] = summarize_regret(records("episodes"), args)
         if "extrapolate" in args.analysis:
             entry["extrapolate"] = summarize_extrapolation(records("forcing"), args)
+        if "parallel" in args.analysis:
+            entry["parallel"] = summarize_majority_by_tokens(problems, records("backtrack"), sequential=False)
+        if "linearized" in args.analysis:
+            entry["linearized"] = summarize_majority_by_tokens(problems, records("linearized"), sequential=True)
+        if "progress-hist" in args.analysis:
+            entry["progress-hist"] = progress_histogram([p for r in records("backtrack") for p in r["progress"]])
         results["benchmarks"][b] = entry
     if "accuracy" in args.analysis:
         results["average_pass@1"] = float(np.mean([e["accuracy"]["pass@1"] for e in results["benchmarks"].values()]))
@@ -683,6 +744,14 @@ def print_table(results):
             print("   extrapolate: " + "  ".join(f"F={f}: acc {x['accuracy'][f]:.3f} tokens {x['mean_tokens'][f]:.0f}"
                                                 for f in x["accuracy"])
                   + "; normalized regret " + "  ".join(f"C0={c}: {v:.3f}" for c, v in x["normalized_regret"].items()))
+        for mode in ("parallel", "linearized"):
+            if mode in e:
+                print(f"   {mode} (K: tokens, maj@K): " + "  ".join(
+                    f"{r['K']}: {r['total_tokens']:.0f}, {r['maj@K']:.3f}" for r in e[mode]))
+        if "progress-hist" in e:
+            h = e["progress-hist"]
+            print(f"   backtrack progress ({h['n']} backtracks): counts {h['counts']} over [-1, 1]"
+                  + (f", mean {h['mean']:.3f}, positive {h['fraction_positive']:.2f}" if h["n"] else ""))
     if "average_pass@1" in results:
         print(f"== average pass@1 {results['average_pass@1']:.3f}")
 
@@ -710,6 +779,24 @@ def plot(results, out):
                 ax.legend()
             fig.tight_layout()
             fig.savefig(f"{stem}.{b}.fig3.png")
+            plt.close(fig)
+        if "progress-hist" in e and e["progress-hist"]["n"]:
+            h = e["progress-hist"]
+            fig, ax = plt.subplots(figsize=(5, 4))
+            ax.bar([(a + b) / 2 for a, b in zip(h["edges"], h["edges"][1:])], h["counts"], width=h["edges"][1] - h["edges"][0])
+            ax.set(title=f"{b}: progress of the backtrack episode (Fig. 16)", xlabel="r_prg(z_1)", ylabel="backtracks")
+            fig.tight_layout()
+            fig.savefig(f"{stem}.{b}.fig16.png")
+            plt.close(fig)
+        modes = [m for m in ("parallel", "linearized") if m in e]
+        if modes:
+            fig, ax = plt.subplots(figsize=(5, 4))
+            for m in modes:
+                ax.plot([r["total_tokens"] for r in e[m]], [r["maj@K"] for r in e[m]], "o-" if m == "parallel" else "o--", label=m)
+            ax.set(title=f"{b}: maj@K against tokens (Fig. 8)", xlabel="total tokens", ylabel="maj@K")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(f"{stem}.{b}.fig8.png")
             plt.close(fig)
         curves = {k: e[k] for k in ("regret", "extrapolate") if k in e}
         if curves:

