@@ -376,6 +376,98 @@ def linearized_traces(engine, problems, backtracks, window, max_tokens, temperat
 
 
 # ==============================================================================================
+# Fig. 15 on the toy world: which warm-start data is easiest to fit
+# ==============================================================================================
+
+class ToyStepPolicy:
+    """A scripted base policy for the toy world (toy.py) in the Fig. 30 format, as an Engine: each
+    step tries a digit ("Try 4: g(4)=2, target 7. No."), re-trying one already tried with
+    world.p_redundant; after a failed try it stops with world.p_stop and guesses an untried digit;
+    a "Yes" is followed by its answer. Its success rate from a partial solution is therefore set by
+    how many digits are still untried: the beam search has real values to find."""
+
+    def __init__(self, world, tokenizer, seed=0):
+        import toy
+        self.world, self.tokenizer, self.seed = world, tokenizer, seed
+        self.functions = toy.hidden_functions(world)
+        self.problems = {q["problem"]: q for q in sum(toy.make_problems(world), [])}
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
+        out = []
+        for i, p in enumerate(prompts):
+            text = p if isinstance(p, str) else self.tokenizer.decode(p)
+            q = next(q for problem, q in self.problems.items() if problem in text)
+            done = [int(c) for c in re.findall(r"Step \d+: Try (\d+):", text.split(FORMAT_INSTRUCTION, 1)[1])]
+            rng = random.Random(f"{self.seed}-{seed}-{i}-{text}")
+            out.append([prover.Sample(t, [], "stop") for t in (self._continue(q, done, rng) for _ in range(n))])
+        return out
+
+    def _continue(self, q, tried, rng):
+        values, target, x = self.functions[q["function"]], q["target"], int(q["answer"])
+        tried, text, step = list(tried), "", len(tried) + 1
+        if tried and tried[-1] == x:    # the partial solution ends with the "Yes": answer it
+            return f"Answer: {x}"
+        while True:
+            untried = [c for c in range(self.world.symbols) if c not in tried]
+            if tried and tried[-1] != x and rng.random() < self.world.p_stop and untried:
+                return text + f"Answer: {rng.choice(untried)}"
+            c = rng.choice(tried) if tried and (rng.random() < self.world.p_redundant or not untried) else rng.choice(untried)
+            text += f"Step {step}: Try {c}: {q['function']}({c})={values[c]}, target {target}. {'Yes' if c == x else 'No'}.\n\n"
+            tried.append(c)
+            step += 1
+            if c == x:
+                return text + f"Answer: {x}"
+
+
+def fig15(args):
+    """Build the three warm-start datasets with ToyStepPolicy's beam search on the toy world's training
+    problems, then SFT the shipped toy warm start on each for the same number of steps and report the
+    per-token training loss against tokens trained on (Fig. 15)."""
+    import toy
+    from transformers import AutoTokenizer
+    world = toy.World()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    engine = ToyStepPolicy(world, tokenizer, seed=args.seed)
+    train, _ = toy.make_problems(world)
+    data = {"backtrack": [], "rise": [], "rejection": []}
+    for i, q in enumerate(train):
+        nodes = beam_search(engine, tokenizer, q["problem"], q["answer"], args.beam_width, args.rollouts, args.max_depth,
+                            seed=args.seed + 104729 * i)
+        for name, rows in warm_start_rows(q["problem"], nodes, random.Random(args.seed + i), args.per_problem).items():
+            data[name] += rows
+    os.makedirs(args.out, exist_ok=True)
+    curves = {}
+    for name, rows in data.items():
+        path = os.path.join(args.out, f"{name}.jsonl")
+        policy.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        run_dir = os.path.join(args.out, f"sft_{name}")
+        cfg = star.parse_args(["sft", "--model", args.model, "--data", path, "--out", run_dir, "--thinking", "off",
+                               "--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--lr", str(args.lr),
+                               "--warmup-ratio", "0", "--save-every", str(args.steps), "--seed", str(args.seed),
+                               "--max-seq-length", "1024"])   # the toy model's context
+        examples, _ = star.load_sft_data(path, tokenizer, False, cfg.max_seq_length, cfg.truncate)
+        star.sft(cfg, examples, args.model, tokenizer, run_dir)
+        log = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"sft_step"' in line]
+        tokens = 0
+        curves[name] = []
+        for row in log:
+            tokens += row["completion_tokens"]
+            curves[name].append((tokens, row["loss"]))
+        mean_len = sum(len(r["completion"]) for r in rows) / max(len(rows), 1)
+        print(f"{name:9s} {len(rows):4d} rows, {mean_len:5.0f} chars per completion; loss at steps "
+              + ", ".join(f"{s}: {curves[name][s - 1][1]:.3f}" for s in sorted({1, args.steps // 4, args.steps // 2, args.steps})
+                          if s >= 1))
+    # the paper compares at equal token budgets: each curve's loss once it has trained on as many
+    # completion tokens as the shortest run saw in all
+    budget = min(c[-1][0] for c in curves.values())
+    at_budget = {name: next(loss for tokens, loss in c if tokens >= budget) for name, c in curves.items()}
+    print(f"loss after {budget} completion tokens: " + ", ".join(f"{n} {v:.3f}" for n, v in at_budget.items()))
+    policy.write_atomic(os.path.join(args.out, "fig15.json"), json.dumps({"curves": curves, "token_budget": budget,
+                                                                          "loss_at_budget": at_budget}))
+    return curves
+
+
+# ==============================================================================================
 # CLI
 # ==============================================================================================
 
@@ -470,7 +562,28 @@ def main(argv=None):
     t.set_defaults(max_seq_length=4096)   # Table 4
     prover.add_engine_args(t)
 
+    f = sub.add_parser("fig15", help="Fig. 15 on the toy world: SFT loss of the Backtrack, RISE and rejection datasets")
+    f.add_argument("--model", default=None, help="the model to fine-tune (default: the shipped toy warm start)")
+    f.add_argument("--out", default="runs/fig15", help="folder for the datasets, SFT runs and fig15.json")
+    f.add_argument("--beam-width", type=int, default=4, help="beam width (default 4)")
+    f.add_argument("--rollouts", type=int, default=8, help="rollouts per node (default 8)")
+    f.add_argument("--max-depth", type=int, default=10, help="deepest partial solution (default 10)")
+    f.add_argument("--per-problem", type=int, default=4, help="rows per problem and dataset (default 4)")
+    f.add_argument("--steps", type=int, default=100, help="SFT steps per dataset (default 100)")
+    f.add_argument("--batch-size", type=int, default=16, help="SFT batch (default 16)")
+    f.add_argument("--lr", type=float, default=5e-4, help="SFT learning rate (default 5e-4)")
+    f.add_argument("--seed", type=int, default=0, help="seed")
+
     args = p.parse_args(argv)
+    if args.command == "fig15":
+        import toy
+        args.model = args.model or toy.WARM_START_DIR
+        policy.setup_distributed()
+        try:
+            fig15(args)
+        finally:
+            policy.teardown()
+        return
     if args.command == "rl":
         args.thinking = "off"
         cfg = grpo.check_args(r, args)

@@ -482,6 +482,26 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
     assert f"kept {len(kept)} of 4 traces" in proc.stdout
 
 
+def test_toy_step_policy_feeds_the_beam_search_real_values():
+    """Fig. 15's toy base policy: its continuations are the Fig. 30 format, say Yes exactly at x and
+    then answer x; the beam search over it finds nodes of different value, and its rows parse."""
+    from transformers import AutoTokenizer
+    world, tok = toy.World(), AutoTokenizer.from_pretrained(toy.WARM_START_DIR)
+    engine = backtrack.ToyStepPolicy(world, tok)
+    q = toy.make_problems(world)[0][0]
+    nodes = backtrack.beam_search(engine, tok, q["problem"], q["answer"], beam_width=2, rollouts=6, max_depth=4)
+    for node in nodes.values():
+        for rest, answer, reward in node.rollouts:
+            steps = list(node.steps) + rest
+            yes = [s for s in steps if s.endswith("Yes.")]
+            assert all(s.startswith(f"Try {q['answer']}:") for s in yes)
+            assert (answer == q["answer"]) == (reward == 1.0) and (not yes or answer == q["answer"])
+    assert len({n.success_rate for n in nodes.values()}) > 1
+    rows = backtrack.warm_start_rows(q["problem"], nodes, random.Random(0), per_problem=2)
+    for row in rows["backtrack"] + rows["rise"]:
+        assert parse_backtrack(row["completion"])[0].revision_answer == q["answer"]
+
+
 def test_parse_steps_continuations():
     assert backtrack.parse_steps("Step 3: x = 1\n\nso y = 2\n\nStep 4: z\n\nAnswer: 5\n\nextra") == (["x = 1\n\nso y = 2", "z"], "5")
     assert backtrack.parse_steps("Preamble.\n\nStep 1: a\n\nStep 2: cut at the bud") == (["a", "cut at the bud"], None)
