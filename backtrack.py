@@ -1,26 +1,27 @@
-"""backtrack.py: the backtracking-search setting of App. A: warm-start SFT data (App. A.2, Fig. 14).
+"""backtrack.py: the backtracking-search setting (App. A, Sec. 8.4), on the project's loops.
 
-    python backtrack.py data --model PATH --train data/math_train_4k.jsonl --out runs/backtrack_data
-    python star.py sft --model PATH --data runs/backtrack_data/backtrack.jsonl --thinking off --out runs/warm
-    torchrun --nproc_per_node 8 backtrack.py rl --model runs/warm/checkpoints/step_N --out runs/bt_rl     # MRT-RL
-    torchrun --nproc_per_node 8 backtrack.py star --model runs/warm/... --progress-threshold 0.25 --out runs/bt_star
+    python backtrack.py data --model BASE --train data/math_train_4k.jsonl --out runs/bt_data
+    python star.py sft --model BASE --data runs/bt_data/backtrack.jsonl --thinking off --out runs/bt_warm
+    torchrun --nproc_per_node 8 backtrack.py rl --model runs/bt_warm/checkpoints/step_N --out runs/bt_rl
+    torchrun --nproc_per_node 8 backtrack.py star --model runs/bt_warm/... --progress-threshold 0.25 --out runs/bt_star
+    python backtrack.py fig15                        # Fig. 15's SFT-loss comparison on the toy world
 
 In this setting there is no <think> block: a response is an attempt z_0 ("Step 1: ...", ...,
 "Answer: ..."), a backtrack episode z_1 (episodes.BACKTRACK_MARKER and a short note), and a revised
 attempt z_2 that restarts at some "Step k:" (the Fig. 30 format that episodes.parse_backtrack reads).
-A base model almost never writes backtracks, so MRT starts from a warm start built here, per
-training problem:
 
-    beam_search        a step-level beam search against the 0/1 outcome reward, each partial solution's
-                       success rate estimated by rollouts from it (rollouts in place of a PRM)
-    backtrack_trace    a failed attempt, the marker, a backtrack to the prefix node with the highest
-                       estimated success rate, and a correct completion from that node ("Backtrack")
-    rise_trace         an arbitrary wrong attempt stitched to a correct solution from scratch ("RISE")
-    rejection rows     correct solutions alone ("rejection sampling", STaR)
-
-The three datasets are JSONL in star.py sft's format (problem, completion), so that the Fig. 15
-training-loss comparison runs with `star.py sft --data ... --thinking off`.
+    warm-start data (App. A.2)  beam_search: a step-level beam search against the 0/1 outcome reward,
+                                each partial solution valued by rollouts from it (in place of a PRM);
+                                backtrack_trace / rise_trace / rejection rows: the three datasets of
+                                Fig. 14-15, JSONL in star.py sft's format
+    mu and progress (A.1)       score_backtracks: J_r(mu | x, .) after the attempt, the backtrack and the
+                                revision, mu = "answer now" (answers forced after the kept steps)
+    MRT-STaR (A.1)              star_filter, star_iteration: right revisions whose backtrack made progress
+    MRT-RL (A.1)                backtrack_rl: grpo.train's pieces for r(x; z_2) + alpha * r_prg(z_1)
+    evaluation (Sec. 8.4)       parallel_traces, linearized_traces + sliding_window (evaluate.py's
+                                --analysis parallel,linearized,progress-hist)
 """
+
 
 import argparse
 import json
@@ -128,8 +129,8 @@ def solutions(nodes):
 def backtrack_node(nodes, attempt_steps):
     """The step to backtrack to for a failed attempt: the prefix z_{0:j} of the attempt (j < its
     length, a node of the tree with a correct rollout of at least one step, which the revision will
-    be) whose estimated success rate is highest; on a
-    tie, the deepest (the most of the attempt is kept). Returns j, or None if no prefix qualifies."""
+    be) whose estimated success rate is highest; on a tie, the deepest (the most of the attempt is
+    kept). Returns j, or None if no prefix qualifies."""
     best = None
     for j in range(len(attempt_steps)):
         node = nodes.get(tuple(attempt_steps[:j]))
@@ -170,8 +171,10 @@ def warm_start_rows(problem, nodes, rng, per_problem=4):
     rng.shuffle(right)
     rows = {"backtrack": [], "rise": [], "rejection": []}
     for steps, answer in wrong:
+        if len(rows["backtrack"]) == per_problem:
+            break
         trace = backtrack_trace(nodes, steps, answer, rng)
-        if trace is not None and len(rows["backtrack"]) < per_problem:
+        if trace is not None:
             rows["backtrack"].append(trace)
     if right:
         rows["rise"] = [rise_trace(w, rng.choice(right)) for w in wrong[:per_problem]]
