@@ -257,16 +257,25 @@ def star_filter(traces, threshold=None):
 # On-policy rollouts (Fig. 13) and the RL variant's reward
 # ==============================================================================================
 
-def attempt_contexts(engine, problems, max_tokens, temperature, seed):
-    """z_0 ~ pi(.|x) for each problem, cut at the marker, then the context x, z_0, marker that a
-    backtrack continues: (context ids, attempt texts)."""
-    tok = engine.tokenizer
-    heads = [prover.build_prompt(tok, backtrack_messages(q["problem"]), thinking=False) for q in problems]
-    attempts = [g[0].text.rstrip() for g in engine.generate(heads, n=1, temperature=temperature, max_tokens=max_tokens,
-                                                            seed=seed, stop=[episodes.BACKTRACK_MARKER])]
-    contexts = [h + tok.encode(a + "\n\n" + episodes.BACKTRACK_MARKER, add_special_tokens=False)
+def _attempts(engine, problems, n, max_tokens, temperature, seed):
+    """(heads, attempt samples [problem][n]): z_0 ~ pi(.|x), each cut at the marker."""
+    heads = [prover.build_prompt(engine.tokenizer, backtrack_messages(q["problem"]), thinking=False) for q in problems]
+    return heads, engine.generate(heads, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                  stop=[episodes.BACKTRACK_MARKER])
+
+
+def on_policy_traces(engine, problems, n, attempt_tokens, continuation_tokens, temperature, seed, top_p=1.0):
+    """Fig. 13's rollouts: an attempt z_0 ~ pi(.|x) per problem (cut at the marker), the marker, then n
+    continuations (the backtrack z_1 and the revision z_2, cut at a next marker). Returns the contexts
+    x, z_0, marker (ids), the continuation samples [problem][n] and the whole traces' texts."""
+    heads, attempts = _attempts(engine, problems, 1, attempt_tokens, temperature, seed)
+    attempts = [row[0].text.rstrip() for row in attempts]
+    contexts = [h + engine.tokenizer.encode(a + "\n\n" + episodes.BACKTRACK_MARKER, add_special_tokens=False)
                 for h, a in zip(heads, attempts)]
-    return contexts, attempts
+    groups = engine.generate(contexts, n=n, temperature=temperature, top_p=top_p, max_tokens=continuation_tokens,
+                             seed=seed + 1, stop=[episodes.BACKTRACK_MARKER])
+    texts = [[a + "\n\n" + episodes.BACKTRACK_MARKER + s.text for s in g] for a, g in zip(attempts, groups)]
+    return contexts, groups, texts
 
 
 def backtrack_rl(alpha=1.0, m=4, prover_max_tokens=32):
@@ -283,11 +292,8 @@ def backtrack_rl(alpha=1.0, m=4, prover_max_tokens=32):
     def rollout_fn(engine, mine, cfg, step):
         seed = grpo.step_seed(cfg, step)
         half = cfg.max_completion_length // 2      # the attempt and its continuation share the budget
-        contexts, attempts = attempt_contexts(engine, mine, half, cfg.temperature, seed)
-        groups = engine.generate(contexts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 max_tokens=cfg.max_completion_length - half, seed=seed + 1,
-                                 stop=[episodes.BACKTRACK_MARKER])
-        texts = [[a + "\n\n" + episodes.BACKTRACK_MARKER + s.text for s in g] for a, g in zip(attempts, groups)]
+        contexts, groups, texts = on_policy_traces(engine, mine, cfg.num_generations, half, cfg.max_completion_length - half,
+                                                   cfg.temperature, seed, cfg.top_p)
         mu = answer_prover(engine, m=m, max_tokens=prover_max_tokens, seed=seed + 2)
         flat = score_backtracks(mu, [(q["problem"], q["answer"], t) for q, ts in zip(mine, texts) for t in ts])
         state["scores"] = [flat[i * cfg.num_generations:(i + 1) * cfg.num_generations] for i in range(len(mine))]
@@ -323,13 +329,6 @@ def sliding_window(segments, window, is_marker):
             kept.append(segment[len(segment) - (window - total):])
         break
     return [t for segment in reversed(kept) for t in segment]
-
-
-def _attempts(engine, problems, n, max_tokens, temperature, seed):
-    """(heads, attempt samples [problem][n]): z_0 ~ pi(.|x), each cut at the marker."""
-    heads = [prover.build_prompt(engine.tokenizer, backtrack_messages(q["problem"]), thinking=False) for q in problems]
-    return heads, engine.generate(heads, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                                  stop=[episodes.BACKTRACK_MARKER])
 
 
 def parallel_traces(engine, problems, n, max_tokens, temperature, seed):
@@ -506,15 +505,9 @@ def star_iteration(cfg, engine, problems, tokenizer):
     """One iteration of the STaR variant (App. A.1): on-policy traces (Fig. 13), mu on each backtrack,
     star_filter (--progress-threshold; none: the STaR baseline), then SFT on the kept traces, from the
     weights the engine holds. Returns (kept rows, scored traces)."""
-    contexts, attempts = attempt_contexts(engine, problems, cfg.max_tokens, cfg.temperature, cfg.seed)
-    groups = engine.generate(contexts, n=cfg.rollouts, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                             seed=cfg.seed + 1, stop=[episodes.BACKTRACK_MARKER])
-    items, rows = [], []
-    for q, attempt, group in zip(problems, attempts, groups):
-        for s in group:
-            text = attempt + "\n\n" + episodes.BACKTRACK_MARKER + s.text
-            items.append((q["problem"], q["answer"], text))
-            rows.append({"prompt": backtrack_messages(q["problem"]), "completion": text})
+    _, _, texts = on_policy_traces(engine, problems, cfg.rollouts, cfg.max_tokens, cfg.max_tokens, cfg.temperature, cfg.seed)
+    items = [(q["problem"], q["answer"], text) for q, row in zip(problems, texts) for text in row]
+    rows = [{"prompt": backtrack_messages(problem), "completion": text} for problem, _, text in items]
     scores = score_backtracks(answer_prover(engine, cfg.m, cfg.prover_max_tokens, seed=cfg.seed + 2), items)
     kept = star_filter(list(zip(rows, scores)), cfg.progress_threshold)
     data = os.path.join(cfg.out, "data.jsonl")
