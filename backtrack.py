@@ -14,12 +14,19 @@ attempt z_2 that restarts at some "Step k:" (the Fig. 30 format that episodes.pa
                                 each partial solution valued by rollouts from it (in place of a PRM);
                                 backtrack_trace / rise_trace / rejection rows: the three datasets of
                                 Fig. 14-15, JSONL in star.py sft's format
-    mu and progress (A.1)       score_backtracks: J_r(mu | x, .) after the attempt, the backtrack and the
+    mu and progress (A.1)       prover.score_backtracks: J_r(mu | x, .) after the attempt, the backtrack and the
                                 revision, mu = "answer now" (answers forced after the kept steps)
     MRT-STaR (A.1)              star_filter, star_iteration: right revisions whose backtrack made progress
-    MRT-RL (A.1)                backtrack_rl: grpo.train's pieces for r(x; z_2) + alpha * r_prg(z_1)
-    evaluation (Sec. 8.4)       parallel_traces, linearized_traces + sliding_window (evaluate.py's
-                                --analysis parallel,linearized,progress-hist)
+    MRT-RL (A.1)                rl_step: grpo.train's step function, progress_adjusted_rewards
+                                r(x; z_2) + alpha * r_prg(z_1)
+    evaluation (Sec. 8.4)       evaluate.parallel_traces, evaluate.linearized_traces (--analysis
+                                parallel,linearized,progress-hist)
+
+What is not training lives below, where measurement can use it without a trainer: the format
+(episodes.parse_steps, backtrack_messages, kept_prefix), this setting's mu (prover.answer_prover,
+score_backtracks, BacktrackScores), the attempt sampler and the evaluation modes (evaluate.py).
+Imports: policy, episodes, grader, prover, evaluate (those), grpo and star (the loops), toy (Fig. 15's world),
+flags (the shared command-line flags).
 """
 
 
@@ -28,49 +35,21 @@ import json
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 
 import policy  # first: it pins this rank's GPU before torch is imported
 import episodes
+import evaluate
+import flags
+import grader
 import grpo
 import prover
 import star
+import toy
 
-
-# ==============================================================================================
-# Solutions in the Fig. 30 format
-# ==============================================================================================
-
-def parse_steps(text):
-    """A generated continuation -> (steps, answer): the bodies of its "Step n:" paragraphs and the
-    value of its "Answer:" paragraph (None when it has none: cut at the token budget). A paragraph
-    that opens neither continues the step before it; text after the answer is dropped."""
-    steps, answer = [], None
-    for paragraph in text.split("\n\n"):
-        head = paragraph.lstrip()
-        if head.startswith("Answer:"):
-            answer = head[len("Answer:"):].strip().split("\n", 1)[0].strip()
-            break
-        if head.startswith("Step ") and ":" in head[:12] and head[5:head.index(":")].strip().isdigit():
-            steps.append(head[head.index(":") + 1:].strip())
-        elif steps and head:
-            steps[-1] += "\n\n" + head
-    return steps, answer
-
-
-# The user turn of this setting: the format of Fig. 30 instead of prover.PROMPT_SUFFIX's \boxed{}.
-FORMAT_INSTRUCTION = ("Solve the problem step by step. Write each step as its own paragraph starting with "
-                      "'Step <number>:', and end with a paragraph 'Answer: <final answer>'.")
-
-
-def backtrack_messages(problem):
-    """The chat messages of a problem in this setting (build_prompt takes them as they are)."""
-    return [{"role": "user", "content": f"{problem}\n\n{FORMAT_INSTRUCTION}"}]
-
-
-def solution_prefix(steps):
-    """The response text of a partial solution: its steps in the Fig. 30 format, ready for "Step n+1:"."""
-    return "".join(f"Step {i + 1}: {s}\n\n" for i, s in enumerate(steps))
+from tqdm import tqdm  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 
 # ==============================================================================================
@@ -96,15 +75,15 @@ def beam_search(engine, tokenizer, problem, gold, beam_width=4, rollouts=8, max_
     """
     nodes, frontier = {}, [()]
     for depth in range(max_depth + 1):
-        prompts = [prover.build_prompt(tokenizer, backtrack_messages(problem), solution_prefix(s), thinking=False)
+        prompts = [prover.build_prompt(tokenizer, episodes.backtrack_messages(problem), episodes.solution_prefix(s), thinking=False)
                    for s in frontier]
         groups = engine.generate(prompts, n=rollouts, temperature=temperature, max_tokens=max_tokens,
                                  seed=seed + 7919 * depth)
         for steps, group in zip(frontier, groups):
             node = nodes[steps] = Node(steps)
             for sample in group:
-                rest, answer = parse_steps(sample.text)
-                reward = 0.0 if answer is None else prover.reward(f"Answer: {answer}", gold, thinking=False)
+                rest, answer = episodes.parse_steps(sample.text)
+                reward = 0.0 if answer is None else grader.reward(f"Answer: {answer}", gold, thinking=False)
                 node.rollouts.append((rest, answer, reward))
             node.success_rate = sum(r for _, _, r in node.rollouts) / max(len(node.rollouts), 1)
         kept = sorted(frontier, key=lambda s: -nodes[s].success_rate)[:beam_width]   # stable: ties keep order
@@ -179,96 +158,30 @@ def warm_start_rows(problem, nodes, rng, per_problem=4):
     if right:
         rows["rise"] = [rise_trace(w, rng.choice(right)) for w in wrong[:per_problem]]
         rows["rejection"] = [episodes.format_attempt(*r) for r in right[:per_problem]]
-    return {name: [{"prompt": backtrack_messages(problem), "completion": c} for c in texts] for name, texts in rows.items()}
+    return {name: [{"prompt": episodes.backtrack_messages(problem), "completion": c} for c in texts] for name, texts in rows.items()}
 
 
 # ==============================================================================================
-# The meta-prover and progress in this setting (App. A.1)
+# MRT-STaR in this setting (App. A.1): the selection
 # ==============================================================================================
-
-@dataclass
-class BacktrackScores:
-    """J_r(mu | x, .) after each episode of one backtrack (Eq. 4), with mu = "stop and answer now":
-
-        after the attempt z_0             the attempt's own answer: r(x; z_0)
-        after the backtrack z_0, z_1      answers forced right after the steps the backtrack keeps
-                                          (the prefix up to "Step k:", then "Answer:"), m samples
-        after the revision z_0, z_1, z_2  the revision's own answer: r(x; z_2)
-
-    progress is Def. 6.1's r_prg(z_1; c) of the backtrack episode: what going back gained."""
-    attempt: float
-    backtrack: float
-    revision: float
-    forced_answers: list = field(default_factory=list)
-
-    @property
-    def progress(self):
-        return self.backtrack - self.attempt
-
-
-def kept_prefix(backtracks, i):
-    """The response text mu answers from after backtrack i: the solution it revises (the first attempt,
-    or the previous backtrack's revised solution) up to its "Step k:" line, k = backtrack_step + 1."""
-    solution = backtracks[i - 1].revised_solution if i else backtracks[0].attempt
-    k = backtracks[i].backtrack_step + 1
-    return solution[:re.search(rf"^[ \t]*Step[ \t]+{k}[ \t]*:", solution, re.MULTILINE).start()]
-
-
-def answer_prover(engine, m=8, max_tokens=64, temperature=0.7, seed=0):
-    """mu for this setting: prover.MetaProver with "Answer:" as the forcing suffix, one line per answer."""
-    return prover.MetaProver(engine, m=m, temperature=temperature, max_tokens=max_tokens, seed=seed, thinking=False,
-                             suffix="Answer:", stop=["\n"])
-
-
-def score_backtracks(mu, items):
-    """BacktrackScores for every backtrack of every (problem, gold, response text); None for a text
-    that does not parse as the Fig. 30 format (no marker, bad numbering)."""
-    parsed, traces = [], []
-    for problem, gold, text in items:
-        try:
-            bts = episodes.parse_backtrack(text)
-        except ValueError:
-            parsed.append(None)
-            continue
-        parsed.append(bts)
-        traces.append((backtrack_messages(problem), gold, [kept_prefix(bts, i) for i in range(len(bts))]))
-    forced = iter(mu.score(traces))
-    out = []
-    for (problem, gold, _), bts in zip(items, parsed):
-        if bts is None:
-            out.append(None)
-            continue
-        f = next(forced)
-        grade = lambda answer: prover.reward(f"Answer: {answer}", gold, thinking=False)  # noqa: E731
-        out.append([BacktrackScores(grade(b.attempt_answer), rate, grade(b.revision_answer), answers)
-                    for b, rate, answers in zip(bts, f.success_rates, f.answers)])
-    return out
-
 
 def star_filter(traces, threshold=None):
     """The STaR variant's selection (App. A.1): keep an on-policy trace when its (first) revision is
     right, r(x; z_2) = 1, and its backtrack made progress r_prg(z_1; c) >= threshold. threshold None
-    is the STaR baseline: correctness alone. traces: (row, [BacktrackScores] or None); returns rows."""
+    is the STaR baseline: correctness alone. traces: (row, [prover.BacktrackScores] or None); returns rows."""
     return [row for row, scores in traces
             if scores and scores[0].revision == 1.0 and (threshold is None or scores[0].progress >= threshold)]
 
 
 # ==============================================================================================
-# On-policy rollouts (Fig. 13) and the RL variant's reward
+# On-policy rollouts (Fig. 13) and MRT-RL in this setting (App. A.1)
 # ==============================================================================================
-
-def _attempts(engine, problems, n, max_tokens, temperature, seed):
-    """(heads, attempt samples [problem][n]): z_0 ~ pi(.|x), each cut at the marker."""
-    heads = [prover.build_prompt(engine.tokenizer, backtrack_messages(q["problem"]), thinking=False) for q in problems]
-    return heads, engine.generate(heads, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                                  stop=[episodes.BACKTRACK_MARKER])
-
 
 def on_policy_traces(engine, problems, n, attempt_tokens, continuation_tokens, temperature, seed, top_p=1.0):
     """Fig. 13's rollouts: an attempt z_0 ~ pi(.|x) per problem (cut at the marker), the marker, then n
     continuations (the backtrack z_1 and the revision z_2, cut at a next marker). Returns the contexts
     x, z_0, marker (ids), the continuation samples [problem][n] and the whole traces' texts."""
-    heads, attempts = _attempts(engine, problems, 1, attempt_tokens, temperature, seed)
+    heads, attempts = evaluate.sample_attempts(engine, problems, 1, attempt_tokens, temperature, seed)
     attempts = [row[0].text.rstrip() for row in attempts]
     contexts = [h + engine.tokenizer.encode(a + "\n\n" + episodes.BACKTRACK_MARKER, add_special_tokens=False)
                 for h, a in zip(heads, attempts)]
@@ -278,103 +191,41 @@ def on_policy_traces(engine, problems, n, attempt_tokens, continuation_tokens, t
     return contexts, groups, texts
 
 
-def backtrack_rl(alpha=1.0, m=4, prover_max_tokens=32):
-    """grpo.train's rollout_fn, reward_fn and metrics_fn for MRT-RL in this setting (App. A.1): from an
-    on-policy attempt z_0 and the marker, G continuations (the backtrack z_1 and the revision z_2, up
-    to a next marker) are sampled and trained on; the reward is r(x; z_2) + alpha * r_prg(z_1; c), the
-    progress of the backtrack under this setting's mu. alpha = 0 is outcome-reward GRPO on the same
-    rollouts. The attempt is context, not trained on (as mrt.py's partial rollouts). Unlike mrt.py's
-    open-ended bonus, r_prg here differs between the G samples (each backtrack keeps its own steps),
-    so it can be a reward: its J_r(mu | x, z_0) part is shared by the group and GRPO's centring
-    removes it, leaving r(x; z_2) + alpha * J_r(mu | x, z_0, z_1) in effect."""
-    state = {}
+def progress_adjusted_rewards(scores, alpha):
+    """App. A.1's reward of MRT-RL in this setting, per continuation: r(x; z_2) + alpha * r_prg(z_1; c),
+    the revision's outcome plus the backtrack's progress under this setting's mu; 0 for a continuation
+    that does not parse as the Fig. 30 format. Unlike mrt_rl.py's open-ended bonus, r_prg here differs
+    between the G samples (each backtrack keeps its own steps), so it can be a reward: its
+    J_r(mu | x, z_0) part is shared by the group and GRPO's centring removes it, leaving
+    r(x; z_2) + alpha * J_r(mu | x, z_0, z_1) in effect. alpha = 0 is outcome-reward GRPO."""
+    return [[0.0 if not sc else sc[0].revision + alpha * sc[0].progress for sc in row] for row in scores]
 
-    def rollout_fn(engine, mine, cfg, step):
+
+def rl_step(alpha=1.0, m=4, prover_max_tokens=32):
+    """grpo.train's step function for MRT-RL in this setting (App. A.1): from an on-policy attempt z_0
+    and the marker, G continuations (the backtrack z_1 and the revision z_2, up to a next marker) are
+    sampled and trained on, with GRPO's group advantages of progress_adjusted_rewards. The attempt is
+    context, not trained on (as mrt_rl.py's partial rollouts)."""
+    def step_fn(engine, mine, cfg, step):
         seed = grpo.step_seed(cfg, step)
         half = cfg.max_completion_length // 2      # the attempt and its continuation share the budget
         contexts, groups, texts = on_policy_traces(engine, mine, cfg.num_generations, half, cfg.max_completion_length - half,
                                                    cfg.temperature, seed, cfg.top_p)
-        mu = answer_prover(engine, m=m, max_tokens=prover_max_tokens, seed=seed + 2)
-        flat = score_backtracks(mu, [(q["problem"], q["answer"], t) for q, ts in zip(mine, texts) for t in ts])
-        state["scores"] = [flat[i * cfg.num_generations:(i + 1) * cfg.num_generations] for i in range(len(mine))]
-        return contexts, groups
+        t0 = time.time()
+        mu = prover.answer_prover(engine, m=m, max_tokens=prover_max_tokens, seed=seed + 2)
+        flat = prover.score_backtracks(mu, [(q["problem"], q["answer"], t) for q, ts in zip(mine, texts) for t in ts])
+        scores = [flat[i * cfg.num_generations:(i + 1) * cfg.num_generations] for i in range(len(mine))]
+        rewards = progress_adjusted_rewards(scores, alpha)
+        correct = grpo.outcome_reward(mine, groups, cfg)
+        advantages = grpo.group_advantages([r for row in rewards for r in row], cfg.num_generations, cfg.scale_rewards)
+        parsed = [sc[0] for row in scores for sc in row if sc]
+        metrics = {"backtrack_parsed": (len(parsed), len(flat)),
+                   "backtrack_progress": (sum(s.progress for s in parsed), len(parsed)),
+                   "revision_correct": (sum(s.revision for s in parsed), len(parsed)),
+                   "seconds_score": (time.time() - t0, 1)}
+        return grpo.flatten_groups(contexts, groups, advantages, rewards, correct, metrics)
 
-    def reward_fn(problems, groups, cfg):
-        return [[0.0 if not sc else sc[0].revision + alpha * sc[0].progress for sc in row] for row in state["scores"]]
-
-    def metrics_fn(problems, groups, cfg):
-        scores = [sc[0] for row in state["scores"] for sc in row if sc]
-        n = len(state["scores"]) * (len(state["scores"][0]) if state["scores"] else 0)
-        return {"backtrack_parsed": (len(scores), n), "backtrack_progress": (sum(s.progress for s in scores), len(scores)),
-                "revision_correct": (sum(s.revision for s in scores), len(scores))}
-
-    return rollout_fn, reward_fn, metrics_fn
-
-
-# ==============================================================================================
-# Evaluation modes (Sec. 8.4, Fig. 8): parallel and linearized (evaluate.py runs them)
-# ==============================================================================================
-
-def sliding_window(segments, window, is_marker):
-    """The linearized mode's context (Sec. 8.4): the last `window` tokens of a trace kept as token-id
-    segments (attempts, markers, backtracks + revisions). A cut that would fall inside a marker
-    moves to the marker's end, so the window never starts inside one (and then holds fewer tokens)."""
-    kept, total = [], 0
-    for segment, marker in zip(reversed(segments), reversed(is_marker)):
-        if total + len(segment) <= window:
-            kept.append(segment)
-            total += len(segment)
-            continue
-        if not marker and window > total:
-            kept.append(segment[len(segment) - (window - total):])
-        break
-    return [t for segment in reversed(kept) for t in segment]
-
-
-def parallel_traces(engine, problems, n, max_tokens, temperature, seed):
-    """Parallel mode: n independent attempt - backtrack - revision traces per problem. Per problem:
-    {"answers": the final answer of each trace (the revision's, or the attempt's when the revision
-    gives none), "tokens": tokens generated per trace, "texts": the traces}."""
-    tok = engine.tokenizer
-    heads, attempts = _attempts(engine, problems, n, max_tokens, temperature, seed)
-    marker = "\n\n" + episodes.BACKTRACK_MARKER
-    contexts = [h + tok.encode(a.text.rstrip() + marker, add_special_tokens=False) for h, row in zip(heads, attempts)
-                for a in row]
-    revisions = engine.generate(contexts, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed + 1,
-                                stop=[episodes.BACKTRACK_MARKER])
-    records = []
-    for i, row in enumerate(attempts):
-        answers, tokens, texts = [], [], []
-        for j, a in enumerate(row):
-            (r,) = revisions[i * n + j]
-            answers.append(parse_steps(r.text)[1] or parse_steps(a.text)[1])
-            tokens.append(a.num_tokens + r.num_tokens)
-            texts.append(a.text.rstrip() + marker + r.text)
-        records.append({"answers": answers, "tokens": tokens, "texts": texts})
-    return records
-
-
-def linearized_traces(engine, problems, backtracks, window, max_tokens, temperature, seed):
-    """Linearized mode: an attempt, then `backtracks` sequential backtracks, each sampled from the
-    prompt, the last `window` tokens of the trace so far (sliding_window) and the marker; the trace
-    grows far past the context the model was trained with. Per problem: {"answers": the attempt's
-    answer, then each revision's, "tokens": tokens generated by each episode pair}."""
-    tok = engine.tokenizer
-    marker = tok.encode("\n\n" + episodes.BACKTRACK_MARKER, add_special_tokens=False)
-    heads, attempts = _attempts(engine, problems, 1, max_tokens, temperature, seed)
-    segments = [[tok.encode(row[0].text.rstrip(), add_special_tokens=False)] for row in attempts]
-    is_marker = [[False] for _ in problems]
-    records = [{"answers": [parse_steps(row[0].text)[1]], "tokens": [row[0].num_tokens]} for row in attempts]
-    for b in range(backtracks):
-        contexts = [h + sliding_window(seg, window, mk) + marker for h, seg, mk in zip(heads, segments, is_marker)]
-        outs = engine.generate(contexts, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed + 1 + b,
-                               stop=[episodes.BACKTRACK_MARKER])
-        for seg, mk, record, (out,) in zip(segments, is_marker, records, outs):
-            seg += [marker, tok.encode(out.text.rstrip(), add_special_tokens=False)]
-            mk += [True, False]
-            record["answers"].append(parse_steps(out.text)[1])
-            record["tokens"].append(out.num_tokens)
-    return records
+    return step_fn
 
 
 # ==============================================================================================
@@ -389,7 +240,6 @@ class ToyStepPolicy:
     how many digits are still untried: the beam search has real values to find."""
 
     def __init__(self, world, tokenizer, seed=0):
-        import toy
         self.world, self.tokenizer, self.seed = world, tokenizer, seed
         self.functions = toy.hidden_functions(world)
         self.problems = {q["problem"]: q for q in sum(toy.make_problems(world), [])}
@@ -399,7 +249,7 @@ class ToyStepPolicy:
         for i, p in enumerate(prompts):
             text = p if isinstance(p, str) else self.tokenizer.decode(p)
             q = next(q for problem, q in self.problems.items() if problem in text)
-            done = [int(c) for c in re.findall(r"Step \d+: Try (\d+):", text.split(FORMAT_INSTRUCTION, 1)[1])]
+            done = [int(c) for c in re.findall(r"Step \d+: Try (\d+):", text.split(episodes.FORMAT_INSTRUCTION, 1)[1])]
             rng = random.Random(f"{self.seed}-{seed}-{i}-{text}")
             out.append([prover.Sample(t, [], "stop") for t in (self._continue(q, done, rng) for _ in range(n))])
         return out
@@ -425,8 +275,6 @@ def fig15(args):
     """Build the three warm-start datasets with ToyStepPolicy's beam search on the toy world's training
     problems, then SFT the shipped toy warm start on each for the same number of steps and report the
     per-token training loss against tokens trained on (Fig. 15)."""
-    import toy
-    from transformers import AutoTokenizer
     world = toy.World()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     engine = ToyStepPolicy(world, tokenizer, seed=args.seed)
@@ -443,10 +291,9 @@ def fig15(args):
         path = os.path.join(args.out, f"{name}.jsonl")
         policy.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         run_dir = os.path.join(args.out, f"sft_{name}")
-        cfg = star.parse_args(["sft", "--model", args.model, "--data", path, "--out", run_dir, "--thinking", "off",
-                               "--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--lr", str(args.lr),
-                               "--warmup-ratio", "0", "--save-every", str(args.steps), "--seed", str(args.seed),
-                               "--max-seq-length", "1024"])   # the toy model's context
+        cfg = star.sft_config(model=args.model, out=run_dir, batch_size=args.batch_size, max_steps=args.steps,
+                              lr=args.lr, warmup_ratio=0.0, save_every=args.steps, seed=args.seed,
+                              max_seq_length=1024)   # the toy model's context
         examples, _ = star.load_sft_data(path, tokenizer, False, cfg.max_seq_length, cfg.truncate)
         star.sft(cfg, examples, args.model, tokenizer, run_dir)
         log = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"sft_step"' in line]
@@ -476,9 +323,8 @@ def fig15(args):
 def build_data(args):
     """Beam search on every training problem, then the three datasets, appended problem by problem
     (a killed run resumes after the last problem it finished)."""
-    from tqdm import tqdm
     os.makedirs(args.out, exist_ok=True)
-    problems = prover.load_problems(args.train)[:args.num_problems]
+    problems = prover.load_problems(args.train, years=args.train_years)[:args.num_problems]
     done_path = os.path.join(args.out, "done.txt")
     done = set(open(done_path).read().split()) if os.path.exists(done_path) else set()
     engine = prover.engine_from_args(args, args.model, seed=args.seed)
@@ -507,8 +353,8 @@ def star_iteration(cfg, engine, problems, tokenizer):
     weights the engine holds. Returns (kept rows, scored traces)."""
     _, _, texts = on_policy_traces(engine, problems, cfg.rollouts, cfg.max_tokens, cfg.max_tokens, cfg.temperature, cfg.seed)
     items = [(q["problem"], q["answer"], text) for q, row in zip(problems, texts) for text in row]
-    rows = [{"prompt": backtrack_messages(problem), "completion": text} for problem, _, text in items]
-    scores = score_backtracks(answer_prover(engine, cfg.m, cfg.prover_max_tokens, seed=cfg.seed + 2), items)
+    rows = [{"prompt": episodes.backtrack_messages(problem), "completion": text} for problem, _, text in items]
+    scores = prover.score_backtracks(prover.answer_prover(engine, cfg.prover_samples, cfg.prover_max_tokens, seed=cfg.seed + 2), items)
     kept = star_filter(list(zip(rows, scores)), cfg.progress_threshold)
     data = os.path.join(cfg.out, "data.jsonl")
     policy.write_atomic(data, "".join(json.dumps(r) + "\n" for r in kept))
@@ -522,58 +368,54 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="warm-start SFT data (App. A.2): beam search, then the three datasets")
-    d.add_argument("--model", required=True, help="the base model that samples steps (App. A: Llama-3.1-8B-Instruct)")
-    d.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"), help="training problems (JSONL)")
+    flags.add_model(d, help="the base model that samples steps (App. A: Llama-3.1-8B-Instruct)")
+    flags.add_train_data(d)
     d.add_argument("--out", required=True, help="folder for backtrack.jsonl, rise.jsonl, rejection.jsonl")
-    d.add_argument("--num-problems", type=int, default=None, help="the first N problems (default all)")
-    d.add_argument("--beam-width", type=int, default=4, help="nodes kept per depth (default 4)")
-    d.add_argument("--rollouts", type=int, default=8, help="rollouts per node: its success-rate estimate (default 8)")
-    d.add_argument("--max-depth", type=int, default=12, help="deepest partial solution searched, in steps (default 12)")
-    d.add_argument("--max-tokens", type=int, default=1024, help="tokens per rollout (Table 5: 1024)")
-    d.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (default 1.0)")
-    d.add_argument("--per-problem", type=int, default=4, help="rows per problem in each dataset (default 4)")
-    d.add_argument("--seed", type=int, default=0, help="sampling seed")
-    prover.add_engine_args(d)
+    d.add_argument("--num-problems", type=flags.positive_int, default=None, help="the first N problems (default all)")
+    add_beam_args(d, max_depth=12)
+    d.add_argument("--max-tokens", type=flags.positive_int, default=1024, help="tokens per rollout (Table 5: 1024)")
+    d.add_argument("--temperature", type=flags.nonnegative_float, default=1.0, help="rollout temperature (default 1.0)")
+    flags.add_seed(d, help="sampling seed (default 0)")
+    flags.add_engine(d)
 
     r = sub.add_parser("rl", help="MRT-RL in this setting (App. A.1): GRPO on backtrack + revision, progress-adjusted reward")
     grpo.add_grpo_args(r)
-    r.add_argument("--alpha", type=float, default=1.0, help="weight of the backtrack's progress r_prg(z_1) (0: GRPO)")
-    r.add_argument("--prover-samples", type=int, default=4, help="m, answers forced after the kept steps (default 4)")
-    r.add_argument("--prover-max-tokens", type=int, default=32, help="tokens per forced answer (default 32)")
+    r.add_argument("--alpha", type=flags.nonnegative_float, default=1.0,
+                   help="weight of the backtrack's progress r_prg(z_1) (0: GRPO)")
+    flags.add_prover(r, samples=4, max_tokens=32, temperature=False, samples_source="answers forced after the kept "
+                     "steps; default", max_tokens_source="one answer line")
     r.set_defaults(max_prompt_length=1500, max_completion_length=1024, lr=1e-6, beta=0.04)   # Table 5
 
     t = sub.add_parser("star", help="MRT-STaR in this setting (App. A.1): one iteration of on-policy traces, "
                                     "filtered by correctness and backtrack progress, then SFT")
     star.add_sft_args(t)
-    t.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"), help="training problems (JSONL)")
-    t.add_argument("--num-problems", type=int, default=None, help="the first N problems (default all)")
-    t.add_argument("--rollouts", type=int, default=4, help="backtrack + revision samples per attempt (default 4)")
-    t.add_argument("--max-tokens", type=int, default=1024, help="tokens per attempt and per continuation (default 1024)")
-    t.add_argument("--temperature", type=float, default=0.9, help="sampling temperature (default 0.9)")
-    t.add_argument("--m", type=int, default=4, help="answers forced after the kept steps, per backtrack (default 4)")
-    t.add_argument("--prover-max-tokens", type=int, default=32, help="tokens per forced answer (default 32)")
+    flags.add_train_data(t)
+    t.add_argument("--num-problems", type=flags.positive_int, default=None, help="the first N problems (default all)")
+    t.add_argument("--rollouts", type=flags.positive_int, default=4, help="backtrack + revision samples per attempt (default 4)")
+    t.add_argument("--max-tokens", type=flags.positive_int, default=1024,
+                   help="tokens per attempt and per continuation (default 1024)")
+    t.add_argument("--temperature", type=flags.nonnegative_float, default=0.9, help="sampling temperature (default 0.9)")
+    flags.add_prover(t, samples=4, max_tokens=32, temperature=False, samples_source="answers forced after the kept "
+                     "steps, per backtrack; default", max_tokens_source="one answer line")
     t.add_argument("--progress-threshold", type=float, default=None,
                    help="keep traces whose backtrack progress r_prg(z_1) >= this (MRT-STaR; e.g. 0.25); "
                         "unset: the STaR baseline, correct revisions only")
     t.set_defaults(max_seq_length=4096)   # Table 4
-    prover.add_engine_args(t)
+    flags.add_engine(t)
 
     f = sub.add_parser("fig15", help="Fig. 15 on the toy world: SFT loss of the Backtrack, RISE and rejection datasets")
-    f.add_argument("--model", default=None, help="the model to fine-tune (default: the shipped toy warm start)")
+    flags.add_model(f, required=False, help="the model to fine-tune (default: the shipped toy warm start)")
     f.add_argument("--out", default="runs/fig15", help="folder for the datasets, SFT runs and fig15.json")
-    f.add_argument("--beam-width", type=int, default=4, help="beam width (default 4)")
-    f.add_argument("--rollouts", type=int, default=8, help="rollouts per node (default 8)")
-    f.add_argument("--max-depth", type=int, default=10, help="deepest partial solution (default 10)")
-    f.add_argument("--per-problem", type=int, default=4, help="rows per problem and dataset (default 4)")
-    f.add_argument("--steps", type=int, default=100, help="SFT steps per dataset (default 100)")
-    f.add_argument("--batch-size", type=int, default=16, help="SFT batch (default 16)")
-    f.add_argument("--lr", type=float, default=5e-4, help="SFT learning rate (default 5e-4)")
-    f.add_argument("--seed", type=int, default=0, help="seed")
+    add_beam_args(f, max_depth=10)
+    f.add_argument("--steps", type=flags.positive_int, default=100, help="SFT steps per dataset (default 100)")
+    f.add_argument("--batch-size", type=flags.positive_int, default=16, help="SFT batch (default 16)")
+    f.add_argument("--lr", type=flags.positive_float, default=5e-4, help="SFT learning rate (default 5e-4)")
+    flags.add_seed(f)
 
     args = p.parse_args(argv)
     if args.command == "fig15":
-        import toy
         args.model = args.model or toy.WARM_START_DIR
+        flags.check_model(f, args)
         policy.setup_distributed()
         try:
             fig15(args)
@@ -583,25 +425,14 @@ def main(argv=None):
     if args.command == "rl":
         args.thinking = "off"
         cfg = grpo.check_args(r, args)
-        rank, _ = policy.setup_distributed()
-        engine = None
-        try:
-            engine = grpo.rollout_engine(cfg, rank)
-            rollout_fn, reward_fn, metrics_fn = backtrack_rl(cfg.alpha, cfg.prover_samples, cfg.prover_max_tokens)
-            grpo.train(cfg, engine, reward_fn=reward_fn, rollout_fn=rollout_fn, metrics_fn=metrics_fn)
-        finally:
-            policy.teardown(engine)
+        grpo.main(cfg=cfg, step_fn=rl_step(cfg.alpha, cfg.prover_samples, cfg.prover_max_tokens))
         return
     if args.command == "star":
         args.thinking = "off"
-        cfg = star.check_common(t, args)
-        for flag in ("rollouts", "max_tokens", "m", "prover_max_tokens"):
-            if getattr(cfg, flag) < 1:
-                t.error(f"{prover.option_name(t, flag)} must be >= 1")
-        try:
-            problems = prover.load_problems(cfg.train)[:cfg.num_problems]
-        except (OSError, ValueError) as e:
-            t.error(f"--train: {e}")
+        cfg = star.check_sft_args(t, args)
+        flags.check_train(t, cfg)
+        flags.check_engine(t, cfg)
+        problems = prover.load_problems(cfg.train, years=cfg.train_years)[:cfg.num_problems]
         rank, _ = policy.setup_distributed()
         engine = None
         try:
@@ -611,16 +442,20 @@ def main(argv=None):
         finally:
             policy.teardown(engine)
         return
-    for flag in ("beam_width", "rollouts", "max_depth", "max_tokens", "per_problem"):
-        if getattr(args, flag) < 1:
-            d.error(f"{prover.option_name(d, flag)} must be >= 1")
-    if not os.path.isdir(args.model):
-        d.error(f"--model: no such folder: {args.model}")
-    try:
-        prover.load_problems(args.train)
-    except (OSError, ValueError) as e:
-        d.error(f"--train: {e}")
+    flags.check_model(d, args)
+    flags.check_train(d, args)
+    flags.check_engine(d, args)
     build_data(args)
+
+
+def add_beam_args(p, max_depth):
+    """The beam search of the warm-start data (App. A.2) and its datasets."""
+    p.add_argument("--beam-width", type=flags.positive_int, default=4, help="nodes kept per depth (default 4)")
+    p.add_argument("--rollouts", type=flags.positive_int, default=8,
+                   help="rollouts per node: its success-rate estimate (default 8)")
+    p.add_argument("--max-depth", type=flags.positive_int, default=max_depth,
+                   help=f"deepest partial solution searched, in steps (default {max_depth})")
+    p.add_argument("--per-problem", type=flags.positive_int, default=4, help="rows per problem in each dataset (default 4)")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,33 @@
     python bench.py padding      # padded share of training tokens: padded vs packed rows (--pack-sequences)
     python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s;
                                  # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
+
+Every run first prints the machine line: what the CPU computes natively (prover.cpu_capability) and
+the torch threads; the engine benchmarks print the dtype --dtype auto resolved to (prover.resolve_dtype).
+Imports: the modules it measures.
 """
 
 import argparse
+import collections
+import json
+import math
+import os
 import random
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
+import policy  # first: it pins this rank's GPU before torch is imported
 import episodes
+import grader
+import grpo
+import prover
+import toy
+
+import torch  # noqa: E402
 
 # Paragraph openings of an R1-style thought: mostly plain steps, some episode phrases (Fig. 21),
 # and words that must not open an episode.
@@ -44,7 +61,6 @@ def bench_episodes(argv):
     args = p.parse_args(argv)
 
     from transformers import AutoTokenizer
-    import toy
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(toy.build_tiny_model(tmp))
     traces = [synthetic_trace(args.tokens, tokenizer, seed=i) for i in range(args.traces)]
@@ -67,7 +83,6 @@ def bench_episodes(argv):
 
 def perturb(answer):
     """A wrong answer close to the gold one: its first integer plus one, or "+1" appended."""
-    import re
     m = re.search(r"\d+", answer)
     return answer[:m.start()] + str(int(m.group()) + 1) + answer[m.end():] if m else answer + "+1"
 
@@ -78,11 +93,6 @@ def bench_reward(argv):
     p.add_argument("--timeout", type=float, default=None, help="per-pair bound in seconds (default grader.EQUIV_TIMEOUT)")
     args = p.parse_args(argv)
 
-    import collections
-    import json
-    import os
-    import grader
-    import prover
     timeout = grader.EQUIV_TIMEOUT if args.timeout is None else args.timeout
     golds = []
     for name in args.sets.split(","):
@@ -134,60 +144,58 @@ def bench_prefix_cache(argv):
     p = argparse.ArgumentParser(prog="bench.py prefix-cache",
                                 description="Time and prompt compute of MetaProver.success_rates on one k-episode trace.")
     p.add_argument("--episodes", type=int, default=10, help="episodes k of the trace (default 10)")
-    p.add_argument("--m", type=int, default=8, help="forced-termination samples per prefix (default 8, App. D)")
+    p.add_argument("--prover-samples", type=int, default=8, help="m, forced-termination samples per prefix (default 8, App. D)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per forced answer (default 32)")
     p.add_argument("--trace-tokens", type=int, default=8000, help="synthetic trace length before cutting to k episodes")
     p.add_argument("--min-steps", type=int, default=3, help="min steps per episode (App. D: 3); more = longer episodes")
     p.add_argument("--variant", choices=("vllm-cache", "vllm-nocache", "hf"), default=None,
                    help="run one variant in this process (default: all three, each in a fresh process)")
     p.add_argument("--model", default=None, help="model folder (default: a tiny model built here)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="engine dtype (default auto: prover.resolve_dtype's rule for this machine)")
     args = p.parse_args(argv)
 
-    import json
-    import os
-    import subprocess
-    import prover
-    import toy
     if args.variant is None:
         with tempfile.TemporaryDirectory() as tmp:
             toy.build_tiny_model(tmp, max_position_embeddings=16384)
             rows = []
             for variant in ("vllm-cache", "vllm-nocache", "hf"):
                 cmd = [sys.executable, os.path.abspath(__file__), "prefix-cache", "--variant", variant, "--model", tmp,
-                       "--episodes", str(args.episodes), "--m", str(args.m), "--max-tokens", str(args.max_tokens),
-                       "--trace-tokens", str(args.trace_tokens), "--min-steps", str(args.min_steps)]
+                       "--episodes", str(args.episodes), "--prover-samples", str(args.prover_samples), "--max-tokens", str(args.max_tokens),
+                       "--trace-tokens", str(args.trace_tokens), "--min-steps", str(args.min_steps),
+                       "--dtype", args.dtype]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rows.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
         r = rows[0]
         print(f"one trace: k = {r['k']} episodes, {r['thought_tokens']} thought tokens, {r['k'] + 1} prefixes, "
-              f"m = {args.m} forced answers of <= {args.max_tokens} tokens each")
+              f"m = {args.prover_samples} forced answers of <= {args.max_tokens} tokens each")
         print(f"naive prompt tokens = sum of the k+1 prompt lengths = {r['naive']}; "
-              f"x m samples = {r['naive'] * args.m} (what vLLM without the cache and transformers compute)")
+              f"x m samples = {r['naive'] * args.prover_samples} (what vLLM without the cache and transformers compute)")
         for r in rows:
             computed = r["prompt_tokens"] - r["cached"] if r["prompt_tokens"] is not None else None
-            print(f"{r['variant']:13s} {r['seconds']:7.2f} s" + (
+            print(f"{r['variant']:13s} {r['dtype']:8s} {r['seconds']:7.2f} s" + (
                 f"   prompt tokens computed {computed} of {r['prompt_tokens']} scheduled "
                 f"({r['cached']} from the prefix cache); naive sum / computed = {r['naive'] / max(computed, 1):.1f}, "
-                f"naive x m / computed = {r['naive'] * args.m / max(computed, 1):.1f}"
+                f"naive x m / computed = {r['naive'] * args.prover_samples / max(computed, 1):.1f}"
                 if computed is not None else "   (transformers: each prompt computed in full for its batch of m)"))
         return
 
     problem = "Let $x$ be a real number with $2x + 3 = 11$. Find $x$."
     model = args.model
-    engine = prover.make_engine(model, engine="hf" if args.variant == "hf" else "vllm", dtype="float32",
+    engine = prover.make_engine(model, engine="hf" if args.variant == "hf" else "vllm", dtype=args.dtype,
                                 max_model_len=16384, **({} if args.variant == "hf" else
                                                         {"enable_prefix_caching": args.variant == "vllm-cache"}))
     thought, count = synthetic_trace(args.trace_tokens, engine.tokenizer)
     eps = episodes.split_episodes(thought, min_steps=args.min_steps)[:args.episodes]
     prefixes = episodes.thought_prefixes(eps)
-    mu = prover.MetaProver(engine, m=args.m, max_tokens=args.max_tokens, seed=0)
+    mu = prover.MetaProver(engine, m=args.prover_samples, max_tokens=args.max_tokens, seed=0)
     engine.generate([prover.build_prompt(engine.tokenizer, "warm up")], n=1, max_tokens=2)  # not timed
     before = engine.prompt_stats() if args.variant != "hf" else None
     t0 = time.perf_counter()
     mu.success_rates(problem, "4", prefixes)
     seconds = time.perf_counter() - t0
     after = engine.prompt_stats() if args.variant != "hf" else None
-    print(json.dumps({"variant": args.variant, "seconds": seconds, "k": len(eps),
+    print(json.dumps({"variant": args.variant, "dtype": engine.dtype, "seconds": seconds, "k": len(eps),
                       "thought_tokens": len(engine.tokenizer.encode("".join(eps), add_special_tokens=False)),
                       "naive": sum(len(q) for q in mu.prompts(problem, prefixes)),
                       "prompt_tokens": after and after["prompt_tokens"] - before["prompt_tokens"],
@@ -197,6 +205,8 @@ def bench_prefix_cache(argv):
 def bench_grpo(argv):
     p = argparse.ArgumentParser(prog="bench.py grpo", description="GRPO throughput on the tiny model, 1 and 2 ranks.")
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="rollout engine (default vllm)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="engine dtype (default auto: prover.resolve_dtype's rule for this machine)")
     p.add_argument("--steps", type=int, default=6, help="steps per run; the first is left out as warm-up (default 6)")
     p.add_argument("--ranks", default="1,2", help="world sizes to run (default 1,2)")
     p.add_argument("--batch-size", type=int, default=64, help="completions per step, all ranks (default 64)")
@@ -213,14 +223,11 @@ def bench_grpo(argv):
     if args.flops_only:
         return training_flops(args)
 
-    import json
-    import os
-    import subprocess
-    import toy
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
         model = toy.build_tiny_model(os.path.join(tmp, "model"))
-        print(f"tiny model, {args.engine} engine, batch {args.batch_size} completions of <= "
+        print(f"tiny model, {args.engine} engine in {prover.resolve_dtype(model, args.dtype)[0]}, training in "
+              f"float32, batch {args.batch_size} completions of <= "
               f"{args.max_completion_length} tokens (G = 8), steps 2..{args.steps} averaged")
         for world in [int(w) for w in args.ranks.split(",")]:
             out = os.path.join(tmp, f"run{world}")
@@ -228,7 +235,7 @@ def bench_grpo(argv):
                    os.path.join(here, "grpo.py"), "--model", model, "--out", out, "--engine", args.engine,
                    "--batch-size", str(args.batch_size), "--num-generations", "8", "--max-prompt-length", "512",
                    "--max-completion-length", str(args.max_completion_length), "--max-steps", str(args.steps),
-                   "--save-every", "1000000", "--lr", "1e-4", "--temperature", "1.0", "--dtype", "float32"]
+                   "--save-every", "1000000", "--lr", "1e-4", "--temperature", "1.0", "--dtype", args.dtype]
             subprocess.run(cmd, check=True, capture_output=True, cwd=here)
             rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][1:]
             mean = lambda key: statistics.mean(r[key] for r in rows)  # noqa: E731
@@ -243,7 +250,6 @@ def bench_grpo(argv):
 
 def matmul_flops(n=2048, repeats=5):
     """The machine's own fp32 matmul rate (FLOP/s): the best of `repeats` n x n x n products."""
-    import torch
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")
@@ -261,9 +267,6 @@ def training_flops(args):
     multiply: every weight matrix and the output head, not the input embedding lookup) plus
     12 L H Q T for attention (PaLM's count, App. B of Chowdhery et al. 2022: L layers, H heads of
     size Q, sequence length T)."""
-    import grpo
-    import policy
-    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
     hidden, layers, heads, kv_heads, ffn, vocab = (int(v) for v in args.flops_shape.split(","))
     config = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -297,7 +300,7 @@ def training_flops(args):
         seconds.append(time.perf_counter() - t0)
     peak = max(peak_before, matmul_flops())
     step = statistics.median(seconds)
-    print(f"training FLOP/s, {args.flops_shape} (hidden, layers, heads, kv heads, ffn, vocab): {n_matmul / 1e6:.0f} M "
+    print(f"training FLOP/s (float32), {args.flops_shape} (hidden, layers, heads, kv heads, ffn, vocab): {n_matmul / 1e6:.0f} M "
           f"matmul parameters, {args.flops_seqs} x {args.flops_tokens} tokens per step, {torch.get_num_threads()} threads")
     print(f"  train_step {step:.2f} s (median of {len(seconds)}), {flops / 1e12:.2f} TFLOP per step: "
           f"{flops / step / 1e9:.0f} GFLOP/s achieved")
@@ -317,8 +320,6 @@ def bench_padding(argv):
     p.add_argument("--batch-size", type=int, default=256, help="sequences per step, all ranks (default 256)")
     p.add_argument("--steps", type=int, default=50, help="simulated steps (default 50)")
     args = p.parse_args(argv)
-    import math
-    import policy
     rng = random.Random(0)
     print(f"{args.batch_size} sequences per step over {args.ranks} ranks, completions log-normal (median "
           f"{args.median}, sigma {args.sigma}) cut at {args.budget}, {args.steps} steps")
@@ -344,4 +345,7 @@ BENCHES = {"episodes": bench_episodes, "padding": bench_padding, "reward": bench
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
         sys.exit(f"usage: python bench.py {{{','.join(BENCHES)}}} [--help]")
+    if "-h" not in sys.argv and "--help" not in sys.argv and "--variant" not in sys.argv:
+        # every figure below is read with this line: what the CPU computes natively, how many threads
+            print(f"machine: {prover.cpu_capability()}, {torch.get_num_threads()} torch threads")
     BENCHES[sys.argv[1]](sys.argv[2:])

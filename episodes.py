@@ -44,7 +44,7 @@ def split_think(response, in_thought=True):
 
     thought: the text between `<think>` and the first `</think>`.
     outside: the text outside the thought: what follows `</think>`, plus whatever (rarely) came
-             before `<think>`. This is the part a grader reads (prover.reward).
+             before `<think>`. This is the part a grader reads (grader.reward).
     closed:  False when the generation never wrote `</think>` (truncated at max_tokens).
 
     `in_thought` says whether the response starts inside an already opened thought, as it does when
@@ -324,3 +324,43 @@ def format_attempt(steps, answer, first_step=1, preamble=""):
     """
     body = "".join(f"Step {first_step + i}: {s.strip()}\n\n" for i, s in enumerate(steps))
     return f"{preamble}{body}Answer: {answer}"
+
+
+def parse_steps(text):
+    """A generated continuation -> (steps, answer): the bodies of its "Step n:" paragraphs and the
+    value of its "Answer:" paragraph (None when it has none: cut at the token budget). A paragraph
+    that opens neither continues the step before it; text after the answer is dropped."""
+    steps, answer = [], None
+    for paragraph in text.split("\n\n"):
+        head = paragraph.lstrip()
+        if head.startswith("Answer:"):
+            answer = head[len("Answer:"):].strip().split("\n", 1)[0].strip()
+            break
+        if head.startswith("Step ") and ":" in head[:12] and head[5:head.index(":")].strip().isdigit():
+            steps.append(head[head.index(":") + 1:].strip())
+        elif steps and head:
+            steps[-1] += "\n\n" + head
+    return steps, answer
+
+
+# The user turn of this setting: the format of Fig. 30 instead of prover.PROMPT_SUFFIX's \boxed{}.
+FORMAT_INSTRUCTION = ("Solve the problem step by step. Write each step as its own paragraph starting with "
+                      "'Step <number>:', and end with a paragraph 'Answer: <final answer>'.")
+
+
+def backtrack_messages(problem):
+    """The chat messages of a problem in this setting (build_prompt takes them as they are)."""
+    return [{"role": "user", "content": f"{problem}\n\n{FORMAT_INSTRUCTION}"}]
+
+
+def solution_prefix(steps):
+    """The response text of a partial solution: its steps in the Fig. 30 format, ready for "Step n+1:"."""
+    return "".join(f"Step {i + 1}: {s}\n\n" for i, s in enumerate(steps))
+
+
+def kept_prefix(backtracks, i):
+    """The response text mu answers from after backtrack i: the solution it revises (the first attempt,
+    or the previous backtrack's revised solution) up to its "Step k:" line, k = backtrack_step + 1."""
+    solution = backtracks[i - 1].revised_solution if i else backtracks[0].attempt
+    k = backtracks[i].backtrack_step + 1
+    return solution[:re.search(rf"^[ \t]*Step[ \t]+{k}[ \t]*:", solution, re.MULTILINE).start()]

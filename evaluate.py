@@ -25,10 +25,14 @@ Analyses (--analysis, comma-separated):
   linearized     an attempt and --backtrack-n sequential backtracks, each from the last --window tokens
                  (2048 in the paper): maj@K over the first K answers against total tokens (Fig. 8, dashed)
   progress-hist  the progress r_prg(z_1; c) of the backtrack episode of the parallel traces (Def. 6.1 with
-                 backtrack.py's mu), as a histogram (Fig. 16)
+                 prover.score_backtracks' mu), as a histogram (Fig. 16)
 Results: one JSON file (every number plus the configuration), a table on stdout, and with matplotlib
 installed (optional) Fig. 3- and Fig. 9-style PNGs beside it. A killed run resumes from its partial
-files (<out>.rank<r>.partial.jsonl).
+files (<out>.rank<r>.partial.jsonl). `mrt.py --smoke` prints one trace at a time (smoke, below).
+
+Imports: policy (the process group and rank of a sharded run), episodes (segmentation), grader (r(x, z)),
+prover (prompts, engines, mu and progress), flags (the shared command-line flags). No trainer: a
+measurement never depends on how a model was trained.
 """
 
 import argparse
@@ -40,12 +44,13 @@ import sys
 import time
 
 import policy  # first: importing it pins this rank's GPU before torch or vLLM loads
+import episodes
+import flags
+import grader
+import prover
 
 import numpy as np  # noqa: E402
-
-import backtrack  # noqa: E402
-import episodes  # noqa: E402
-import prover  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva")
 ANALYSES = ("accuracy", "episodes", "regret", "extrapolate", "efficiency", "parallel", "linearized", "progress-hist")
@@ -69,7 +74,7 @@ def pass_at_k(n, c, k):
 
 
 def answer_clusters(answers):
-    """Group answers by equivalence (prover.is_equiv), not by raw string.
+    """Group answers by equivalence (grader.is_equiv), not by raw string.
 
     Returns one cluster id per answer (None for a missing answer); cluster ids are numbered in
     order of first appearance. Each answer joins the first cluster whose first member it equals.
@@ -80,7 +85,7 @@ def answer_clusters(answers):
             ids.append(None)
             continue
         for cid, rep in enumerate(representatives):
-            if a == rep or prover.is_equiv(a, rep):
+            if a == rep or grader.is_equiv(a, rep):
                 ids.append(cid)
                 break
         else:
@@ -115,7 +120,7 @@ def maj_at_k(answers, gold, k, max_subsets=512, seed=0):
     correct = {}
     for cid, a in zip(clusters, answers):
         if cid is not None and cid not in correct:
-            correct[cid] = prover.is_equiv(a, gold)
+            correct[cid] = grader.is_equiv(a, gold)
     if math.comb(n, k) <= max_subsets:
         subsets = itertools.combinations(range(n), k)
     else:
@@ -189,8 +194,8 @@ def sample_responses(engine, problems, cfg):
                               max_tokens=cfg.max_tokens, seed=cfg.seed)
     records = []
     for q, samples in zip(problems, outputs):
-        answers = [prover.extract_answer(s.text, thinking=cfg.thinking) for s in samples]
-        records.append({"answers": answers, "correct": [bool(prover.is_equiv(a, q["answer"])) for a in answers],
+        answers = [grader.extract_answer(s.text, thinking=cfg.thinking) for s in samples]
+        records.append({"answers": answers, "correct": [bool(grader.is_equiv(a, q["answer"])) for a in answers],
                         "num_tokens": [s.num_tokens for s in samples],
                         "truncated": [s.finish_reason == "length" for s in samples]})
     return records
@@ -214,12 +219,12 @@ def score_episodes(engine, direct_engine, problems, cfg):
             prefixes = episodes.thought_prefixes(episodes.group_episodes(eps, cfg.group_size))
             traces.append((q["problem"], q["answer"], prefixes, s.token_ids))
             meta.append({"k": len(eps), "closed": closed, "num_tokens": s.num_tokens,
-                         "reward": prover.reward(s.text, q["answer"], thinking=cfg.thinking),
+                         "reward": grader.reward(s.text, q["answer"], thinking=cfg.thinking),
                          "prefix_tokens": [len(prover.prefix_token_ids(tok, s.token_ids, p)) for p in prefixes]})
-    mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, top_p=1.0,
+    mu = prover.MetaProver(engine, m=cfg.prover_samples, temperature=cfg.prover_temperature, top_p=1.0,
                            max_tokens=cfg.prover_max_tokens, seed=cfg.seed, thinking=cfg.thinking)
     scores = mu.score(traces)
-    ps = [p for p in cfg.maj_p if p <= cfg.m]
+    ps = [p for p in cfg.maj_p if p <= cfg.prover_samples]
     for info, score, (_, gold, _, _) in zip(meta, scores, traces):
         info["success_rates"] = score.success_rates
         info["maj"] = {str(p): [maj_at_k(a, gold, p) for a in score.answers] for p in ps}
@@ -234,7 +239,7 @@ def score_episodes(engine, direct_engine, problems, cfg):
     records = []
     for i, q in enumerate(problems):
         records.append({"traces": meta[i * cfg.traces:(i + 1) * cfg.traces],
-                        "direct_correct": [prover.reward(s.text, q["answer"], thinking=False) == 1.0 for s in direct[i]]})
+                        "direct_correct": [grader.reward(s.text, q["answer"], thinking=False) == 1.0 for s in direct[i]]})
     return records
 
 
@@ -279,7 +284,7 @@ def budget_forcing(engine, problems, cfg):
                 st["forced_at"][r] = len(st["prefixes"])
                 st["prefixes"].append(st["thought"])
     # ---- score: mu on every prefix, in budget and beyond ----------------------------------------
-    mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, top_p=1.0,
+    mu = prover.MetaProver(engine, m=cfg.prover_samples, temperature=cfg.prover_temperature, top_p=1.0,
                            max_tokens=cfg.prover_max_tokens, seed=cfg.seed)
     scores = mu.score([(st["q"]["problem"], st["q"]["answer"], st["prefixes"], st["ids"]) for st in states])
     records = []
@@ -295,18 +300,87 @@ def budget_forcing(engine, problems, cfg):
     return records
 
 
+def sample_attempts(engine, problems, n, max_tokens, temperature, seed):
+    """(heads, attempt samples [problem][n]): z_0 ~ pi(.|x), each cut at the marker."""
+    heads = [prover.build_prompt(engine.tokenizer, episodes.backtrack_messages(q["problem"]), thinking=False) for q in problems]
+    return heads, engine.generate(heads, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                  stop=[episodes.BACKTRACK_MARKER])
+
+
+def sliding_window(segments, window, is_marker):
+    """The linearized mode's context (Sec. 8.4): the last `window` tokens of a trace kept as token-id
+    segments (attempts, markers, backtracks + revisions). A cut that would fall inside a marker
+    moves to the marker's end, so the window never starts inside one (and then holds fewer tokens)."""
+    kept, total = [], 0
+    for segment, marker in zip(reversed(segments), reversed(is_marker)):
+        if total + len(segment) <= window:
+            kept.append(segment)
+            total += len(segment)
+            continue
+        if not marker and window > total:
+            kept.append(segment[len(segment) - (window - total):])
+        break
+    return [t for segment in reversed(kept) for t in segment]
+
+
+def parallel_traces(engine, problems, n, max_tokens, temperature, seed):
+    """Parallel mode: n independent attempt - backtrack - revision traces per problem. Per problem:
+    {"answers": the final answer of each trace (the revision's, or the attempt's when the revision
+    gives none), "tokens": tokens generated per trace, "texts": the traces}."""
+    tok = engine.tokenizer
+    heads, attempts = sample_attempts(engine, problems, n, max_tokens, temperature, seed)
+    marker = "\n\n" + episodes.BACKTRACK_MARKER
+    contexts = [h + tok.encode(a.text.rstrip() + marker, add_special_tokens=False) for h, row in zip(heads, attempts)
+                for a in row]
+    revisions = engine.generate(contexts, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed + 1,
+                                stop=[episodes.BACKTRACK_MARKER])
+    records = []
+    for i, row in enumerate(attempts):
+        answers, tokens, texts = [], [], []
+        for j, a in enumerate(row):
+            (r,) = revisions[i * n + j]
+            answers.append(episodes.parse_steps(r.text)[1] or episodes.parse_steps(a.text)[1])
+            tokens.append(a.num_tokens + r.num_tokens)
+            texts.append(a.text.rstrip() + marker + r.text)
+        records.append({"answers": answers, "tokens": tokens, "texts": texts})
+    return records
+
+
+def linearized_traces(engine, problems, backtracks, window, max_tokens, temperature, seed):
+    """Linearized mode: an attempt, then `backtracks` sequential backtracks, each sampled from the
+    prompt, the last `window` tokens of the trace so far (sliding_window) and the marker; the trace
+    grows far past the context the model was trained with. Per problem: {"answers": the attempt's
+    answer, then each revision's, "tokens": tokens generated by each episode pair}."""
+    tok = engine.tokenizer
+    marker = tok.encode("\n\n" + episodes.BACKTRACK_MARKER, add_special_tokens=False)
+    heads, attempts = sample_attempts(engine, problems, 1, max_tokens, temperature, seed)
+    segments = [[tok.encode(row[0].text.rstrip(), add_special_tokens=False)] for row in attempts]
+    is_marker = [[False] for _ in problems]
+    records = [{"answers": [episodes.parse_steps(row[0].text)[1]], "tokens": [row[0].num_tokens]} for row in attempts]
+    for b in range(backtracks):
+        contexts = [h + sliding_window(seg, window, mk) + marker for h, seg, mk in zip(heads, segments, is_marker)]
+        outs = engine.generate(contexts, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed + 1 + b,
+                               stop=[episodes.BACKTRACK_MARKER])
+        for seg, mk, record, (out,) in zip(segments, is_marker, records, outs):
+            seg += [marker, tok.encode(out.text.rstrip(), add_special_tokens=False)]
+            mk += [True, False]
+            record["answers"].append(episodes.parse_steps(out.text)[1])
+            record["tokens"].append(out.num_tokens)
+    return records
+
+
 # ==============================================================================================
 # Aggregation: records -> the numbers of the paper's tables and figures
 # ==============================================================================================
 
 def score_parallel(engine, problems, cfg):
-    """parallel / progress-hist: backtrack.parallel_traces, then mu on each trace's backtrack; the
+    """parallel / progress-hist: parallel_traces, then mu on each trace's backtrack; the
     record keeps answers, tokens and the backtrack progress of every trace that parses (Fig. 16)."""
-    records = backtrack.parallel_traces(engine, problems, cfg.backtrack_n, cfg.max_tokens, cfg.trace_temperature, cfg.seed)
-    mu = backtrack.answer_prover(engine, m=cfg.m, max_tokens=min(cfg.prover_max_tokens, 64), temperature=cfg.prover_temperature,
+    records = parallel_traces(engine, problems, cfg.backtrack_n, cfg.max_tokens, cfg.trace_temperature, cfg.seed)
+    mu = prover.answer_prover(engine, m=cfg.prover_samples, max_tokens=min(cfg.prover_max_tokens, 64), temperature=cfg.prover_temperature,
                                  seed=cfg.seed)
     for q, record in zip(problems, records):
-        scores = backtrack.score_backtracks(mu, [(q["problem"], q["answer"], t) for t in record.pop("texts")])
+        scores = prover.score_backtracks(mu, [(q["problem"], q["answer"], t) for t in record.pop("texts")])
         record["progress"] = [s[0].progress for s in scores if s]
     return records
 
@@ -440,95 +514,77 @@ def summarize_extrapolation(records, cfg):
 PARTS = {"accuracy": "samples", "efficiency": "samples", "episodes": "episodes", "regret": "episodes",
          "extrapolate": "forcing", "parallel": "backtrack", "progress-hist": "backtrack", "linearized": "linearized"}
 CONFIG_KEYS = ("model", "benchmarks", "n", "temperature", "top_p", "max_tokens", "traces", "trace_temperature",
-               "group_size", "m", "prover_temperature", "prover_max_tokens", "maj_p", "direct_model", "direct_n",
+               "group_size", "prover_samples", "prover_temperature", "prover_max_tokens", "maj_p", "direct_model", "direct_n",
                "direct_max_tokens", "direct_thinking", "forcings", "force_tokens", "extrapolate_n", "limit", "seed", "thinking",
                "backtrack_n", "window")
 
 
-def _parse_ints(parser, flag, text, minimum=0):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        parser.error(f"{flag}: expected comma-separated integers, got {text!r}")
-    if not values or any(v < minimum for v in values):
-        parser.error(f"{flag}: expected integers >= {minimum}, got {text!r}")
-    return values
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="HF model folder (or a local HF-cache name) to evaluate")
+def add_evaluate_args(p):
+    """evaluate.py's flags; defaults from App. D, Sec. 8 and App. F."""
+    flags.add_model(p, help="HF model folder to evaluate")
     p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
                    help=f"comma-separated names in data/ or JSONL paths (default: {','.join(BENCHMARKS)})")
     p.add_argument("--analysis", default="accuracy", help=f"comma-separated, from: {','.join(ANALYSES)} (default accuracy)")
     p.add_argument("--out", default=None, help="results JSON (default results/<model folder name>.json)")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark (default all)")
-    p.add_argument("--num-samples", dest="n", type=int, default=20, help="accuracy: samples per problem (Sec. 8.2: 20)")
-    p.add_argument("--temperature", type=float, default=0.6, help="accuracy: sampling temperature (default 0.6)")
-    p.add_argument("--top-p", type=float, default=0.95, help="top-p for all sampling (default 0.95)")
-    p.add_argument("--max-tokens", type=int, default=16384, help="response budget (Sec. 8.1: 16K)")
-    p.add_argument("--traces", type=int, default=4, help="episodes: traces per problem (App. D: 4)")
-    p.add_argument("--trace-temperature", type=float, default=0.7, help="episodes/extrapolate/direct temperature (App. D: 0.7)")
-    p.add_argument("--group-size", type=int, default=1,
+    p.add_argument("--limit", type=flags.positive_int, default=None, help="first N problems of each benchmark (default all)")
+    p.add_argument("--num-samples", dest="n", type=flags.positive_int, default=20,
+                   help="accuracy: samples per problem (Sec. 8.2: 20)")
+    p.add_argument("--temperature", type=flags.nonnegative_float, default=0.6,
+                   help="accuracy: sampling temperature (default 0.6)")
+    p.add_argument("--top-p", type=flags.probability, default=0.95, help="top-p for all sampling (default 0.95)")
+    p.add_argument("--max-tokens", type=flags.positive_int, default=16384, help="response budget (Sec. 8.1: 16K)")
+    p.add_argument("--traces", type=flags.positive_int, default=4, help="episodes: traces per problem (App. D: 4)")
+    p.add_argument("--trace-temperature", type=flags.nonnegative_float, default=0.7,
+                   help="episodes/extrapolate/direct temperature (App. D: 0.7)")
+    p.add_argument("--group-size", type=flags.positive_int, default=1,
                    help="episodes per mu prefix. Default 1: every episode, as Def. 4.1 sums over episodes; App. D "
                         "grouped 3 (AIME) or 5 (Omni-MATH) episodes to plot Fig. 3, at 1/3 or 1/5 of the mu calls")
     p.add_argument("--buckets", default="6-10,26-30,41-45", help="buckets of total episodes for the Fig. 3 table")
-    p.add_argument("--prover-samples", dest="m", type=int, default=8,
-                   help="m: forced-termination samples per prefix (App. D: 8)")
-    p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
-    p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
-    p.add_argument("--maj-p", default="1,2,4,8", help="p of [maj@p]_j (default 1,2,4,8; p <= m)")
+    flags.add_prover(p, samples=8, max_tokens=4096)
+    p.add_argument("--maj-p", type=flags.int_list(1), default=[1, 2, 4, 8], help="p of [maj@p]_j (default 1,2,4,8; p <= m)")
     p.add_argument("--direct-model", default=None,
                    help="the direct baseline's model (App. D: an instruct model, Qwen2.5-32B-Instruct; App. E: "
                         "Qwen2.5-Math-7B-Instruct), prompted with its own chat template and no thought. Default: "
                         "not the paper's baseline but an 'empty-thought' one, --model answering after <think></think>")
-    p.add_argument("--direct-n", type=int, default=32, help="direct baseline samples per problem (App. D: 32)")
-    p.add_argument("--direct-max-tokens", type=int, default=8192,
+    p.add_argument("--direct-n", type=flags.positive_int, default=32, help="direct baseline samples per problem (App. D: 32)")
+    p.add_argument("--direct-max-tokens", type=flags.positive_int, default=8192,
                    help="direct baseline response budget (App. D: the traces' settings, 8192)")
-    p.add_argument("--budgets", default="4096,8192,12288,16384", help="token budgets C0 of normalized regret (Fig. 9)")
-    p.add_argument("--forcings", default="0,2,4,6,8", help="budget-forcing extension counts (App. F)")
-    p.add_argument("--force-tokens", type=int, default=2048, help="cap of each forced extension (App. F: 2048)")
-    p.add_argument("--extrapolate-n", type=int, default=4, help="extrapolate: traces per problem")
-    p.add_argument("--extrapolate-budgets", default="20480,24576,28672,32768",
+    p.add_argument("--budgets", type=flags.int_list(1), default=[4096, 8192, 12288, 16384],
+                   help="token budgets C0 of normalized regret (Fig. 9; default 4096,8192,12288,16384)")
+    p.add_argument("--forcings", type=flags.int_list(0), default=[0, 2, 4, 6, 8],
+                   help="budget-forcing extension counts (App. F; default 0,2,4,6,8)")
+    p.add_argument("--force-tokens", type=flags.positive_int, default=2048, help="cap of each forced extension (App. F: 2048)")
+    p.add_argument("--extrapolate-n", type=flags.positive_int, default=4, help="extrapolate: traces per problem")
+    p.add_argument("--extrapolate-budgets", type=flags.int_list(1), default=[20480, 24576, 28672, 32768],
                    help="token budgets of the extrapolated normalized regret (Fig. 9 dashed)")
-    p.add_argument("--backtrack-n", type=int, default=10,
+    p.add_argument("--backtrack-n", type=flags.positive_int, default=10,
                    help="parallel: traces per problem; linearized: sequential backtracks (Fig. 8: K up to 10)")
-    p.add_argument("--window", type=int, default=2048, help="linearized: tokens of the trace kept in context (Sec. 8.4: 2048)")
-    p.add_argument("--chunk-size", type=int, default=32, help="problems per engine batch; also the resume granularity")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--window", type=flags.positive_int, default=2048,
+                   help="linearized: tokens of the trace kept in context (Sec. 8.4: 2048)")
+    p.add_argument("--chunk-size", type=flags.positive_int, default=32,
+                   help="problems per engine batch; also the resume granularity")
+    flags.add_seed(p, help="sampling seed (default 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots even when matplotlib is installed")
-    prover.add_engine_args(p)
-    args = p.parse_args(argv)
-    args.analysis = [a.strip() for a in args.analysis.split(",") if a.strip()]
+    flags.add_engine(p)
+
+
+def check_args(p, args):
+    """Analyses, buckets, model folders, the thought block each analysis needs; the default --out."""
+    if isinstance(args.analysis, str):
+        args.analysis = [a.strip() for a in args.analysis.split(",") if a.strip()]
     bad = [a for a in args.analysis if a not in ANALYSES]
     if bad or not args.analysis:
         p.error(f"--analysis: unknown {bad}; choose from {', '.join(ANALYSES)}")
-    for flag in ("n", "max_tokens", "traces", "group_size", "m", "prover_max_tokens", "direct_n", "direct_max_tokens",
-                 "force_tokens", "extrapolate_n", "chunk_size", "backtrack_n", "window"):
-        if getattr(args, flag) < 1:
-            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(args, flag)}")
-    if args.limit is not None and args.limit < 1:
-        p.error(f"--limit must be >= 1, got {args.limit}")
-    for flag in ("temperature", "trace_temperature", "prover_temperature"):
-        if getattr(args, flag) < 0:
-            p.error(f"{prover.option_name(p, flag)} must be >= 0")
-    if not 0 < args.top_p <= 1:
-        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
-    args.maj_p = _parse_ints(p, "--maj-p", args.maj_p, 1)
-    args.budgets = _parse_ints(p, "--budgets", args.budgets, 1)
-    args.forcings = sorted(set(_parse_ints(p, "--forcings", args.forcings, 0)) | {0})
-    args.extrapolate_budgets = _parse_ints(p, "--extrapolate-budgets", args.extrapolate_budgets, 1)
-    try:
-        args.buckets = [tuple(int(x) for x in b.split("-")) for b in args.buckets.split(",") if b.strip()]
-        assert all(len(b) == 2 and 0 <= b[0] <= b[1] for b in args.buckets)
-    except (ValueError, AssertionError):
-        p.error(f"--buckets: expected ranges like 6-10,26-30, got {args.buckets!r}")
-    if not os.path.isdir(args.model):
-        p.error(f"--model: no such folder: {args.model}")
-    if args.direct_model is not None and not os.path.isdir(args.direct_model):
-        p.error(f"--direct-model: no such folder: {args.direct_model}")
-    prover.check_engine_args(p, args)
-    from transformers import AutoTokenizer
+    args.forcings = sorted(set(args.forcings) | {0})
+    if isinstance(args.buckets, str):
+        try:
+            args.buckets = [tuple(int(x) for x in b.split("-")) for b in args.buckets.split(",") if b.strip()]
+            assert all(len(b) == 2 and 0 <= b[0] <= b[1] for b in args.buckets)
+        except (ValueError, AssertionError):
+            p.error(f"--buckets: expected ranges like 6-10,26-30, got {args.buckets!r}")
+    flags.check_model(p, args)
+    flags.check_model(p, args, "direct_model")
+    flags.check_engine(p, args)
     args.thinking = prover.resolve_thinking(args.thinking, AutoTokenizer.from_pretrained(args.model))
     # the direct baseline answers at once: an instruct model's own template without a thought block,
     # and a thinking model (the default, --model itself) after an empty, closed thought
@@ -542,6 +598,17 @@ def parse_args(argv=None):
                 "(App. A) has no thought block; pass --thinking off")
     args.out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.model)) + ".json")
     return args
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_evaluate_args(p)
+    return check_args(p, p.parse_args(argv))
+
+
+def config(**values):
+    """evaluate.py's config from Python: its flags by name, checked as on the command line."""
+    return flags.config(add_evaluate_args, check_args, **values)
 
 
 def _read_partial(path, config):
@@ -608,7 +675,7 @@ def score_shard(args, config, mine, engine=None):
                 elif part == "backtrack":
                     records = score_parallel(engine, problems, args)
                 elif part == "linearized":
-                    records = backtrack.linearized_traces(engine, problems, args.backtrack_n, args.window,
+                    records = linearized_traces(engine, problems, args.backtrack_n, args.window,
                                                           args.max_tokens, args.trace_temperature, args.seed)
                 else:
                     records = budget_forcing(engine, problems, args)
@@ -812,6 +879,77 @@ def plot(results, out):
             fig.tight_layout()
             fig.savefig(f"{stem}.{b}.fig9.png")
             plt.close(fig)
+
+
+# ==============================================================================================
+# The smoke run: sample, segment, score every prefix with mu, and print it all (mrt.py --smoke)
+# ==============================================================================================
+
+def smoke(args, model):
+    """The measurement half of the pipeline on a few problems, printed trace by trace: sample, cut each
+    thought into episodes, J_r(mu | x, z_{0:j}) at every prefix (Eq. 4) and the progress of each
+    episode (Def. 6.1). `model`: the folder to sample from (mrt.py builds a tiny one when none is given)."""
+    engine = prover.engine_from_args(args, model, seed=args.seed)
+    problems = [(q["problem"], q["answer"]) for q in args.problems]
+    thinking = prover.resolve_thinking(args.thinking, engine.tokenizer)
+    print(f"thinking: {'on' if thinking else 'off'} (--thinking {args.thinking})")
+    mu = prover.MetaProver(engine, m=args.prover_samples, max_tokens=args.prover_max_tokens, seed=args.seed, thinking=thinking)
+
+    # ---- generate: z ~ pi(.|x) -------------------------------------------------------------------
+    prompts = [prover.build_prompt(engine.tokenizer, x, thinking=thinking) for x, _ in problems]
+    outputs = engine.generate(prompts, n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
+                              seed=args.seed)
+
+    # ---- segment: z -> <think> z_0 .. z_{k-1} </think> answer (Sec. 5, App. D) --------------------
+    traces = []
+    for (x, gold), samples in zip(problems, outputs):
+        for sample in samples:
+            thought, closed = episodes.reasoning_stream(sample.text, thinking, finished=sample.finish_reason == "stop")
+            traces.append((x, gold, sample, closed, episodes.split_episodes(thought, min_steps=args.min_steps)))
+
+    # ---- score: J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), progress (Def. 6.1) ----------------
+    scores = mu.score([(x, gold, episodes.thought_prefixes(eps), s.token_ids) for x, gold, s, _, eps in traces])
+
+    for (x, gold, sample, closed, eps), score in zip(traces, scores):
+        per_episode, _ = prover.progress(score.success_rates)
+        print("=" * 100)
+        print(f"problem: {x[:150]!r}  gold: {gold!r}")
+        print(f"response: {sample.num_tokens} tokens, finish={sample.finish_reason}, "
+              f"{'thought closed' if thinking else 'finished'}={closed}, "
+              f"episodes k={len(eps)}, reward r(x, z)={grader.reward(sample.text, gold, thinking=thinking)}")
+        print(f"   J_r(mu | x, z_0:0) = {score.success_rates[0]:.2f}")
+        for j, ep in enumerate(eps):
+            print(f"   z_{j}: {ep[:100]!r}{'...' if len(ep) > 100 else ''}")
+            print(f"        J_r(mu | x, z_0:{j + 1}) = {score.success_rates[j + 1]:.2f}   r_prg = {per_episode[j]:+.2f}")
+    engine.close()
+
+
+def add_smoke_args(p):
+    p.add_argument("--smoke", action="store_true", help="this run: sample, segment, score every prefix with mu")
+    flags.add_model(p, required=False,
+                    help="HF model folder to sample from; default: build a random-weight tiny model in a temp folder")
+    p.add_argument("--problems", default=os.path.join(prover.DATA_DIR, "aime24.jsonl"),
+                   help="JSONL file with 'problem' and 'answer' fields per line (default: data/aime24.jsonl)")
+    p.add_argument("--num-problems", type=flags.positive_int, default=3, help="how many problems to sample for (default 3)")
+    p.add_argument("--num-samples", dest="n", type=flags.positive_int, default=2, help="responses per problem (default 2)")
+    p.add_argument("--max-tokens", type=flags.positive_int, default=256,
+                   help="max generated tokens per response (default 256)")
+    p.add_argument("--temperature", type=flags.nonnegative_float, default=0.7, help="sampling temperature (App. D: 0.7)")
+    p.add_argument("--min-steps", type=flags.positive_int, default=3, help="min steps per episode (App. D: 3)")
+    flags.add_prover(p, samples=4, max_tokens=32, temperature=False, samples_source="App. D: 8; here",
+                     max_tokens_source="App. D: 4096")
+    flags.add_seed(p, help="sampling seed (default 0)")
+    flags.add_engine(p)
+
+
+def check_smoke_args(p, args):
+    flags.check_engine(p, args)
+    flags.check_model(p, args)
+    try:
+        args.problems = prover.load_problems(args.problems)[:args.num_problems]
+    except (OSError, ValueError) as e:
+        p.error(f"--problems: {e}")
+    return args
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
     is_equiv(pred, gold)             numeric, structural and sympy equivalence, bounded in time
     reward(response, gold, thinking) r(x, z) in {0.0, 1.0}
 
-No torch: sympy runs in a helper process with a hard time bound per pair.
+No torch: sympy runs in a helper process (grader_worker.py) with a hard time bound per pair.
 """
 
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -28,8 +29,8 @@ import episodes
 # intervals, sets or matrices, as relations with the same solutions, or symbolically (sympy:
 # simplify(a - b) == 0, or a.equals(b)). A rule that would reward a wrong answer is worse than one
 # that misses a right one: data/grader_cases.jsonl holds labelled pairs with near misses of each kind.
-# Sympy runs in a helper process with a hard wall-clock bound per pair: signal.alarm does not work
-# in worker threads or under every launcher, and a killed process cannot leak memory.
+# Sympy runs in a helper process (grader_worker.py) with a hard wall-clock bound per pair: signal.alarm
+# does not work in worker threads or under every launcher, and a killed process cannot leak memory.
 
 EQUIV_TIMEOUT = 1.5  # seconds of sympy per (pred, gold) pair
 REL_TOL = 1e-6  # relative tolerance between decimals (see _numbers_equal)
@@ -528,10 +529,39 @@ def _ordered_by_labels(xs, ys):
 
 
 def _ratio(s):
-    """The terms of a ratio of numbers, "5:13" -> [5, 13], or None."""
+    """The terms of a ratio of non-zero numbers, "5:13" -> [5, 13], or None ("3:0", "0:5", "3:00" are
+    none: with a zero term "equal up to a factor" would make 3:00 equal 11:00)."""
     terms = _split_top_level(s, ":")
     numbers = [_to_number(t) for t in terms] if len(terms) > 1 else [None]
-    return None if None in numbers or numbers[0] == 0 else numbers
+    return None if None in numbers or 0 in numbers else numbers
+
+
+_CLOCK = re.compile(r"(\d{1,2})\s*:\s*(\d{2})(?:\s*:\s*(\d{2}))?(?:\s*([ap])\.?\s*m\.?)?", re.IGNORECASE)
+
+
+def _clock(s):
+    """A time of day, "9:30", "09:30", "8:34 p.m.", "23:59:59", as (seconds after midnight, has seconds,
+    has am/pm), or None. Minutes (and seconds) take two digits: "3:2" is a ratio, never a time."""
+    m = _CLOCK.fullmatch(s)
+    if not m:
+        return None
+    hours, minutes, seconds, half = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0), m.group(4)
+    if minutes > 59 or seconds > 59 or hours > (12 if half else 23) or (half and hours == 0):
+        return None
+    if half:
+        hours = hours % 12 + (12 if half.lower() == "p" else 0)  # 12:05 am is 00:05, 12:05 pm is 12:05
+    return hours * 3600 + minutes * 60 + seconds, m.group(3) is not None, bool(half)
+
+
+def _same_time(a, b):
+    """Times of day (_clock) are equal when they are the same time, written alike: "1:30" against
+    "1:30:00" is not (a minute and a half, or an hour and a half), and a time with am/pm equals a bare
+    one only when the bare one is unambiguous on a 24-hour clock ("3:00 pm" is "15:00", not "3:00")."""
+    if a[1] != b[1]:
+        return False
+    if a[2] != b[2] and 1 <= (b if a[2] else a)[0] // 3600 <= 12:
+        return False  # a bare "3:00" may be either 3:00 am or 3:00 pm
+    return a[0] == b[0]
 
 
 _REL_OPS = {"\\le": "<=", "\\ge": ">=", "\\ne": "!=", "<": "<", ">": ">", "=": "="}
@@ -635,146 +665,8 @@ def _latex_to_sympy(s):
 
 # ---- the sympy helper process (hard time bound) ----------------------------------------------
 
-_WORKER_CODE = r"""
-REL_TOL = %r
-import itertools, json, math, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a runaway expression cannot eat the machine
-import sympy
-from sympy.parsing.sympy_parser import (parse_expr, standard_transformations, convert_xor,
-                                        implicit_multiplication_application)
-T = standard_transformations + (implicit_multiplication_application, convert_xor)
-NAMES = {"ln": sympy.log, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
-         "EulerE": sympy.E, "E": sympy.Symbol("E"), "ImagI": sympy.I, "I": sympy.Symbol("I"),
-         "pi": sympy.pi, "oo": sympy.oo, "lambda": sympy.Symbol("lambda")}
-# letters and Greek names that sympy would read as functions (O is big-O: "October" must not become O(...))
-NAMES.update({name: sympy.Symbol(name) for name in "O S N Q beta gamma zeta Gamma Lambda".split()})
-
-def magnitude(e):
-    # an upper estimate of log10|e| for the numeric parts of a tree, before anything is evaluated
-    if isinstance(e, sympy.MatrixBase):
-        return max((magnitude(v) for v in e), default=0.0)
-    if e.is_Number and e.is_infinite:
-        return 0.0  # oo, -oo: interval ends
-    if e.is_Number:
-        v = abs(float(e))
-        return math.log10(v) if 0 < v < math.inf else (math.inf if v == math.inf else 0.0)
-    if isinstance(e, sympy.factorial):
-        n = magnitude(e.args[0])
-        return math.inf if n > 3.7 else 10 ** n * (n + 0.5)
-    if e.is_Pow:
-        base, exponent = magnitude(e.args[0]), magnitude(e.args[1])
-        return math.inf if exponent > 5 else 10 ** exponent * max(base, 0.0)
-    parts = [magnitude(a) for a in e.args]
-    if e.is_Mul:
-        return sum(parts)
-    return max(parts, default=0.0) + (1.0 if e.is_Add else 0.0)
-
-def parse(src):
-    raw = parse_expr(src, local_dict=NAMES, transformations=T, evaluate=False)
-    if magnitude(raw) > 2000:
-        raise OverflowError("number too large to compare")
-    return parse_expr(src, local_dict=NAMES, transformations=T)
-
-def close(a, b):
-    try:
-        fa, fb = complex(sympy.N(a)), complex(sympy.N(b))
-    except (TypeError, ValueError):
-        return False
-    if not all(math.isfinite(v) for v in (fa.real, fa.imag, fb.real, fb.imag)):
-        return False
-    return abs(fa - fb) <= REL_TOL * max(abs(fa), abs(fb))
-
-def expressions_equal(x, y):
-    if isinstance(x, sympy.MatrixBase) or isinstance(y, sympy.MatrixBase):
-        return (isinstance(x, sympy.MatrixBase) and isinstance(y, sympy.MatrixBase) and x.shape == y.shape
-                and all(sympy.simplify(v) == 0 for v in x - y))
-    if x == y:
-        return True
-    if not x.free_symbols and not y.free_symbols and close(x, y):
-        return True
-    if sympy.simplify(x - y) == 0:
-        return True
-    return bool(x.equals(y))
-
-RELATIONS = {"<": sympy.StrictLessThan, "<=": sympy.LessThan, "=": sympy.Eq, "!=": sympy.Ne}
-
-def pieces(form):
-    # ["rel", terms, ops] -> [(lhs, op, rhs)] with ">" and ">=" turned around
-    terms = [parse(t) for t in form[1]]
-    out = []
-    for lhs, op, rhs in zip(terms, form[2], terms[1:]):
-        if op in (">", ">="):
-            lhs, op, rhs = rhs, op.replace(">", "<"), lhs
-        out.append((lhs, op, rhs))
-    return out
-
-def solution_set(form):
-    # (variable, real solutions) of a one-variable inequality or chain, (None, set) for intervals, or None
-    if form[0] in ("and", "or"):  # inequalities joined by "and" or "or" in words
-        parts = [solution_set(f) for f in form[1]]
-        if None in parts or len({p[0] for p in parts}) != 1:
-            return None
-        join = sympy.Intersection if form[0] == "and" else sympy.Union
-        return parts[0][0], join(*[p[1] for p in parts])
-    if form[0] == "any":  # inequalities joined by "and" or "or" (a list has lost which): read "or" when
-        # "and" would leave nothing ("x < 2, x > 3"), "and" when "or" would leave everything ("x > 1, x < 3")
-        parts = [solution_set(f) for f in form[1]]
-        if None in parts or len({p[0] for p in parts}) != 1:
-            return None
-        sets = [p[1] for p in parts]
-        if all(sympy.Intersection(p, q) == sympy.S.EmptySet for p, q in itertools.combinations(sets, 2)):
-            return parts[0][0], sympy.Union(*sets)
-        both = sympy.Intersection(*sets)
-        if sympy.Union(*sets) == sympy.S.Reals and both != sympy.S.EmptySet:
-            return parts[0][0], both
-        return None
-    if form[0] == "set":
-        return None, sympy.Union(*[sympy.Interval(parse(lo), parse(hi), lo_open, hi_open) for lo, hi, lo_open, hi_open in form[1]])
-    ps = pieces(form)
-    symbols = set().union(*[lhs.free_symbols | rhs.free_symbols for lhs, _, rhs in ps])
-    if len(symbols) != 1 or any(op == "=" for _, op, _ in ps):
-        return None
-    x, solutions = symbols.pop(), sympy.S.Reals
-    for lhs, op, rhs in ps:
-        solutions = sympy.Intersection(solutions, sympy.solveset(RELATIONS[op](lhs, rhs), x, sympy.S.Reals))
-    return x, solutions
-
-def relations_equal(a, b):
-    if a[0] == "rel" and b[0] == "rel" and len(a[2]) == len(b[2]) == 1:
-        (l1, op1, r1), (l2, op2, r2) = pieces(a)[0], pieces(b)[0]
-        d1, d2 = sympy.simplify(r1 - l1), sympy.simplify(r2 - l2)
-        # the same relation up to a constant factor: positive keeps an inequality, any non-zero an equation
-        if op1 == op2 and d1 != 0 and d2 != 0 and (d1.free_symbols or d2.free_symbols):
-            if sympy.simplify(d1 - d2) == 0 or (op1 in ("=", "!=") and sympy.simplify(d1 + d2) == 0):
-                return True
-            k = sympy.simplify(d1 / d2)
-            if not k.free_symbols and k.is_finite and k.is_nonzero and (op1 in ("=", "!=") or k.is_positive):
-                return True
-    s, t = solution_set(a), solution_set(b)
-    if s is None or t is None or (s[0] is not None and t[0] is not None and s[0] != t[0]):
-        return False  # "x >= 0" is not "y >= 0"; an interval has no variable
-    s, t = s[1], t[1]
-    return s == t or (sympy.Complement(s, t) == sympy.S.EmptySet and sympy.Complement(t, s) == sympy.S.EmptySet)
-
-def equal(a, b):
-    # an expression is a string; relations and interval unions come as ["rel", ...] / ["set", ...]
-    if isinstance(a, str) and isinstance(b, str):
-        return expressions_equal(parse(a), parse(b))
-    if isinstance(a, str) or isinstance(b, str):
-        return False
-    return relations_equal(a, b)
-
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-for line in sys.stdin:
-    a, b = json.loads(line)
-    try:
-        result = bool(equal(a, b))
-    except BaseException:  # parse errors, MemoryError, RecursionError, OverflowError: not equal
-        result = False
-    sys.stdout.write("1\n" if result else "0\n")
-    sys.stdout.flush()
-""" % REL_TOL
+# The helper is grader_worker.py (its docstring has the protocol); REL_TOL travels as its argument.
+_WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grader_worker.py")
 
 _worker = None
 _worker_lock = threading.Lock()
@@ -784,8 +676,8 @@ SYMPY_STATS = {"calls": 0, "timeouts": 0}  # read by bench.py
 def _start_worker():
     import subprocess
     import sys
-    return subprocess.Popen([sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    return subprocess.Popen([sys.executable, _WORKER_PATH, repr(REL_TOL)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
 
 def _readline(proc, timeout):
@@ -892,8 +784,14 @@ def _equiv(a, b, deadline):
     na, nb = _to_number(a), _to_number(b)
     if na is not None and nb is not None:
         return _numbers_equal(na, nb, a, b)
+    # "a:b" is a time of day or a ratio. The problem would tell, but only the answers are here: two
+    # times compare as times (3:00 is not 11:00, 9:30 is not 3:10), unless both are ratios and the gold
+    # is one in lowest terms, as ratio answers are given ("10:26" is the ratio "5:13", though both read as times)
     ra, rb = _ratio(a), _ratio(b)
-    if ra and rb:  # "10:26" is the ratio "5:13"
+    ta, tb = _clock(a), _clock(b)
+    if ta and tb and not (ra and rb and math.gcd(*(int(x) for x in rb)) == 1):
+        return _same_time(ta, tb)
+    if ra and rb:  # "3:2" is "6:4"; ratios with a zero term ("3:0") are compared as written
         return len(ra) == len(rb) and all(x * rb[0] == y * ra[0] for x, y in zip(ra, rb))
     # labels ("x = 3", "t \in [0, 1]", "PQ = 6"): dropped when one side has one, or both the same one;
     # names and sums label a predicted value when the gold has no label, names a gold value ("|AB| = 1")
@@ -969,7 +867,8 @@ def is_equiv(pred, gold, timeout=EQUIV_TIMEOUT):
 
     String equality after normalize_answer; numeric equality with relative tolerance REL_TOL (a
     percentage is its number or its fraction: "12.5\\%" is 12.5 and 0.125; "3 m" is not "3 cm");
-    ratios up to a factor ("10:26" is "5:13"); multiple-choice letters, and a letter's value;
+    ratios of non-zero numbers up to a factor ("10:26" is "5:13"), times of day as times ("3:00" is not
+    "11:00"; "3:00 pm" is "15:00", not "3:00"; see _same_time); multiple-choice letters, and a letter's value;
     labels dropped when one side has one or both the same ("x = 3", "(a, b) = (5, 3)", "PQ = 6";
     "m = 7" is not "n = 7"); the value a calculation ends with ("x = 2 + 3 = 5"), the exact side of
     an approximation; element-wise for tuples, intervals (ends must match), sets and lists

