@@ -258,6 +258,18 @@ def sample_rollout(engine, problems, cfg, step):
     return prompts, groups
 
 
+def reward_step(reward_fn):
+    """GRPO's step function with another reward: reward_fn(problems, groups, cfg) -> rewards per group."""
+    def step_fn(engine, problems, cfg, step):
+        prompts, groups = sample_rollout(engine, problems, cfg, step)
+        t0 = time.time()
+        rewards = reward_fn(problems, groups, cfg)
+        advantages = group_advantages([r for group in rewards for r in group], cfg.num_generations, cfg.scale_rewards)
+        return flatten_groups(prompts, groups, advantages, rewards, outcome_reward(problems, groups, cfg),
+                              {"seconds_score": (time.time() - t0, 1)})
+    return step_fn
+
+
 def grpo_step(engine, problems, cfg, step):
     """GRPO's step function (Sec. 3, App. B.1): G completions per prompt, the --reward of each
     (outcome, or the length-penalty baseline), group advantages. A step function takes (engine, this

@@ -10,7 +10,12 @@ import random
 import re
 import types
 
+import pytest
+
 import backtrack
+import episodes
+import evaluate
+import grader
 import policy
 import prover
 import toy
@@ -36,7 +41,7 @@ BEAM_ROLLOUTS = {
 
 
 def scripted_steps_respond(text, n, stop):
-    assert text.count(prover.BOS) == 1 and backtrack.FORMAT_INSTRUCTION in text
+    assert text.count(prover.BOS) == 1 and episodes.FORMAT_INSTRUCTION in text
     steps = tuple(re.findall(r"Step \d+: (\w+)\n\n", text))
     return BEAM_ROLLOUTS[steps][:n]
 
@@ -54,28 +59,28 @@ def test_beam_search_picks_the_backtrack_node_set_by_hand(tokenizer):
     (b,) = parse_backtrack(trace)
     assert (b.backtrack_step, b.attempt_answer, b.revision_answer) == (2, "1", "2")
     assert b.backtrack == BACKTRACK_MARKER + " Step 3 went wrong.\n\n"
-    assert backtrack.parse_steps(b.revised_solution) == (["a", "c", "f"], "2")
-    assert backtrack.parse_steps(b.attempt) == (["a", "c", "e"], "1")
+    assert episodes.parse_steps(b.revised_solution) == (["a", "c", "f"], "2")
+    assert episodes.parse_steps(b.attempt) == (["a", "c", "e"], "1")
     # the three datasets of Fig. 14 / 15
     rows = backtrack.warm_start_rows("What is 1+1?", nodes, random.Random(0), per_problem=3)
     assert {k: len(v) for k, v in rows.items()} == {"backtrack": 3, "rise": 3, "rejection": 3}
     for row in rows["backtrack"]:
         (b,) = parse_backtrack(row["completion"])
         assert b.revision_answer == "2" and b.attempt_answer == "1"
-        attempt, _ = backtrack.parse_steps(b.attempt)
+        attempt, _ = episodes.parse_steps(b.attempt)
         assert b.backtrack_step == backtrack.backtrack_node(nodes, attempt)
     for row in rows["rise"]:
         (b,) = parse_backtrack(row["completion"])
         assert b.backtrack_step == 0 and b.attempt_answer == "1" and b.revision_answer == "2"
-    assert all(prover.reward(r["completion"], "2", thinking=False) == 1.0 for r in rows["rejection"])
-    assert all(backtrack.parse_steps(r["completion"])[0] for r in rows["rejection"])
+    assert all(grader.reward(r["completion"], "2", thinking=False) == 1.0 for r in rows["rejection"])
+    assert all(episodes.parse_steps(r["completion"])[0] for r in rows["rejection"])
 
 
 def scripted_backtrack_respond(text, n, stop):
     """Attempt prompts get "a, c -> 1"; a context ending in the marker gets three continuations (a
     backtrack to the start that answers 2, one to step 2 that answers 3, and one with no step);
     mu's prompts (ending "Answer:") answer 1 when the kept steps hold step a, else 2, 2, 2, 1."""
-    response = text.split(backtrack.FORMAT_INSTRUCTION, 1)[1]
+    response = text.split(episodes.FORMAT_INSTRUCTION, 1)[1]
     if text.endswith("Answer:"):
         return [" 1"] * n if "Step 1: a" in response else ([" 2", " 2", " 2", " 1"] * n)[:n]
     if text.endswith(BACKTRACK_MARKER):
@@ -87,24 +92,27 @@ def scripted_backtrack_respond(text, n, stop):
 def test_backtrack_rl_reward_and_star_filter_by_hand(tokenizer):
     policy.setup_distributed()
     engine = FakeEngine(tokenizer, scripted_backtrack_respond)
-    rollout_fn, reward_fn, metrics_fn = backtrack.backtrack_rl(alpha=1.0, m=4)
-    cfg = types.SimpleNamespace(max_completion_length=64, temperature=1.0, top_p=1.0, num_generations=3, seed=0)
+    step_fn = backtrack.rl_step(alpha=1.0, m=4)
+    cfg = types.SimpleNamespace(max_completion_length=64, temperature=1.0, top_p=1.0, num_generations=3, seed=0,
+                                thinking=False, scale_rewards="none")
     mine = [{"id": "q", "problem": "What is 1+1?", "answer": "2"}]
-    contexts, groups = rollout_fn(engine, mine, cfg, 0)
-    assert tokenizer.decode(contexts[0]).endswith("Step 2: c\n\nAnswer: 1\n\n" + BACKTRACK_MARKER)
+    rollout = step_fn(engine, mine, cfg, 0)
+    assert tokenizer.decode(rollout.prompts[0]).endswith("Step 2: c\n\nAnswer: 1\n\n" + BACKTRACK_MARKER)
     # 1: attempt wrong (0), forced after no kept step 3/4, revision right: progress 0.75, reward 1 + 0.75
     # 2: kept step a, forced answers all 1 (0), revision 3 wrong: progress 0, reward 0
     # 3: no "Step k:" after the marker: not the format, reward 0
-    assert reward_fn(mine, groups, cfg) == [[1.75, 0.0, 0.0]]
-    assert metrics_fn(mine, groups, cfg) == {"backtrack_parsed": (2, 3), "backtrack_progress": (0.75, 2),
-                                             "revision_correct": (1.0, 2)}
-    assert reward_fn(mine, groups, types.SimpleNamespace()) == [[1.75, 0.0, 0.0]]
+    assert rollout.rewards == [1.75, 0.0, 0.0]
+    assert rollout.advantages.tolist() == pytest.approx([1.75 - 1.75 / 3, -1.75 / 3, -1.75 / 3])   # GRPO's centring
+    metrics = {k: v for k, v in rollout.metrics.items() if k != "seconds_score"}
+    assert metrics == {"backtrack_parsed": (2, 3), "backtrack_progress": (0.75, 2), "revision_correct": (1.0, 2)}
     # the STaR variant's filter on the same three traces, scored by the same mu
-    mu = backtrack.answer_prover(engine, m=4)
+    mu = prover.answer_prover(engine, m=4)
     texts = ["Step 1: a\n\nStep 2: c\n\nAnswer: 1\n\n" + BACKTRACK_MARKER + c
-             for c in scripted_backtrack_respond("x" + backtrack.FORMAT_INSTRUCTION + BACKTRACK_MARKER, 3, None)]
-    scored = backtrack.score_backtracks(mu, [("What is 1+1?", "2", t) for t in texts])
+             for c in scripted_backtrack_respond("x" + episodes.FORMAT_INSTRUCTION + BACKTRACK_MARKER, 3, None)]
+    scored = prover.score_backtracks(mu, [("What is 1+1?", "2", t) for t in texts])
     assert [(s[0].attempt, s[0].backtrack, s[0].revision) if s else None for s in scored] == [(0.0, 0.75, 1.0), (0.0, 0.0, 0.0), None]
+    assert backtrack.progress_adjusted_rewards([scored], alpha=1.0) == [[1.75, 0.0, 0.0]]
+    assert backtrack.progress_adjusted_rewards([scored], alpha=0.0) == [[1.0, 0.0, 0.0]]   # GRPO's outcome
     traces = list(zip(["one", "two", "three"], scored))
     assert backtrack.star_filter(traces) == ["one"]                       # STaR: right revisions
     assert backtrack.star_filter(traces, threshold=0.75) == ["one"]       # MRT-STaR: and progress >= 0.75
@@ -120,7 +128,7 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
                                 for i in range(4)))
     run_cli(["backtrack.py", "data", "--model", tiny_model, "--train", str(problems), "--out", str(tmp_path / "data"),
              "--num-problems", "2", "--beam-width", "1", "--rollouts", "2", "--max-depth", "1", "--max-tokens", "12",
-             "--engine", "hf", "--max-model-len", "1024"], cwd=here)
+             "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024"], cwd=here)
     assert open(tmp_path / "data" / "done.txt").read().split() == ["p0", "p1"]
     # warm-start rows from the scripted search tree (the random model never answers right)
     nodes = backtrack.beam_search(FakeEngine(tokenizer, scripted_steps_respond), tokenizer, "What is 1+1?", "2",
@@ -132,7 +140,7 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
              "--thinking", "off", "--batch-size", "2", "--max-steps", "2", "--lr", "1e-4"], cwd=here)
     warm = tmp_path / "warm" / "checkpoints" / "step_2"
     run_cli(["backtrack.py", "rl", "--model", str(warm), "--train", str(problems), "--out", str(tmp_path / "rl"),
-             "--engine", "hf", "--batch-size", "4", "--num-generations", "2", "--max-prompt-length", "256",
+             "--engine", "hf", "--dtype", "float32", "--batch-size", "4", "--num-generations", "2", "--max-prompt-length", "256",
              "--max-completion-length", "16", "--max-model-len", "1024", "--max-steps", "1", "--beta", "0",
              "--prover-samples", "2", "--prover-max-tokens", "4"], cwd=here)
     (row,) = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
@@ -140,8 +148,8 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
     assert os.path.isfile(tmp_path / "rl" / "checkpoints" / "step_1" / "model.safetensors")
     # and one STaR-variant iteration: on-policy traces, mu, the progress filter (SFT only if any is kept)
     proc = run_cli(["backtrack.py", "star", "--model", str(warm), "--train", str(problems), "--out", str(tmp_path / "star"),
-                    "--engine", "hf", "--max-model-len", "1024", "--num-problems", "2", "--rollouts", "2", "--max-tokens", "12",
-                    "--m", "2", "--prover-max-tokens", "4", "--progress-threshold", "0.25", "--batch-size", "2",
+                    "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024", "--num-problems", "2", "--rollouts", "2", "--max-tokens", "12",
+                    "--prover-samples", "2", "--prover-max-tokens", "4", "--progress-threshold", "0.25", "--batch-size", "2",
                     "--max-steps", "1"], cwd=here)
     kept = [json.loads(line) for line in open(tmp_path / "star" / "data.jsonl")]
     assert f"kept {len(kept)} of 4 traces" in proc.stdout
@@ -168,8 +176,8 @@ def test_toy_step_policy_feeds_the_beam_search_real_values():
 
 
 def test_parse_steps_continuations():
-    assert backtrack.parse_steps("Step 3: x = 1\n\nso y = 2\n\nStep 4: z\n\nAnswer: 5\n\nextra") == (["x = 1\n\nso y = 2", "z"], "5")
-    assert backtrack.parse_steps("Preamble.\n\nStep 1: a\n\nStep 2: cut at the bud") == (["a", "cut at the bud"], None)
+    assert episodes.parse_steps("Step 3: x = 1\n\nso y = 2\n\nStep 4: z\n\nAnswer: 5\n\nextra") == (["x = 1\n\nso y = 2", "z"], "5")
+    assert episodes.parse_steps("Preamble.\n\nStep 1: a\n\nStep 2: cut at the bud") == (["a", "cut at the bud"], None)
 
 
 # ==============================================================================================
@@ -178,16 +186,16 @@ def test_parse_steps_continuations():
 
 def test_sliding_window_keeps_the_last_tokens_and_never_cuts_a_marker():
     segments, is_marker = [[1, 2, 3], [9, 9], [4, 5, 6, 7], [9, 9], [8]], [False, True, False, True, False]
-    assert backtrack.sliding_window(segments, 6, is_marker) == [5, 6, 7, 9, 9, 8]   # exactly the last 6
-    assert backtrack.sliding_window(segments, 4, is_marker) == [7, 9, 9, 8]
-    assert backtrack.sliding_window(segments, 2, is_marker) == [8]                  # not half a marker
-    assert backtrack.sliding_window(segments, 100, is_marker) == [1, 2, 3, 9, 9, 4, 5, 6, 7, 9, 9, 8]
+    assert evaluate.sliding_window(segments, 6, is_marker) == [5, 6, 7, 9, 9, 8]   # exactly the last 6
+    assert evaluate.sliding_window(segments, 4, is_marker) == [7, 9, 9, 8]
+    assert evaluate.sliding_window(segments, 2, is_marker) == [8]                  # not half a marker
+    assert evaluate.sliding_window(segments, 100, is_marker) == [1, 2, 3, 9, 9, 4, 5, 6, 7, 9, 9, 8]
     rng = random.Random(0)
     for _ in range(200):
         segs = [[rng.randrange(100) for _ in range(rng.randint(1, 6))] for _ in range(rng.randint(1, 8))]
         marks = [i % 2 == 1 for i in range(len(segs))]
         flat, w = [t for s in segs for t in s], rng.randint(0, 30)
-        kept = backtrack.sliding_window(segs, w, marks)
+        kept = evaluate.sliding_window(segs, w, marks)
         starts = [sum(map(len, segs[:i])) for i in range(len(segs))]
 
         def inside_marker(pos):
@@ -210,7 +218,7 @@ def test_linearized_mode_runs_backtracks_past_the_window_on_vllm(tokenizer, vllm
             return vllm_engine.generate(prompts, **kwargs)
 
     problems = [{"id": "a", "problem": PROBLEMS[0], "answer": "2"}, {"id": "b", "problem": PROBLEMS[1], "answer": "3"}]
-    records = backtrack.linearized_traces(Recorder(), problems, backtracks=3, window=24, max_tokens=10, temperature=1.0, seed=0)
+    records = evaluate.linearized_traces(Recorder(), problems, backtracks=3, window=24, max_tokens=10, temperature=1.0, seed=0)
     assert [len(r["answers"]) for r in records] == [4, 4] and all(len(r["tokens"]) == 4 for r in records)
     marker = len(tokenizer.encode("\n\n" + BACKTRACK_MARKER, add_special_tokens=False))
     heads = calls[0]

@@ -106,7 +106,7 @@ def forcing_respond(text, n, stop):
 
 def test_extrapolation_continues_the_in_budget_curve_by_hand(tokenizer):
     cfg = types.SimpleNamespace(extrapolate_n=1, trace_temperature=0.7, top_p=1.0, max_tokens=64, seed=0,
-                                forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16, m=2,
+                                forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16, prover_samples=2,
                                 prover_temperature=0.7, group_size=1)
     problems = [{"id": "a", "problem": "2?", "answer": "2"}, {"id": "b", "problem": "5?", "answer": "5"}]
     (ra, rb) = evaluate.budget_forcing(FakeEngine(tokenizer, forcing_respond), problems, cfg)
@@ -141,7 +141,7 @@ def test_direct_baseline_uses_its_own_template_without_thought(tokenizer, tiny_m
                                                          else "Hmm.\n\n</think>\n\n\\boxed{1}"] * n)
     direct = FakeEngine(chatml, lambda text, n, stop: ["So the answer is $\\boxed{4}$."] * n)
     cfg = types.SimpleNamespace(traces=1, trace_temperature=0.7, top_p=1.0, max_tokens=32, seed=0, group_size=1,
-                                m=2, prover_temperature=0.7, prover_max_tokens=8, maj_p=[1, 2], thinking=True,
+                                prover_samples=2, prover_temperature=0.7, prover_max_tokens=8, maj_p=[1, 2], thinking=True,
                                 direct_thinking=False, direct_n=2, direct_max_tokens=8)
     (record,) = evaluate.score_episodes(trace, direct, [{"id": "q", "problem": "2+2?", "answer": "4"}], cfg)
     assert direct.prompts == [chatml.decode(prover.build_prompt(chatml, "2+2?", thinking=False))]
@@ -241,7 +241,7 @@ def test_cli_resumes_from_partial_file(tiny_model, vllm_engine, tmp_path):
 
 
 def test_cli_rejects_bad_flags(tiny_model, capsys):
-    for argv, message in [(["--analysis", "accuracy,nope"], "--analysis"), (["--num-samples", "0"], "--num-samples must be"),
+    for argv, message in [(["--analysis", "accuracy,nope"], "--analysis"), (["--num-samples", "0"], "--num-samples: expected an integer >= 1"),
                           (["--budgets", "a,b"], "--budgets"), (["--buckets", "5"], "--buckets"),
                           (["--top-p", "0"], "--top-p")]:
         with pytest.raises(SystemExit):
@@ -255,7 +255,7 @@ def test_cli_rejects_bad_flags(tiny_model, capsys):
 def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
     # Data parallel: each rank its shard, rank 0 gathers. Greedy, so both runs sample the same.
     here = os.path.dirname(os.path.abspath(__file__))
-    common = ["evaluate.py", "--engine", "hf", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
+    common = ["evaluate.py", "--engine", "hf", "--dtype", "float32", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
               "--num-samples", "2", "--temperature", "0", "--max-tokens", "12", "--dtype", "float32",
               "--max-model-len", "1024", "--no-plots"]
     run_torchrun(2, common + ["--out", str(tmp_path / "two.json")], cwd=here)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import grpo
-import mrt
+import mrt_rl
 import prover
 import star
 from conftest import PROBLEMS, first_token_reward, run_torchrun
@@ -131,14 +131,14 @@ def _grpo_cfg(tiny_model, out, *extra):
     p = argparse.ArgumentParser()
     grpo.add_grpo_args(p)
     argv = ["--model", tiny_model, "--out", str(out), "--batch-size", "32", "--num-generations", "8",
-            "--max-prompt-length", "256", "--max-completion-length", "4", "--engine", "hf", "--temperature", "1.0",
+            "--max-prompt-length", "256", "--max-completion-length", "4", "--engine", "hf", "--dtype", "float32", "--temperature", "1.0",
             "--warmup-ratio", "0", "--max-model-len", "1024", "--beta", "0", *extra]  # beta > 0: the CLI tests
     return grpo.check_args(p, p.parse_args(argv))
 
 
 def test_grpo_learns_a_learnable_reward(tiny_model, tmp_path):
     cfg = _grpo_cfg(tiny_model, tmp_path / "run", "--lr", "1e-2", "--max-steps", "20", "--save-every", "1000")
-    grpo.train(cfg, reward_fn=first_token_reward)
+    grpo.train(cfg, step_fn=grpo.reward_step(first_token_reward))
     rewards = [json.loads(line)["reward_mean"] for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert len(rewards) == 20
     assert sum(rewards[:3]) / 3 < 0.3 and sum(rewards[-5:]) / 5 > 0.6, rewards
@@ -157,7 +157,7 @@ def test_grpo_weight_sync_engine_decodes_like_the_policy(tiny_model, tokenizer, 
     cfg = _grpo_cfg(tiny_model, tmp_path / "run", "--lr", "1e-2", "--max-steps", "2", "--save-every", "1")
     prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS]
     before = [_vllm_next_token_logprobs(vllm_engine, p) for p in prompts]
-    grpo.train(cfg, engine=vllm_engine, reward_fn=first_token_reward)
+    grpo.train(cfg, engine=vllm_engine, step_fn=grpo.reward_step(first_token_reward))
     trained = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "checkpoints" / "step_2"), dtype=torch.float32)
     greedy = [s[0].token_ids for s in vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)]
     for prompt, tokens, old in zip(prompts, greedy, before):
@@ -179,7 +179,7 @@ def test_grpo_weight_sync_engine_decodes_like_the_policy(tiny_model, tokenizer, 
 def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
     from safetensors.torch import load_file
     straight = _grpo_cfg(tiny_model, tmp_path / "a", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
-    grpo.train(straight, reward_fn=first_token_reward)
+    grpo.train(straight, step_fn=grpo.reward_step(first_token_reward))
 
     calls = {"n": 0}
 
@@ -190,9 +190,9 @@ def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
         return first_token_reward(problems, groups, cfg)
     interrupted = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
     with pytest.raises(KeyboardInterrupt):
-        grpo.train(interrupted, reward_fn=killed_after_two_steps)
+        grpo.train(interrupted, step_fn=grpo.reward_step(killed_after_two_steps))
     resumed = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2", "--resume")
-    grpo.train(resumed, reward_fn=first_token_reward)
+    grpo.train(resumed, step_fn=grpo.reward_step(first_token_reward))
 
     a = load_file(str(tmp_path / "a" / "checkpoints" / "step_4" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoints" / "step_4" / "model.safetensors"))
@@ -207,20 +207,26 @@ def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
     assert [r["reward_mean"] for r in rows_a] == [r["reward_mean"] for r in rows_b]
 
 
+def parse_rl(argv):
+    p = argparse.ArgumentParser()
+    mrt_rl.add_args(p)
+    return mrt_rl.check_args(p, p.parse_args(argv))
+
+
 def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
     for extra, message in [(["--batch-size", "30"], "multiple of --num-generations"),
                            (["--max-completion-length", "5000"], "does not fit"),
-                           (["--resume"], "no checkpoint"), (["--ppo-epochs", "0"], "--ppo-epochs must be"),
+                           (["--resume"], "no checkpoint"), (["--ppo-epochs", "0"], "--ppo-epochs: expected an integer >= 1"),
                            (["--train-years", "2020"], "--train-years: expected FIRST-LAST"),
                            (["--train-years", "1989-2023"], "math_train_4k.jsonl:1: a year filter needs a year"),
-                           (["--length-penalty-alpha", "1.5"], "--length-penalty-alpha must be in [0, 1)")]:
+                           (["--length-penalty-alpha", "1.5"], "--length-penalty-alpha: expected a number in [0, 1)")]:
         with pytest.raises(SystemExit):
             _grpo_cfg(tiny_model, tmp_path / "x", *extra)
         assert message in capsys.readouterr().err
     for parse, argv, message in [
-            (mrt.parse_rl_args, ["--model", tiny_model, "--alpha", "-1"], "--alpha >= 0"),
-            (mrt.parse_rl_args, ["--model", tiny_model, "--advantage", "mean"], "invalid choice: 'mean'"),
-            (star.parse_args, ["--model", tiny_model, "--out", "x", "--iterations", "0"], "--iterations must be >= 1"),
+            (parse_rl, ["--model", tiny_model, "--alpha", "-1"], "--alpha: expected a number >= 0"),
+            (parse_rl, ["--model", tiny_model, "--advantage", "mean"], "invalid choice: 'mean'"),
+            (star.parse_args, ["--model", tiny_model, "--out", "x", "--iterations", "0"], "--iterations: expected an integer >= 1"),
             (star.parse_args, ["--model", tiny_model, "--out", "x", "--train", "nowhere.jsonl"],
              "--train: problems 'nowhere.jsonl'"),
             (star.parse_args, ["sft", "--model", tiny_model, "--data", "nowhere.jsonl", "--out", "x"], "--data: no such file")]:
@@ -235,7 +241,7 @@ def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
     here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "run"
-    run_torchrun(2, ["grpo.py", "--model", tiny_model, "--out", str(out), "--engine", "hf", "--batch-size", "16",
+    run_torchrun(2, ["grpo.py", "--model", tiny_model, "--out", str(out), "--engine", "hf", "--dtype", "float32", "--batch-size", "16",
                     "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "8",
                     "--max-steps", "2", "--save-every", "1", "--lr", "1e-3", "--max-model-len", "1024"],
                  cwd=here)

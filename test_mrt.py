@@ -12,10 +12,12 @@ import pytest
 import torch
 
 import grpo
-import mrt
+import argparse
+import compare
+import mrt_rl
 import policy
 import prover
-from conftest import FakeEngine, first_token_reward, run_cli, toy_tokenizer, _write_problems
+from conftest import FakeEngine, run_cli, toy_tokenizer, _write_problems
 
 
 # ==============================================================================================
@@ -37,12 +39,18 @@ def scripted_rl_respond(text, n, stop):
             else ["</think>\\boxed{4}"] * 4)[:n]
 
 
+def parse_rl(argv):
+    p = argparse.ArgumentParser()
+    mrt_rl.add_args(p)
+    return mrt_rl.check_args(p, p.parse_args(argv))
+
+
 def _mrt_cfg(tiny_model, tmp_path, *extra):
     train = _write_problems(tmp_path / "train.jsonl", [{"id": "a", "problem": "p1", "answer": "7"},
                                                        {"id": "b", "problem": "p2", "answer": "5"}])
-    return mrt.parse_rl_args(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
+    return parse_rl(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
                               "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "64",
-                              "--engine", "hf", "--max-model-len", "1024", "--warmup-ratio", "0", "--beta", "0",
+                              "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024", "--warmup-ratio", "0", "--beta", "0",
                               "--min-prefix-episodes", "1", "--prover-max-tokens", "8", *extra])
 
 
@@ -50,24 +58,26 @@ def _mrt_cfg(tiny_model, tmp_path, *extra):
 def test_algorithm_2_rewards_and_advantages_by_hand(tiny_model, tokenizer, tmp_path, form):
     policy.setup_distributed()
     cfg = _mrt_cfg(tiny_model, tmp_path, "--advantage", form, "--alpha", "1.0", "--max-steps", "1")
-    rollout_fn, reward_fn, advantage_fn, metrics_fn = mrt.algorithm_2(cfg, tokenizer)
+    step_fn = mrt_rl.algorithm_2(cfg, tokenizer)
     engine = FakeEngine(tokenizer, scripted_rl_respond)
     mine = grpo.step_problems(grpo.training_problems(cfg, tokenizer)[0], cfg, 0)
-    contexts, groups = rollout_fn(engine, mine, cfg, 0)
-    rewards = reward_fn(mine, groups, cfg)
-    advantages = advantage_fn([r for g in rewards for r in g], len(groups[0]), cfg).tolist()
+    rollout = step_fn(engine, mine, cfg, 0)
+    advantages = rollout.advantages.tolist()
     by_id = {q["id"]: i for i, q in enumerate(mine)}
     a, b = by_id["a"], by_id["b"]
-    size = len(groups[0])
+    size = 8 if form == "joint" else 4
+    rewards = [rollout.rewards[i * size:(i + 1) * size] for i in range(len(mine))]
+    contexts = [rollout.prompts[i * size:(i + 1) * size] for i in range(len(mine))]
     adv_a, adv_b = advantages[a * size:(a + 1) * size], advantages[b * size:(b + 1) * size]
     # p1: continuation rewards r = [1, 0, 1, 1], terminations 3 of 4 right: J_r(mu | q, z_{0:1}) = 0.75
-    if form == "progress":   # reward r + 1.0 * (r - 0.75); advantage: GRPO's for r (mean 0.75, unbiased
-        # std 0.5) plus 1.0 * (r - 0.75)
-        assert rewards[a] == [1.25, -0.75, 1.25, 1.25]
+    if form == "progress":   # Eq. 3 as trained: GRPO's advantage for r (mean 0.75, unbiased std 0.5)
+        # plus 1.0 * (r - 0.75)
+        assert rewards[a] == [1, 0, 1, 1]
         assert adv_a == pytest.approx([0.25 / 0.5001 + 0.25, -0.75 / 0.5001 - 0.75, 0.25 / 0.5001 + 0.25,
                                        0.25 / 0.5001 + 0.25])
+        assert mrt_rl.progress_advantages([[1, 0, 1, 1]], [[1, 1, 1, 0]], 1.0).tolist() == pytest.approx(adv_a)
     elif form == "baseline":  # the advantage is r - 0.75 itself
-        assert rewards[a] == [0.25, -0.75, 0.25, 0.25] and adv_a == pytest.approx([0.25, -0.75, 0.25, 0.25])
+        assert rewards[a] == [1, 0, 1, 1] and adv_a == pytest.approx([0.25, -0.75, 0.25, 0.25])
     else:                     # one group of 8: [1, 0, 1, 1 | 1, 1, 1, 0]: mean 0.75, unbiased std sqrt(1.5 / 7)
         std = math.sqrt(1.5 / 7)
         assert rewards[a] == [1, 0, 1, 1, 1, 1, 1, 0]
@@ -78,9 +88,8 @@ def test_algorithm_2_rewards_and_advantages_by_hand(tiny_model, tokenizer, tmp_p
     prefix = "A.\n\nB.\n\nC.\n\n"
     head = prover.build_prompt(tokenizer, "p1")
     ref_ids = tokenizer.encode(REF_ROLLOUT, add_special_tokens=False)
-    first = contexts[a][0] if form == "joint" else contexts[a]
-    assert first == head + prover.prefix_token_ids(tokenizer, ref_ids, prefix)
-    m = metrics_fn(mine, groups, cfg)
+    assert contexts[a][0] == head + prover.prefix_token_ids(tokenizer, ref_ids, prefix)
+    m = rollout.metrics
     assert m["prefix_j"] == (2, 2) and m["prefix_k"] == (4, 2) and m["j_r_prefix"] == (0.75, 2)
     assert m["terminations_all_fail"] == (1, 2) and m["terminations_all_succeed"] == (0, 2)
     assert m["progress_bonus"] == (pytest.approx(0.25 * 3 - 0.75 + 0.0), 8)
@@ -101,16 +110,22 @@ def test_algorithm_2_prefixes_come_from_pi_ref_and_refresh(tiny_model, tmp_path)
     cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "2",
                    "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24", "--advantage", "joint")
     tok = toy_tokenizer(tiny_model)
-    pieces = mrt.algorithm_2(cfg, tok)
-    # a reward the random model can learn (its answers are never right), so that the weights move
-    # (the joint form's advantages are GRPO's of whatever reward it is given)
-    grpo.train(cfg, rollout_fn=pieces[0], reward_fn=first_token_reward, advantage_fn=pieces[2], metrics_fn=pieces[3])
+    algorithm_2 = mrt_rl.algorithm_2(cfg, tok)
+
+    def step_fn(engine, mine, c, step):
+        # a reward the random model can learn (its answers are never right), so that the weights move:
+        # the joint form's group advantages of 1 when the first token id is below 205 (first_token_reward)
+        rollout = algorithm_2(engine, mine, c, step)
+        rollout.rewards = [1.0 if comp[0] < 205 else 0.0 for comp in rollout.completions]
+        rollout.advantages = grpo.group_advantages(rollout.rewards, 2 * c.num_generations, c.scale_rewards)
+        return rollout
+    grpo.train(cfg, step_fn=step_fn)
     problems = grpo.training_problems(cfg, tok)[0]
 
     def resample(weights, iteration):
         engine = prover.HFEngine(weights, dtype="float32", max_model_len=cfg.max_model_len)
         steps = range(2 * iteration, 2 * iteration + 2)
-        return json.loads(json.dumps(mrt.sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps],
+        return json.loads(json.dumps(mrt_rl.sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps],
                                                          cfg, iteration)))
 
     saved = [json.load(open(tmp_path / "run" / "prefixes" / f"iter_{i}.rank0.json")) for i in (0, 1)]
@@ -128,16 +143,17 @@ def test_algorithm_2_resume_mid_iteration_is_exact(tiny_model, tmp_path):
         cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "1",
                        "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24",
                        "--out", str(out), *(["--resume"] if resume else []))
-        rollout_fn, reward_fn, advantage_fn, metrics_fn = mrt.algorithm_2(cfg, tok)
+        algorithm_2 = mrt_rl.algorithm_2(cfg, tok)
 
-        def rewards(mine, groups, c):
+        def step_fn(engine, mine, c, step):
+            rollout = algorithm_2(engine, mine, c, step)
             if kill_at is not None and len(open(os.path.join(str(out), "metrics.jsonl")).readlines()) == kill_at:
-                raise KeyboardInterrupt   # killed in step kill_at + 1: inside iteration 1, after its first step
-            return reward_fn(mine, groups, c)
+                raise KeyboardInterrupt   # killed in step kill_at + 1: inside iteration 1, after its sampling
+            return rollout
         if kill_at is not None:
             os.makedirs(out, exist_ok=True)
             open(os.path.join(str(out), "metrics.jsonl"), "a").close()
-        grpo.train(cfg, rollout_fn=rollout_fn, reward_fn=rewards, advantage_fn=advantage_fn, metrics_fn=metrics_fn)
+        grpo.train(cfg, step_fn=step_fn)
     run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", kill_at=3)
@@ -156,13 +172,11 @@ def test_algorithm_2_on_vllm_shares_the_prefix(tiny_model, tokenizer, vllm_engin
     long_problem = " ".join(f"item {i} weighs {i % 7} grams;" for i in range(60)) + " what is the total?"
     train = _write_problems(tmp_path / "train.jsonl", [{"id": f"q{i}", "problem": f"{i}: {long_problem}", "answer": "1"}
                                                        for i in range(4)])
-    cfg = mrt.parse_rl_args(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
+    cfg = parse_rl(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
                              "--num-generations", "4", "--max-prompt-length", "900", "--max-completion-length", "24",
                              "--prover-max-tokens", "8", "--max-model-len", "1024", "--max-steps", "4",
                              "--steps-per-iteration", "2", "--beta", "0"])
-    pieces = mrt.algorithm_2(cfg, tokenizer)
-    grpo.train(cfg, engine=vllm_engine, rollout_fn=pieces[0], reward_fn=pieces[1], advantage_fn=pieces[2],
-               metrics_fn=pieces[3])
+    grpo.train(cfg, engine=vllm_engine, step_fn=mrt_rl.algorithm_2(cfg, tokenizer))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:   # prompt tokens vLLM computed for a step, against one prefill of q + z_{0:j} plus the suffixes
@@ -193,7 +207,7 @@ CLI_RUNS = [
 def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, engine, model):
     here = os.path.dirname(os.path.abspath(__file__))
     path = tiny_model if model == "r1" else chatml_model
-    common = ["--model", path, "--engine", engine, "--max-model-len", "1024"] + (["--enforce-eager"] if engine == "vllm" else [])
+    common = ["--model", path, "--engine", engine, "--dtype", "float32", "--max-model-len", "1024"] + (["--enforce-eager"] if engine == "vllm" else [])
     if script == "mrt.py --smoke":
         args = ["mrt.py", "--smoke", *common, "--num-problems", "2", "--max-tokens", "24", "--prover-max-tokens", "8"]
     elif script == "mrt.py":
@@ -246,10 +260,10 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
 
 def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
     argv = ["--quick", "--out", str(tmp_path), "--steps", "2", "--batch-size", "16", "--star-rollouts", "1",
-            "--eval-samples", "2", "--eval-traces", "1", "--engine", "vllm", "--no-plots"]
-    args = mrt.parse_toy_args(argv)
+            "--eval-samples", "2", "--eval-traces", "1", "--engine", "vllm", "--dtype", "float32", "--no-plots"]
+    args = compare.parse_toy_args(argv)
     assert (args.seeds, args.iterations, args.steps) == (1, 1, 2)           # --quick, then explicit flags
-    mrt.toy_run(args, engine=toy_engine)
+    compare.toy_run(args, engine=toy_engine)
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert set(results["methods"]) == {"base", "grpo", "mrt-rl", "star", "mrt-star"}
@@ -265,15 +279,15 @@ def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
             assert [json.loads(line)["step"] for line in f] == [1, 2]
     # a second run finds every eval.json: it trains and evaluates nothing and writes the same numbers
     before = {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]}
-    again = mrt.toy_run(args, engine=toy_engine)
+    again = compare.toy_run(args, engine=toy_engine)
     assert {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]} == before
     assert again["methods"] == results["methods"]
 
 
 def test_toy_args_errors():
     with pytest.raises(SystemExit):
-        mrt.parse_toy_args(["--methods", "grpo,ppo"])
+        compare.parse_toy_args(["--methods", "grpo,ppo"])
     with pytest.raises(SystemExit):
-        mrt.parse_toy_args(["--budgets", "32,x"])
+        compare.parse_toy_args(["--budgets", "32,x"])
     with pytest.raises(SystemExit):
-        mrt.parse_toy_args(["--eval-max-tokens", "1000"])      # does not fit --max-model-len 512
+        compare.parse_toy_args(["--eval-max-tokens", "1000"])      # does not fit --max-model-len 512

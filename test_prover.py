@@ -13,6 +13,7 @@ import torch
 
 import episodes
 import evaluate
+import grader
 import prover
 from conftest import PROBLEMS, FakeEngine, _para, run_cli
 from episodes import split_episodes, split_think, thought_prefixes
@@ -63,7 +64,7 @@ def test_time_is_up_is_our_reading_of_fig22():
     assert prover.time_is_up_suffix("a\n") == "\n" + prover.TIME_IS_UP
     # mu's prompt closes the thought: what it generates is graded as an answer
     thought, outside, closed = split_think("a\n\n" + prover.TIME_IS_UP + "x = \\boxed{3}")
-    assert closed and thought.endswith("what I already have.\n\n") and prover.extract_answer(outside, thinking=False) == "3"
+    assert closed and thought.endswith("what I already have.\n\n") and grader.extract_answer(outside, thinking=False) == "3"
 
 
 def _capabilities(monkeypatch, **flags):
@@ -302,8 +303,8 @@ def test_build_prompt_without_thought_block(tokenizer, chatml_model):
 def test_reward_and_episodes_without_thought_block():
     response = _para("Let x be the sum.", "1+1 = 2.", "So x = 2.", "Wait, check: 2-1 = 1.", "Yes.", "Done.") \
         + "\n\nThe answer is \\boxed{2}."
-    assert prover.reward(response, "2", thinking=False) == 1.0
-    assert prover.reward(response, "2", thinking=True) == 0.0   # read as an unclosed thought: no answer
+    assert grader.reward(response, "2", thinking=False) == 1.0
+    assert grader.reward(response, "2", thinking=True) == 0.0   # read as an unclosed thought: no answer
     stream, closed = episodes.reasoning_stream(response, thinking=False, finished=True)
     assert stream == response and closed
     assert episodes.reasoning_stream(response, thinking=False, finished=False) == (response, False)

@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 
+import grader
 import policy
 import prover
 import star
@@ -108,7 +109,7 @@ def test_algorithm_1_iteration_writes_data_trains_and_resumes(tiny_model, tokeni
                                                        {"id": "b", "problem": "p2", "answer": "5"}])
     argv = ["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--iterations", "1",
             "--prover-samples", "4", "--max-tokens", "64", "--prover-max-tokens", "16", "--batch-size", "2",
-            "--max-steps", "1", "--engine", "hf", "--max-model-len", "1024"]
+            "--max-steps", "1", "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024"]
     engine = FakeEngine(tokenizer, scripted_star_respond)
     history = star.run(star.parse_args(argv), engine=engine)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "iter_1" / "data.jsonl")]
@@ -198,7 +199,7 @@ def test_star_iteration_on_vllm_syncs_the_engine(warm_model, tokenizer, vllm_eng
                            "--lr", "1e-3", "--max-model-len", "1024"])
     history = star.run(cfg, engine=vllm_engine)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "iter_1" / "data.jsonl")]
-    assert history[0]["kept"] == len(rows) > 0 and all(prover.reward(r["completion"], "7") == 1.0 for r in rows)
+    assert history[0]["kept"] == len(rows) > 0 and all(grader.reward(r["completion"], "7") == 1.0 for r in rows)
     trained = AutoModelForCausalLM.from_pretrained(os.path.join(tmp_path, "run", "iter_1", "checkpoints", "step_1"))
     prompts = [prover.build_prompt(tokenizer, "What is 5+7-5?"), prover.build_prompt(tokenizer, "Hello?")]
     greedy = [s[0].token_ids for s in vllm_engine.generate(prompts, n=1, temperature=0.0, max_tokens=12)]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import episodes
+import grader
 import prover
 import star
 import toy
@@ -73,7 +74,7 @@ def test_toy_problems_are_correct_by_construction():
         assert sorted(functions[q["function"]]) == list(range(world.symbols))       # a permutation
         assert functions[q["function"]][int(q["answer"])] == q["target"]             # f(answer) = y
         assert q["problem"] == f"Find x with {q['function']}(x)={q['target']}."
-        assert prover.reward(f"</think>\n\nThe answer is \\boxed{{{q['answer']}}}.", q["answer"]) == 1.0
+        assert grader.reward(f"</think>\n\nThe answer is \\boxed{{{q['answer']}}}.", q["answer"]) == 1.0
     assert toy.make_problems(world) == (train, held_out)                             # seeded
 
 
@@ -89,7 +90,7 @@ def test_toy_traces_segment_into_their_episodes_and_scripted_j_r_counts():
         completion = "".join(trace["episodes"]) + toy.final_answer(trace["answer"])
         thought, _, closed = episodes.split_think(completion)
         assert closed and episodes.split_episodes(thought) == trace["episodes"]      # App. D's cut, min_steps 3
-        assert prover.reward(completion, q["answer"]) == float(trace["answer"] == int(q["answer"]))
+        assert grader.reward(completion, q["answer"]) == float(trace["answer"] == int(q["answer"]))
         x = int(q["answer"])
         for j, prefix in enumerate(episodes.thought_prefixes(trace["episodes"])):
             tried = set(trace["tried"][:j])          # what the generator knows it tried, counted
