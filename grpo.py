@@ -259,27 +259,22 @@ def sample_rollout(engine, problems, cfg, step):
 
 
 def reward_step(reward_fn):
-    """GRPO's step function with another reward: reward_fn(problems, groups, cfg) -> rewards per group."""
+    """GRPO's step function (Sec. 3, App. B.1) for a reward reward_fn(problems, groups, cfg) -> rewards per
+    group: G completions per prompt, their rewards, group advantages. A step function takes (engine, this
+    rank's problems, cfg, step) and returns a Rollout: what the loop trains on and logs."""
     def step_fn(engine, problems, cfg, step):
         prompts, groups = sample_rollout(engine, problems, cfg, step)
         t0 = time.time()
         rewards = reward_fn(problems, groups, cfg)
+        correct = rewards if reward_fn is outcome_reward else outcome_reward(problems, groups, cfg)
         advantages = group_advantages([r for group in rewards for r in group], cfg.num_generations, cfg.scale_rewards)
-        return flatten_groups(prompts, groups, advantages, rewards, outcome_reward(problems, groups, cfg),
-                              {"seconds_score": (time.time() - t0, 1)})
+        return flatten_groups(prompts, groups, advantages, rewards, correct, {"seconds_score": (time.time() - t0, 1)})
     return step_fn
 
 
 def grpo_step(engine, problems, cfg, step):
-    """GRPO's step function (Sec. 3, App. B.1): G completions per prompt, the --reward of each
-    (outcome, or the length-penalty baseline), group advantages. A step function takes (engine, this
-    rank's problems, cfg, step) and returns a Rollout: what the loop trains on and logs."""
-    prompts, groups = sample_rollout(engine, problems, cfg, step)
-    t0 = time.time()
-    rewards = REWARDS[cfg.reward](problems, groups, cfg)
-    correct = rewards if cfg.reward == "outcome" else outcome_reward(problems, groups, cfg)
-    advantages = group_advantages([r for group in rewards for r in group], cfg.num_generations, cfg.scale_rewards)
-    return flatten_groups(prompts, groups, advantages, rewards, correct, {"seconds_score": (time.time() - t0, 1)})
+    """The default step function: reward_step with --reward (outcome, or the length-penalty baseline)."""
+    return reward_step(REWARDS[cfg.reward])(engine, problems, cfg, step)
 
 
 # ==============================================================================================
