@@ -44,6 +44,7 @@ import evaluate
 import flags
 import grader
 import grpo
+import mrt_rl
 import prover
 import star
 import toy
@@ -201,11 +202,35 @@ def progress_adjusted_rewards(scores, alpha):
     return [[0.0 if not sc else sc[0].revision + alpha * sc[0].progress for sc in row] for row in scores]
 
 
-def rl_step(alpha=1.0, m=4, prover_max_tokens=32):
+def backtrack_episode_credit(tokenizer, sample, text, score, alpha, outcome_advantage):
+    """--progress-credit episode in this setting: the per-token advantages of one continuation z_1 z_2
+    (`sample`; `text` is the whole trace, score_backtracks' scores of it). The backtrack's tokens (after
+    the marker, up to "Step k:") get alpha * r_prg(z_1; c) = alpha * (J_r(mu | x, z_0, z_1) - r(x; z_0)),
+    the revision's tokens alpha * (r(x; z_2) - J_r(mu | x, z_0, z_1)), its own progress, both on top of
+    GRPO's advantage of the outcome r(x; z_2) (mrt_rl.episode_bonuses' reading, with the attempt's own
+    answer as J_r before z_1). A continuation that does not parse, or was cut at the budget, gets the
+    outcome advantage only."""
+    if not score or sample.finish_reason == "length":
+        return [outcome_advantage] * sample.num_tokens
+    b = score[0]
+    z1_chars = len(episodes.parse_backtrack(text)[0].backtrack) - len(episodes.BACKTRACK_MARKER)
+    end = prover.shortest_decoding_prefix(tokenizer, sample.token_ids, z1_chars) if z1_chars > 0 else 0
+    credit = mrt_rl.episode_token_credit([b.progress, b.revision - b.backtrack], [end], sample.num_tokens)
+    return [outcome_advantage + alpha * c for c in credit]
+
+
+def rl_step(alpha=1.0, m=4, prover_max_tokens=32, credit="trace"):
     """grpo.train's step function for MRT-RL in this setting (App. A.1): from an on-policy attempt z_0
     and the marker, G continuations (the backtrack z_1 and the revision z_2, up to a next marker) are
-    sampled and trained on, with GRPO's group advantages of progress_adjusted_rewards. The attempt is
-    context, not trained on (as mrt_rl.py's partial rollouts)."""
+    sampled and trained on. credit="trace": GRPO's group advantages of progress_adjusted_rewards, one
+    reward per continuation. credit="episode": GRPO's advantage of r(x; z_2) plus each episode's own
+    progress on its tokens (backtrack_episode_credit). The attempt is context, not trained on (as
+    mrt_rl.py's partial rollouts).
+
+    How the two relate to mrt_rl.py's: here a continuation holds exactly one backtrack, and the bonus
+    already differs between the G samples, so even the trace form is not outcome GRPO in expectation
+    (unlike Alg. 2's single J_r per prompt); the episode form only moves r_prg(z_1) onto z_1's tokens
+    and gives z_2's tokens what the revision added beyond it."""
     def step_fn(engine, mine, cfg, step):
         seed = grpo.step_seed(cfg, step)
         half = cfg.max_completion_length // 2      # the attempt and its continuation share the budget
@@ -215,9 +240,15 @@ def rl_step(alpha=1.0, m=4, prover_max_tokens=32):
         mu = prover.answer_prover(engine, m=m, max_tokens=prover_max_tokens, seed=seed + 2)
         flat = prover.score_backtracks(mu, [(q["problem"], q["answer"], t) for q, ts in zip(mine, texts) for t in ts])
         scores = [flat[i * cfg.num_generations:(i + 1) * cfg.num_generations] for i in range(len(mine))]
-        rewards = progress_adjusted_rewards(scores, alpha)
         correct = grpo.outcome_reward(mine, groups, cfg)
-        advantages = grpo.group_advantages([r for row in rewards for r in row], cfg.num_generations, cfg.scale_rewards)
+        if credit == "episode":
+            rewards = [[sc[0].revision if sc else 0.0 for sc in row] for row in scores]   # r(x; z_2)
+            outcome = grpo.group_advantages([r for row in rewards for r in row], cfg.num_generations, cfg.scale_rewards)
+            advantages = [backtrack_episode_credit(engine.tokenizer, s, t, sc, alpha, a) for s, t, sc, a in
+                          zip([s for g in groups for s in g], [t for ts in texts for t in ts], flat, outcome.tolist())]
+        else:
+            rewards = progress_adjusted_rewards(scores, alpha)
+            advantages = grpo.group_advantages([r for row in rewards for r in row], cfg.num_generations, cfg.scale_rewards)
         parsed = [sc[0] for row in scores for sc in row if sc]
         metrics = {"backtrack_parsed": (len(parsed), len(flat)),
                    "backtrack_progress": (sum(s.progress for s in parsed), len(parsed)),
@@ -382,6 +413,9 @@ def main(argv=None):
     grpo.add_grpo_args(r)
     r.add_argument("--alpha", type=flags.nonnegative_float, default=1.0,
                    help="weight of the backtrack's progress r_prg(z_1) (0: GRPO)")
+    r.add_argument("--progress-credit", choices=("trace", "episode"), default="trace",
+                   help="trace (default, App. A.1): r(z_2) + alpha * r_prg(z_1) as the continuation's reward; episode: "
+                        "GRPO's advantage of r(z_2), plus alpha * each episode's own progress on its tokens")
     flags.add_prover(r, samples=4, max_tokens=32, temperature=False, samples_source="answers forced after the kept "
                      "steps; default", max_tokens_source="one answer line")
     r.set_defaults(max_prompt_length=1500, max_completion_length=1024, lr=1e-6, beta=0.04)   # Table 5
@@ -425,7 +459,7 @@ def main(argv=None):
     if args.command == "rl":
         args.thinking = "off"
         cfg = grpo.check_args(r, args)
-        grpo.main(cfg=cfg, step_fn=rl_step(cfg.alpha, cfg.prover_samples, cfg.prover_max_tokens))
+        grpo.main(cfg=cfg, step_fn=rl_step(cfg.alpha, cfg.prover_samples, cfg.prover_max_tokens, cfg.progress_credit))
         return
     if args.command == "star":
         args.thinking = "off"

@@ -15,7 +15,9 @@ called through its config() with the values fixed here: the same checks as its c
 import argparse
 import dataclasses
 import json
+import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -37,13 +39,18 @@ from transformers import AutoTokenizer  # noqa: E402
 # The default run: MRT against outcome-reward RL in the toy world (toy.py), end to end on a CPU
 # ==============================================================================================
 
-TOY_METHODS = ("grpo", "mrt-rl", "star", "mrt-star")
+TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "length-penalty", "star", "mrt-star")
+RL_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "length-penalty")
+TOY_LABELS = {"base": "the warm start", "grpo": "outcome-reward GRPO", "mrt-rl": "Algorithm 2 as written (trace bonus)",
+              "mrt-rl-episode": "Sec. 6.2 per-episode variant (not Algorithm 2)",
+              "length-penalty": "GRPO + length penalty (Table 1)", "star": "STaR", "mrt-star": "Algorithm 1 (MRT-STaR)"}
 TOY_LEGEND = """
 pass@1, mean_tokens: evaluate.py accuracy (n samples per held-out problem at --eval-max-tokens); tokens_per_correct:
-mean_tokens / pass@1 (token efficiency, lower is better); mean_episodes, progress_per_episode: the episodes analysis
-(mu with m = 8 at every episode, Def. 6.1); unproductive_token_share, gave_up: toy.measure's scripted reading of the
-same kind of samples (tokens of re-tries and re-checks; thoughts closed without finding x); regret@C0: normalized
-regret (Fig. 9) at token budget C0, lower is better."""
+mean_tokens / pass@1 (token efficiency, lower is better); mean_episodes: the episodes analysis; retry_share,
+double_check_share, gave_up, first_try_training_answer: toy.measure's scripted reading of the same kind of samples
+(episodes that re-try a digit before x is found; episodes that check x again once found; thoughts closed without
+finding x; first tries that are a training problem's answer, chance 0.8); regret@C0: normalized regret (Fig. 9,
+mu with m = 8 at every episode) at token budget C0, lower is better; scripted_regret: the same with the ideal mu."""
 
 
 def toy_train(method, seed, folder, warm, engine, paths, args):
@@ -52,22 +59,26 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
     on return."""
     common = dict(model=warm, train=paths["train"], out=folder, seed=seed, max_model_len=args.max_model_len,
                   thinking="on", engine=args.engine)
-    if method in ("grpo", "mrt-rl"):
+    if method in RL_TOY_METHODS:
+        # a checkpoint at every step of the learning curve (all kept until toy_curve has measured them)
+        every = math.gcd(args.steps, *args.curve_steps)
         rl = dict(common, max_steps=args.steps, batch_size=args.batch_size, num_generations=args.num_generations,
                   max_prompt_length=64, max_completion_length=args.max_completion_length, lr=args.lr, beta=0.0,
-                  warmup_ratio=0.0, temperature=args.temperature, save_every=args.steps, keep_checkpoints=1,
-                  micro_batch_tokens=4096)
+                  warmup_ratio=0.0, temperature=args.temperature, save_every=every,
+                  keep_checkpoints=args.steps // every, micro_batch_tokens=4096)
         done = policy.latest_checkpoint(folder)
         if done and done.endswith(f"step_{args.steps}"):
             policy.load_weights_into_engine(done, engine)
             return done
         if not done:   # a fresh run starts from the warm start; a resumed one, from its checkpoint (grpo.train syncs it)
             policy.load_weights_into_engine(warm, engine)
-        if method == "mrt-rl":
-            cfg = mrt_rl.config(**rl, resume=bool(done), alpha=args.alpha, prover_max_tokens=16)
+        if method.startswith("mrt-rl"):
+            cfg = mrt_rl.config(**rl, resume=bool(done), alpha=args.alpha, prover_max_tokens=16,
+                                progress_credit="episode" if method == "mrt-rl-episode" else "trace")
             grpo.train(cfg, engine=engine, step_fn=mrt_rl.algorithm_2(cfg, AutoTokenizer.from_pretrained(warm)))
         else:
-            grpo.train(grpo.config(**rl, resume=bool(done)), engine=engine)
+            grpo.train(grpo.config(**rl, resume=bool(done), reward="length-penalty" if method == "length-penalty"
+                                   else "outcome", length_penalty_alpha=args.length_penalty_alpha), engine=engine)
         return policy.latest_checkpoint(folder)
     cfg = star.config(**common, variant="mrt" if method == "mrt-star" else "star", iterations=args.iterations,
                       rollouts=args.star_rollouts, max_tokens=args.max_completion_length, temperature=args.temperature,
@@ -91,6 +102,44 @@ def toy_evaluate(weights, seed, folder, engine, paths, args):
     return evaluate.run(cfg, engine=engine)
 
 
+def scripted_regret(curves, budgets):
+    """Normalized regret (Fig. 9, evaluate.normalized_regret) of toy.measure's scripted scaling curves:
+    the ideal mu's J_r against thought tokens, averaged over samples, at each budget C0."""
+    return {str(c): statistics.fmean(evaluate.normalized_regret(tokens, rates, c) for tokens, rates in curves)
+            for c in budgets}
+
+
+def toy_curve(method, seed, folder, engine, held_out, args):
+    """The learning curve of one RL run: toy.measure's reading of held-out samples (scripted, no mu) at the
+    checkpoints of args.curve_steps, the same samples and seed as the final measurement. Written to
+    folder/curve.json; then every checkpoint but the last is removed. Returns the curve."""
+    path = os.path.join(folder, "curve.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    curve = []
+    for step in args.curve_steps:
+        policy.load_weights_into_engine(os.path.join(folder, "checkpoints", f"step_{step}"), engine)
+        m = toy.measure(engine, toy.World(), held_out, n=args.eval_samples, max_tokens=args.eval_max_tokens,
+                        seed=seed, mu=False)
+        curve.append({"step": step, **curve_point(m, args.budgets)})
+    policy.write_atomic(path, json.dumps(curve))
+    final = policy.latest_checkpoint(folder)
+    for d in os.listdir(os.path.join(folder, "checkpoints")):
+        if d.startswith("step_") and os.path.join(folder, "checkpoints", d) != final:
+            shutil.rmtree(os.path.join(folder, "checkpoints", d), ignore_errors=True)
+    policy.load_weights_into_engine(final, engine)
+    return curve
+
+
+CURVE_MEASURES = ("pass@1", "retry_share", "double_check_share", "gave_up")
+
+
+def curve_point(traces, budgets):
+    """One point of a learning curve from toy.measure's output: CURVE_MEASURES and scripted regret."""
+    return {**{k: traces[k] for k in CURVE_MEASURES}, "scripted_regret": scripted_regret(traces["scripted_curves"], budgets)}
+
+
 def toy_measures(result, traces):
     """The comparison's numbers from one evaluate.py results dict, and toy.measure's scripted reading
     of the traces (unproductive_token_share, gave_up)."""
@@ -103,34 +152,104 @@ def toy_measures(result, traces):
             "cumulative_regret": reg["cumulative_regret"], "normalized_regret": reg["normalized_regret_by_tokens"],
             "tokens_per_correct": acc["mean_response_tokens"] / max(acc["pass@1"], 1e-9),
             "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]],
-            "unproductive_token_share": traces["unproductive_token_share"], "gave_up": traces["gave_up"]}
+            "unproductive_token_share": traces["unproductive_token_share"], "gave_up": traces["gave_up"],
+            "retry_share": traces["retry_share"], "double_check_share": traces["double_check_share"],
+            "first_try_training_answer": traces["first_try_training_answer"]}
+
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (df > 30: 1.96 would be too narrow; 2.042 is df = 30's)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
+
+
+def t_975(df):
+    return T_975.get(df, 2.086 if df < 30 else 2.042)
+
+
+def _over_seeds(values, leaf):
+    """Apply leaf(list of numbers over seeds) at every number of a nest of dicts and lists (curves: point
+    by point, up to the shortest)."""
+    if isinstance(values[0], dict):
+        return {k: _over_seeds([v[k] for v in values], leaf) for k in values[0]}
+    if isinstance(values[0], list):
+        return [_over_seeds([v[i] for v in values], leaf) for i in range(min(len(v) for v in values))]
+    return leaf(values)
+
+
+def mean_and_se(xs):
+    """{"mean", "se"}: the mean over seeds and its standard error (sample std / sqrt(n); 0 for one seed)."""
+    return {"mean": statistics.fmean(xs), "se": statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0}
 
 
 def toy_summary(per_seed):
-    """mean and spread (sample std; 0 for one seed) over seeds of every scalar, budget-wise for dicts."""
-
-    def agg(values):
-        if isinstance(values[0], dict):
-            return {k: agg([v[k] for v in values]) for k in values[0]}
-        if isinstance(values[0], list):   # curves: mean point by point, up to the shortest
-            n = min(len(v) for v in values)
-            return [agg([v[i] for v in values]) if isinstance(values[0][0], list) else statistics.fmean(v[i] for v in values)
-                    for i in range(n)]
-        return {"mean": statistics.fmean(values), "spread": statistics.stdev(values) if len(values) > 1 else 0.0}
-    return {**agg(list(per_seed.values())), "seeds": sorted(per_seed)}
+    """Mean and standard error over seeds of every number of toy_measures, curves point by point."""
+    seeds = sorted(per_seed)
+    return {**_over_seeds([per_seed[s] for s in seeds], mean_and_se), "seeds": seeds}
 
 
-def toy_table(methods, budgets):
-    cols = ["pass@1", "mean_tokens", "tokens_per_correct", "mean_episodes", "progress_per_episode",
-            "unproductive_token_share", "gave_up"] + [f"regret@{b}" for b in budgets]
+def paired_difference(per_seed, reference):
+    """method - reference, paired by seed (the same seed: the same data order and sampling seeds), for
+    every number: {"mean", "ci"} with ci the half-width of the 95 % t-interval (0 for one seed)."""
+    seeds = sorted(set(per_seed) & set(reference))
+
+    def leaf(pairs):
+        d = [x - y for x, y in pairs]
+        half = t_975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+        return {"mean": statistics.fmean(d), "ci": half}
+
+    def zipped(a, b):   # the two nests merged into one whose numbers are (a, b) pairs
+        if isinstance(a, dict):
+            return {k: zipped(a[k], b[k]) for k in a if k in b}
+        if isinstance(a, list):
+            return [zipped(x, y) for x, y in zip(a, b)]
+        return (a, b)
+    pairs = [zipped(per_seed[s], reference[s]) for s in seeds]
+
+    return {**_over_seeds(pairs, leaf), "seeds": seeds}
+
+
+TABLE_COLUMNS = ["pass@1", "mean_tokens", "tokens_per_correct", "mean_episodes", "retry_share", "double_check_share",
+                 "gave_up", "first_try_training_answer"]
+
+
+def _cell(m, c, key):
+    v = m["normalized_regret"][c.split("@")[1]] if c.startswith("regret@") else m[c]
+    digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if c.startswith(("regret", "retry", "double")) else 2
+    sign = "+" if key == "ci" else ""
+    return f"{v['mean']:{sign}.{digits}f} ± {v[key]:.{digits}f}"
+
+
+def toy_table(methods, budgets, differences=None):
+    """The end-point table (mean ± s.e. over seeds) and, given differences, each method minus GRPO
+    paired by seed with its 95 % interval."""
+    cols = TABLE_COLUMNS + [f"regret@{b}" for b in budgets]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_cell(m, c, "se") for c in cols) + " |" for name, m in methods.items()]
+    if differences:
+        lines += ["", "difference from grpo, paired by seed, mean and 95 % interval:", "",
+                  "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_cell(d, c, "ci") for c in cols) + " |" for name, d in differences.items()]
+    return "\n".join(lines)
+
+
+def curve_table(methods, differences, budget):
+    """Learning curves: per RL method and step, mean ± s.e. of CURVE_MEASURES and scripted regret at the
+    budget, then the difference from GRPO at the same step (95 % interval, paired by seed)."""
+    cols = list(CURVE_MEASURES) + [f"scripted_regret@{budget}"]
+    lines = ["| method | step | " + " | ".join(cols) + " | Δpass@1 vs grpo | Δretry_share vs grpo | Δregret vs grpo |",
+             "|---" * (len(cols) + 5) + "|"]
+
+    def value(p, c):
+        return p["scripted_regret"][str(budget)] if c.startswith("scripted_regret") else p[c]
     for name, m in methods.items():
-        cells = []
-        for c in cols:
-            v = m["normalized_regret"][c.split("@")[1]] if c.startswith("regret@") else m[c]
-            digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if c.startswith(("progress", "regret")) else 2
-            cells.append(f"{v['mean']:.{digits}f} ± {v['spread']:.{digits}f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if "curve" not in m:
+            continue
+        for i, p in enumerate(m["curve"]):
+            cells = [f"{value(p, c)['mean']:.3f} ± {value(p, c)['se']:.3f}" for c in cols]
+            d = differences.get(name, {}).get("curve")
+            deltas = ([f"{value(d[i], c)['mean']:+.3f} ± {value(d[i], c)['ci']:.3f}"
+                       for c in ("pass@1", "retry_share", "scripted_regret")] if d else ["", "", ""])
+            lines.append(f"| {name} | {p['step']['mean']:.0f} | " + " | ".join(cells + deltas) + " |")
     return "\n".join(lines)
 
 
@@ -144,7 +263,7 @@ def toy_plot(methods, out):
         return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for name, m in methods.items():
-        a.plot([p[0] for p in m["efficiency"]], [p[1] for p in m["efficiency"]], "o-", label=name)
+        a.plot([p[0]["mean"] for p in m["efficiency"]], [p[1]["mean"] for p in m["efficiency"]], "o-", label=name)
         budgets = sorted(m["normalized_regret"], key=int)
         b.plot([int(c) for c in budgets], [m["normalized_regret"][c]["mean"] for c in budgets], "o-", label=name)
     a.set(title="token efficiency (Fig. 7): maj@K vs total tokens", xlabel="total tokens of K samples", ylabel="maj@K")
@@ -197,6 +316,8 @@ def toy_run(args, engine=None):
                 t1 = time.time()
                 # the toy world's own reading of the traces (scripted J_r): what the training changed
                 if rank == 0:
+                    if method in RL_TOY_METHODS:   # the learning curve first: it loads the earlier checkpoints
+                        toy_curve(method, seed, folder, engine, held_out, args)
                     traces = toy.measure(engine, toy.World(), held_out, n=args.eval_samples,
                                          max_tokens=args.eval_max_tokens, seed=seed, mu=False)
                     policy.write_atomic(os.path.join(folder, "toy_measures.json"), json.dumps(traces))
@@ -205,7 +326,15 @@ def toy_run(args, engine=None):
             dist.barrier()
             if rank == 0:
                 with open(result_path) as f, open(os.path.join(folder, "toy_measures.json")) as g:
-                    per_method.setdefault(method, {})[seed] = toy_measures(json.load(f), json.load(g))
+                    result, traces = json.load(f), json.load(g)
+                measures = toy_measures(result, traces)
+                measures["scripted_regret"] = scripted_regret(traces["scripted_curves"], args.budgets)
+                if method == "base":          # step 0 of every learning curve
+                    measures["curve"] = [{"step": 0, **curve_point(traces, args.budgets)}]
+                elif method in RL_TOY_METHODS:
+                    with open(os.path.join(folder, "curve.json")) as c:
+                        measures["curve"] = per_method["base"][seed]["curve"][:1] + json.load(c)
+                per_method.setdefault(method, {})[seed] = measures
         clean = True
     finally:
         if owned:
@@ -213,15 +342,23 @@ def toy_run(args, engine=None):
     if rank != 0:
         return None
     methods = {name: toy_summary(per_seed) for name, per_seed in per_method.items()}
-    table = toy_table(methods, [str(b) for b in args.budgets])
+    differences = ({name: paired_difference(per_seed, per_method["grpo"]) for name, per_seed in per_method.items()
+                    if name not in ("grpo", "base")} if "grpo" in per_method else {})
+    table = toy_table(methods, [str(b) for b in args.budgets], differences)
+    curves = curve_table(methods, differences, args.budgets[-1])
     seconds["total"] = time.time() - t_start
-    results = {"methods": methods, "table": table, "seconds": seconds, "world": dataclasses.asdict(toy.World()),
+    results = {"methods": methods, "differences_from_grpo": differences, "table": table, "curve_table": curves,
+               "labels": TOY_LABELS, "per_seed": per_method, "seconds": seconds, "world": dataclasses.asdict(toy.World()),
                "config": {k: v for k, v in vars(args).items() if k != "seed_list"}, "warm_start": warm}
     policy.write_atomic(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
     png = None if args.no_plots else toy_plot(methods, args.out)
     print(f"\nMRT vs outcome-reward RL in the toy world: {len(held_out)} held-out problems, seeds {args.seed_list}, "
-          f"mean ± sample std over seeds (normalized regret at token budgets C0; lower is better)\n")
+          f"mean ± standard error over seeds (normalized regret at token budgets C0; lower is better)\n")
+    print("\n".join(f"   {name}: {TOY_LABELS[name]}" for name in methods) + "\n")
     print(table)
+    print(f"\nlearning curves on the held-out problems ({args.eval_samples} samples each, {args.eval_max_tokens} tokens; "
+          f"scripted regret: normalized regret of the ideal mu's J_r, at C0 = {args.budgets[-1]}):\n")
+    print(curves)
     print(TOY_LEGEND)
     print(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {png}" if png else "")
           + f"; {seconds['total'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")")
@@ -233,10 +370,15 @@ def add_toy_args(p):
     p.add_argument("--out", default="runs/toy", help="run folder (default runs/toy); a killed run resumes from it")
     p.add_argument("--quick", action="store_true",
                    help="one seed, 10 RL steps, one STaR iteration, 8 eval samples and 4 traces (other flags still apply)")
-    p.add_argument("--seeds", type=flags.positive_int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--seeds", type=flags.positive_int, default=5, help="seeds per method (default 5)")
     flags.add_seed(p, help="first seed (default 0): seeds are seed .. seed + seeds - 1")
     p.add_argument("--methods", default=",".join(TOY_METHODS), help=f"comma-separated, from {','.join(TOY_METHODS)}")
-    p.add_argument("--steps", type=flags.positive_int, default=50, help="RL steps of grpo and mrt-rl (default 50)")
+    p.add_argument("--steps", type=flags.positive_int, default=50, help="RL steps of the RL methods (default 50)")
+    p.add_argument("--curve-steps", type=flags.int_list(1), default=None,
+                   help="steps of the RL learning curves, each <= --steps (default: a fifth, a half and all of --steps: "
+                        "10,25,50)")
+    p.add_argument("--length-penalty-alpha", type=flags.fraction, default=0.1,
+                   help="alpha of the length-penalty baseline (grpo.py's default 0.1)")
     p.add_argument("--batch-size", type=flags.positive_int, default=64, help="RL completions per step (default 64)")
     p.add_argument("--num-generations", type=flags.positive_int, default=4, help="G, completions per prompt (default 4)")
     p.add_argument("--max-completion-length", type=flags.positive_int, default=toy.TRAINING_BUDGET,
@@ -249,10 +391,10 @@ def add_toy_args(p):
                    help="rollouts per problem and STaR iteration (default 4)")
     p.add_argument("--star-lr", type=flags.positive_float, default=2e-4,
                    help="SFT learning rate of STaR / MRT-STaR (default 2e-4)")
-    p.add_argument("--eval-samples", type=flags.positive_int, default=32,
-                   help="evaluation samples per held-out problem (default 32)")
-    p.add_argument("--eval-traces", type=flags.positive_int, default=8,
-                   help="evaluation traces per held-out problem scored by mu at every episode (default 8)")
+    p.add_argument("--eval-samples", type=flags.positive_int, default=16,
+                   help="evaluation samples per held-out problem, also at each learning-curve step (default 16)")
+    p.add_argument("--eval-traces", type=flags.positive_int, default=4,
+                   help="evaluation traces per held-out problem scored by mu at every episode (default 4)")
     p.add_argument("--eval-max-tokens", type=flags.positive_int, default=192, help="evaluation budget in tokens (default 192)")
     p.add_argument("--budgets", type=flags.int_list(1), default=[48, 96, 144, 192],
                    help="token budgets C0 of normalized regret (default 48,96,144,192)")
@@ -274,6 +416,11 @@ def check_toy_args(p, args):
     if not args.rebuild and not os.path.isdir(args.warm_start):
         p.error(f"--warm-start: no such folder: {args.warm_start} (--rebuild builds one)")
     flags.check_engine(p, args)
+    if args.curve_steps is None:
+        args.curve_steps = [s for s in (args.steps // 5, args.steps // 2) if s >= 1] + [args.steps]
+    if any(s > args.steps for s in args.curve_steps):
+        p.error(f"--curve-steps {args.curve_steps}: every step must be <= --steps {args.steps}")
+    args.curve_steps = sorted(set(args.curve_steps))
     args.seed_list = list(range(args.seed, args.seed + args.seeds))
     return args
 
@@ -282,9 +429,10 @@ def toy_parser(prog="compare.py", quick=False):
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=(
         "The default run (python mrt.py with no --model): MRT against outcome-reward RL in the toy world of toy.py,\n"
         "on a CPU. From the shipped warm start (toy_warm_start/, rebuilt when asked or when toy.World changes), train\n"
-        "GRPO, MRT-RL (Algorithm 2), STaR and MRT-STaR (Algorithm 1) with the same steps, prompts and samples, for\n"
-        "several seeds; evaluate every model and the warm start on held-out problems with evaluate.py; print one table\n"
-        "and write results.json (+ results.png with matplotlib)."))
+        "GRPO, MRT-RL (Algorithm 2), its Sec. 6.2 per-episode variant, GRPO with a length penalty, STaR and MRT-STaR\n"
+        "(Algorithm 1) with the same steps, prompts and samples, for several seeds; measure learning curves of the RL\n"
+        "methods and evaluate every model and the warm start on held-out problems with evaluate.py; print the tables\n"
+        "(mean ± s.e. over seeds, differences from GRPO paired by seed) and write results.json (+ results.png)."))
     add_toy_args(p)
     if quick:   # --quick changes the defaults; flags given explicitly still win
         p.set_defaults(seeds=1, steps=10, iterations=1, eval_samples=8, eval_traces=4)

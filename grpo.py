@@ -380,7 +380,11 @@ def train(cfg, engine=None, step_fn=grpo_step):
                    "training_tokens_per_s": all_tokens / max(phases["train"], 1e-9),
                    **extra, **{f"seconds_{k}": v for k, v in phases.items()}}
         policy.log_metrics(cfg.out, metrics)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+        shown = {"reward": f"{metrics['reward_mean']:.3f}", "acc": f"{metrics['accuracy']:.3f}"}
+        if "mu_prefixes" in metrics:   # the cost of per-episode credit (mrt_rl.score_episodes), per step
+            shown.update(mu_prefixes=f"{metrics['mu_prefixes']:.0f}", mu_tokens=f"{metrics['mu_tokens']:.0f}",
+                         mu_s=f"{metrics['seconds_mu']:.1f}")
+        bar.set_postfix(**shown)
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
             policy.save_checkpoint(cfg.out, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),

@@ -1,6 +1,7 @@
 """mrt.py: MRT, Meta Reinforcement Fine-Tuning (Qu et al., ICML 2025), the entry point.
 
     torchrun --nproc_per_node 8 mrt.py --model PATH                  # MRT (RL), Algorithm 2, Table 3 defaults
+             ... --progress-credit episode                            # Sec. 6.2's per-episode reward instead
     torchrun --nproc_per_node 8 mrt.py --model PATH --method grpo    # outcome-reward GRPO (Table 1)
              ... --method length-penalty                              # GRPO with Arora & Zanette's length penalty
              ... --method mrt-star | star                             # Algorithm 1 / its STaR baseline
@@ -13,6 +14,17 @@ One program per mode; this file only picks one and hands it a checked config:
     mrt-star, star          star.py     Algorithm 1, the STaR baseline and the SFT loop
     (no --model)            compare.py  every method from the toy world's warm start, evaluated, one table
     --smoke                 evaluate.py smoke(): the measurement half of the pipeline, printed trace by trace
+
+What Algorithm 2's single reward does. With one J_r(mu | q, z_{0:j}) per prompt, the bonus
+r_i - J_r is the outcome reward minus a baseline that does not depend on the sampled z_i, so
+E[(r_i - J_r) grad log pi(z_i)] = grad E[r]: each of --advantage progress / baseline / joint has the
+expected update of outcome GRPO on the same contexts, up to a positive scale that Adam removes (and
+the seq-mean length weighting; joint also trains mu's answers). test_mrt.py checks this exactly on an
+enumerable tabular policy. What Alg. 2 still changes is where continuations start (pi_ref's partial
+rollouts). Sec. 6.2's other reading, --progress-credit episode (mrt_rl.py), gives each episode's tokens
+its own progress r_prg(z_j; c_{j-1}) (Def. 6.1) with mu at every episode boundary; its bonuses sum to
+the same r - J_r, but on the segment that earned it, and its expected update is not outcome GRPO's.
+The toy run (compare.py) measures both beside GRPO and the length penalty.
 
 Imports: policy (first: it pins this rank's GPU), the programs above (grpo, mrt_rl, star, compare,
 evaluate), toy (the tiny model of --smoke without --model). Nothing imports mrt.py.

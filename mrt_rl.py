@@ -24,6 +24,10 @@ Algorithm 2 (App. B.1), per iteration of --steps-per-iteration steps:
                   trained on (Fig. 6: "normalizing rewards across this set of traces ... implicitly
                   compute the progress bonus")
     the loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
+    --progress-credit episode (Sec. 6.2's "per-episode" reward, not Algorithm 2 as written): each
+        continuation is cut into its episodes z_j .. z_{k-1}, mu scores the end of every one (m = G, the
+        prefix cache shares q + z_{0:j}), and token t gets GRPO's advantage of r_i + alpha * the progress
+        of its episode (episode_bonuses); nothing in a truncated response.
 
 How Eq. 3 enters GRPO. Line 11 puts r_i + alpha * r_prg,i "in place of A_i". Fed to GRPO as a reward
 instead, it would be lost: J_r is one number per prompt, so (1 + alpha) r_i - alpha J_r is an affine
@@ -31,6 +35,23 @@ map of r_i within a group, and the group-normalised advantages would be outcome 
 Eq. 3's two terms each with its own estimator: A_i = GRPO's advantage of r_i (the outcome term) +
 alpha * (r_i - J_r) (the progress term, whose baseline is the terminations' J_r). The KL term, when
 --beta > 0, stays anchored to the starting model (as in TRL); pi_ref here is the prefix sampler only.
+
+Why the per-episode variant exists. With one J_r per prompt, r_i - J_r is a baseline-shifted outcome:
+E[(r_i - J_r) grad log pi(z_i)] = grad E[r], so all three forms above update, in expectation, as outcome
+GRPO does (test_mrt.py enumerates a tabular policy and finds the scales 1 - 1/G + alpha, 1, 1 - 1/(2G)
+against GRPO's 1 - 1/G). Per-episode credit hands out the same total r - J_r(z_{0:j}) (its bonuses
+telescope) but puts each episode's share on that episode's tokens, which changes the direction.
+
+Choices the paper leaves open, and ours for --progress-credit episode:
+    credit      an episode's own progress J_r(after) - J_r(before) (Def. 6.1, Sec. 6.2's "segment of
+                tokens spanning a particular episode"), not a return-to-go: the sum of later progress
+                telescopes to J_r(end) - J_r(before), which pays a re-try for what later episodes find.
+    the answer  the tokens after the thought get r - J_r(mu | q, z_{0:k}): the answer's own progress,
+                so that the bonuses sum to the trace form's r - J_r(mu | q, z_{0:j}).
+    scale       raw progress, times alpha, beside the std-normalised outcome advantage: progress is a
+                difference of probabilities on the reward's own scale; dividing by a batch std
+                inflates tiny differences (a simulation of the toy world learned never to stop).
+    truncation  no progress credit at all in a response cut at the budget (mu is not even asked).
 """
 
 import json
@@ -116,6 +137,72 @@ def joint_advantages(continuation_rewards, termination_rewards, scale="std"):
 
 
 # ==============================================================================================
+# Sec. 6.2's per-episode reward (--progress-credit episode): each episode's tokens get its own progress
+# ==============================================================================================
+
+def continuation_episodes(tokenizer, sample, prefix, thinking):
+    """The episodes z_j .. z_{k-1} a continuation wrote after the partial rollout z_{0:j} = `prefix`
+    (episodes.py's segmentation of its thought), with the token where each one ends.
+
+    Returns (thought_prefixes, ends, closed): thought_prefixes[i] = z_{0:j} + z_j .. z_{j+i}, the
+    context mu answers from after the continuation's episode i; ends[i] = the number of the sample's
+    tokens that spell episodes z_j .. z_{j+i} (tokens after ends[-1] are the answer); closed = the
+    thought (or, with thinking=False, the response) ended within the budget."""
+    full = prefix + sample.text
+    stream, closed = episodes.reasoning_stream(full, thinking, finished=sample.finish_reason == "stop")
+    kept = prefix if stream.startswith(prefix) else ""   # "": the continuation reopened a thought of its own
+    start = full.find(stream) if stream else len(full)   # where the stream starts in prefix + text
+    ends, thought_prefixes, text = [], [], kept
+    offset = start + len(kept) - len(prefix)             # where the continuation's episodes start in sample.text
+    for ep in episodes.split_episodes(stream[len(kept):]):
+        text += ep
+        offset += len(ep)
+        thought_prefixes.append(text)
+        # the shortest run of the sample's own tokens that spells the text up to this episode's end
+        ends.append(prover.shortest_decoding_prefix(tokenizer, sample.token_ids, offset))
+    return thought_prefixes, ends, closed
+
+
+def episode_bonuses(start_rate, success_rates, reward, truncated):
+    """Per-episode credit (Sec. 6.2, "provided to the segment of tokens spanning a particular episode"):
+    [r_prg(z_j; c_{j-1}), ..., r_prg(z_{k-1}; c_{k-2}), r - J_r(mu | x, z_{0:k})], one value per episode
+    of the continuation (Def. 6.1: J_r after it minus J_r before it; start_rate is J_r(mu | x, z_{0:j})
+    at the partial rollout) and a last one for the answer after the thought (the answer's own
+    progress: its reward against what mu would have answered there). The values sum to
+    r - J_r(mu | x, z_{0:j}), the trace-level bonus of Alg. 2: the two credits hand out the same total,
+    the trace form on every token, this one on the segment that earned it. A truncated response gets
+    no progress credit at all (all 0): an episode that ends inside the budget would otherwise be paid
+    although the answer it leads to is cut off (reward hacking at the budget edge)."""
+    rates = [start_rate] + list(success_rates)
+    if truncated:
+        return [0.0] * (len(rates))
+    per_episode, _ = prover.progress(rates)
+    return per_episode + [reward - rates[-1]]
+
+
+def episode_token_credit(bonuses, ends, length):
+    """The per-token bonus of one continuation of `length` tokens: bonuses[i] on the tokens of segment i
+    (segment i ends at ends[i]; the last segment, the answer, runs to the end)."""
+    credit, start = [], 0
+    for bonus, end in zip(bonuses, list(ends) + [length]):
+        end = max(start, min(end, length))
+        credit += [bonus] * (end - start)
+        start = end
+    return credit
+
+
+def episode_advantages(continuation_rewards, bonuses, token_ends, lengths, alpha, scale="std"):
+    """--progress-credit episode: A_{i,t} = GRPO's group advantage of r_i + alpha * (the progress of the
+    segment holding token t). continuation_rewards [B][G]; bonuses, token_ends, lengths [B * G] (per
+    continuation: episode_bonuses, continuation_episodes' ends, its number of tokens). Returns N lists
+    of per-token advantages (grpo.Rollout's dense form)."""
+    r = [x for group in continuation_rewards for x in group]
+    outcome = grpo.group_advantages(r, len(continuation_rewards[0]), scale).tolist()
+    return [[a + alpha * c for c in episode_token_credit(b, e, n)]
+            for a, b, e, n in zip(outcome, bonuses, token_ends, lengths)]
+
+
+# ==============================================================================================
 # The step function (lines 8-11)
 # ==============================================================================================
 
@@ -163,7 +250,12 @@ def algorithm_2(cfg, tokenizer):
         term_r = [[grader.reward(s.text, q["answer"], thinking=False) for s in group]  # answers after a closed thought
                   for q, group in zip(mine, terminations)]
         # ---- advantages: one of Eq. 3's three forms ---------------------------------------------------------
-        if cfg.advantage == "progress":
+        if cfg.progress_credit == "episode":   # Sec. 6.2's per-episode reward (the --advantage progress form)
+            bonuses, ends, credit_metrics = score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, seed)
+            advantages = episode_advantages(cont_r, bonuses, ends, [s.num_tokens for g in continuations for s in g],
+                                            cfg.alpha, cfg.scale_rewards)
+            metrics.update(credit_metrics)
+        elif cfg.advantage == "progress":
             advantages = progress_advantages(cont_r, term_r, cfg.alpha, cfg.scale_rewards)
         elif cfg.advantage == "baseline":
             advantages = termination_baseline(cont_r, term_r)
@@ -217,6 +309,42 @@ def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, seed):
     return continuations, terminations, metrics
 
 
+def score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, seed):
+    """--progress-credit episode: mu (Eq. 4: the model's own forced termination, m = G samples at the
+    rollout temperature, as the G terminations behind J_r(mu | q, z_{0:j})) at the end of every episode
+    of every continuation that was not truncated, in one MetaProver call (each continuation's prompts
+    share q + z_{0:j} + its own tokens: vLLM's prefix cache computes them once). Returns
+    (bonuses, token ends, metrics): per continuation, episode_bonuses and continuation_episodes' ends."""
+    tok = engine.tokenizer
+    t0 = time.time()
+    flat_r = [r for group in cont_r for r in group]
+    starts = [success_rate(t) for t, group in zip(term_r, cont_r) for _ in group]   # J_r(mu | q, z_{0:j})
+    items, traces = [], []   # items: per continuation (thought prefixes, token ends, truncated, index in traces)
+    for q, p, group in zip(mine, prefixes, continuations):
+        for s in group:
+            thought_prefixes, ends, _ = continuation_episodes(tok, s, p["prefix"], cfg.thinking)
+            cut = s.finish_reason == "length"
+            asked = bool(thought_prefixes) and not cut   # a truncated continuation earns no progress: mu is not asked
+            items.append((thought_prefixes, ends, cut, len(traces) if asked else None))
+            if asked:
+                traces.append((q["problem"], q["answer"], thought_prefixes, p["prefix_ids"] + list(s.token_ids)))
+    mu = prover.MetaProver(engine, m=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                           max_tokens=cfg.prover_max_tokens, seed=seed + 700_001, thinking=cfg.thinking)
+    scores = mu.score(traces)
+    bonuses, ends = [], []
+    for (thought_prefixes, e, cut, k), r, j0 in zip(items, flat_r, starts):
+        rates = scores[k].success_rates if k is not None else [j0] * len(thought_prefixes)
+        bonuses.append(episode_bonuses(j0, rates, r, cut))
+        ends.append(e)
+    mu_tokens = sum(n for score in scores for row in score.num_tokens for n in row)
+    per_episode = [b for (_, _, cut, _), bs in zip(items, bonuses) if not cut for b in bs[:-1]]
+    metrics = {"mu_prefixes": (sum(len(t[2]) for t in traces), 1), "mu_tokens": (mu_tokens, 1),
+               "seconds_mu": (time.time() - t0, 1),
+               "episode_progress": (sum(per_episode), max(len(per_episode), 1)),
+               "episodes_without_progress": (sum(b <= 0 for b in per_episode), max(len(per_episode), 1))}
+    return bonuses, ends, metrics
+
+
 def step_metrics(prefixes, continuations, cont_r, term_r):
     """What a step logs beyond GRPO's own: {name: (sum, count)}, means over ranks."""
     n = len(prefixes)
@@ -240,6 +368,11 @@ def add_algorithm_2_args(p):
     p.add_argument("--advantage", choices=("progress", "baseline", "joint"), default="progress",
                    help="how the G forced terminations enter: progress (Alg. 2 / Eq. 3, default), baseline "
                         "(advantage r - J_r), joint (one GRPO group with the terminations); see mrt_rl.py")
+    p.add_argument("--progress-credit", choices=("trace", "episode"), default="trace",
+                   help="where the progress bonus goes (Sec. 6.2): trace (default, Alg. 2 as written: alpha * "
+                        "(r - J_r) on every token of a continuation) or episode (each episode's tokens get alpha * "
+                        "its own progress, Def. 6.1, with mu at every episode boundary; the answer gets r - J_r "
+                        "at the end of the thought; nothing in a truncated response); needs --advantage progress")
     p.add_argument("--alpha", type=flags.nonnegative_float, default=1.0,
                    help="weight of the progress bonus in r + alpha * r_prg (the paper gives no value; the authors' "
                         "fork swept 0 to 1.6; default 1.0)")
@@ -260,6 +393,9 @@ def add_args(p):
 def check_args(p, cfg):
     """grpo.check_args; an engine context not given also holds a forced termination (suffix and answer)."""
     given = cfg.max_model_len
+    if cfg.progress_credit == "episode" and cfg.advantage != "progress":
+        p.error(f"--progress-credit episode replaces the progress term of --advantage progress; "
+                f"it does not combine with --advantage {cfg.advantage}")
     cfg = grpo.check_args(p, cfg)
     if given is None:
         cfg.max_model_len += 256 + cfg.prover_max_tokens

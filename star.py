@@ -12,8 +12,10 @@ Per iteration t, with pi_theta in the engine (Algorithm 1):
     generate   one rollout z ~ pi_theta(.|x) per training problem (--rollouts for more)
     score      mrt: episodes (episodes.py), J_r(mu | x, z_{0:j}) for every prefix (Eq. 4, m samples),
                progress (Def. 6.1); star: the 0/1 reward r(x, z)
-    select     mrt: traces whose cumulative progress is positive somewhere, cut at the prefix of largest
-               cumulative progress, followed by one of mu's correct answers there; star: correct rollouts
+    select     mrt: traces whose largest cumulative progress reaches --progress-threshold (default sqrt(2/m),
+               above mu's noise; Alg. 1 line 7 has > 0), cut at that prefix z_{0:i}, then the thought is closed
+               and the policy answers (line 9: y ~ pi_theta(.|x, z_{0:i}), kept if r(x, y) = 1; --answer-source
+               mu takes one of mu's correct forced answers instead); star: correct rollouts
     write      D/iter_t/data.jsonl (every example with its k, i, progress and J_r curve)
     train      SFT of pi_theta on the data of iterations 1..t (Algorithm 1 keeps one growing D_ft)
     sync       the new weights into the engine
@@ -223,6 +225,24 @@ def select_prefix(success_rates, rewards):
     return i, s, best
 
 
+def default_progress_threshold(m):
+    """The smallest cumulative progress an MRT-STaR example needs by default: sqrt(2 / m), two standard
+    errors of a difference of two m-sample success rates at their largest variance (1/4 each), i.e.
+    progress that mu's sampling noise alone rarely produces (0.32 at Sec. 8.1's m = 20). Alg. 1 line 7
+    keeps any positive progress; with m = 20, a trace that gave up after two tries and met one of mu's
+    lucky correct guesses passes that test (toy world: 2/3 of the kept traces), and SFT on them teaches
+    stopping early."""
+    return math.sqrt(2.0 / m)
+
+
+def closed_thought_context(tokenizer, problem, prefix, prefix_ids, thinking):
+    """Alg. 1 line 9's context for y ~ pi_theta(.|x, z_{0:i}): the prompt, the thought prefix, and the
+    thought closed (the model's own format for what follows a thought), as token ids."""
+    close = prover.paragraph_break(prefix) + ("</think>\n\n" if thinking else "")
+    return (prover.build_prompt(tokenizer, problem, thinking=thinking) + list(prefix_ids)
+            + (tokenizer.encode(close, add_special_tokens=False) if close else []))
+
+
 def mrt_completion(prefix, answer, thinking, keep_time_is_up=False):
     """The SFT target of an MRT-STaR example: the thought z_{0:i}, then the answer y mu wrote there.
 
@@ -275,18 +295,41 @@ def build_examples(engine, problems, cfg, iteration):
     scores = mu.score([(q["problem"], q["answer"], prefixes, s.token_ids)
                        for (q, s), prefixes in zip(traces, segmented)])
     stats["seconds_mu"] = time.time() - t1
-    # ---- select: the prefix of largest cumulative progress, and a correct answer there -------------
+    # ---- select: the prefix of largest cumulative progress, if it clears the threshold (line 7) ------
+    threshold = default_progress_threshold(cfg.prover_samples) if cfg.progress_threshold is None else cfg.progress_threshold
+    chosen = []
     for (q, s), prefixes, score in zip(traces, segmented, scores):
         stats["j_r_empty_sum"] += score.success_rates[0]
-        chosen = select_prefix(score.success_rates, score.rewards)
-        if chosen is None:
+        pick = select_prefix(score.success_rates, score.rewards)
+        if pick is not None and pick[2] >= threshold:
+            chosen.append((q, s, prefixes, score, pick))
+    stats["below_threshold"] = sum(1 for _ in traces) - len(chosen)
+    # ---- the answer y at the chosen prefix (line 9) --------------------------------------------------
+    if cfg.answer_source == "policy":
+        # y ~ pi_theta(.|x, z_{0:i}) after the thought is closed, in the model's own answer format; kept
+        # when r(x, y) = 1 (mu's criterion), else the trace is dropped
+        t2 = time.time()
+        contexts = [closed_thought_context(tok, q["problem"], prefixes[i], prover.prefix_token_ids(tok, s.token_ids, prefixes[i]),
+                                           cfg.thinking) for q, s, prefixes, _, (i, _, _) in chosen]
+        answers = engine.generate(contexts, n=cfg.prover_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_tokens=cfg.prover_max_tokens,
+                                  seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank() + 3) if contexts else []
+        completions = []
+        for (q, _, prefixes, _, (i, _, _)), ys in zip(chosen, answers):
+            right = [y.text for y in ys if y.finish_reason == "stop" and grader.reward(y.text, q["answer"], thinking=False) == 1.0]
+            completions.append(prefixes[i] + prover.paragraph_break(prefixes[i]) + ("</think>\n\n" if cfg.thinking else "")
+                               + right[0] if right else None)
+        stats["seconds_answers"] = time.time() - t2
+    else:   # mu's own correct forced answer there (the answer heading of Fig. 22, or the whole suffix)
+        completions = [mrt_completion(prefixes[i], score.texts[i][sample], cfg.thinking, cfg.keep_time_is_up)
+                       for _, _, prefixes, score, (i, sample, _) in chosen]
+    stats["no_correct_answer"] = sum(c is None for c in completions)
+    for (q, s, prefixes, score, (i, _, gain)), completion in zip(chosen, completions):
+        if completion is None:
             continue
-        i, sample, gain = chosen
         k = len(prefixes) - 1
         per_episode, _ = prover.progress(score.success_rates)
-        rows.append({"id": q["id"], "problem": q["problem"],
-                     "completion": mrt_completion(prefixes[i], score.texts[i][sample], cfg.thinking,
-                                                  cfg.keep_time_is_up),
+        rows.append({"id": q["id"], "problem": q["problem"], "completion": completion,
                      "weight": gain if cfg.weight_by_progress else 1.0, "iteration": iteration, "variant": "mrt",
                      "k": k, "i": i, "cumulative_progress": gain, "progress": per_episode,
                      "success_rates": score.success_rates})
@@ -420,6 +463,14 @@ def add_star_args(p):
     p.add_argument("--top-p", type=flags.probability, default=1.0, help="rollout top-p (default 1.0)")
     p.add_argument("--max-tokens", type=flags.positive_int, default=16384, help="rollout budget in tokens (Sec. 8.1: 16K)")
     flags.add_prover(p, samples=20, max_tokens=4096, samples_source="Sec. 8.1, progress estimates")
+    p.add_argument("--progress-threshold", type=flags.nonnegative_float, default=None,
+                   help="keep a trace only when its largest cumulative progress reaches this (default sqrt(2/m), two "
+                        "standard errors of mu's noise: 0.32 at m = 20; 0 keeps any positive progress, Alg. 1 line 7)")
+    p.add_argument("--answer-source", choices=("auto", "policy", "mu"), default="auto",
+                   help="where the example's answer y comes from: policy (Alg. 1 line 9: y ~ pi_theta after the "
+                        "thought is closed at z_{0:i}, in the model's own format, kept if correct), mu (one of mu's "
+                        "correct forced answers, after Fig. 22's heading); auto (default): policy for a model that "
+                        "thinks, mu for one without a thought block")
     p.add_argument("--keep-time-is-up", action="store_true",
                    help="keep Fig. 22's 'Time is up...' text in the SFT target (default: close the thought right "
                         "after the selected prefix, then mu's answer)")
@@ -442,6 +493,10 @@ def check_star_args(p, cfg):
     flags.check_train(p, cfg)
     flags.check_engine(p, cfg)
     cfg = check_sft_args(p, cfg)
+    if cfg.answer_source == "auto":
+        cfg.answer_source = "policy" if cfg.thinking else "mu"
+    if cfg.keep_time_is_up and cfg.answer_source == "policy":
+        p.error("--keep-time-is-up keeps mu's forcing text: it needs --answer-source mu")
     if cfg.max_model_len is None:
         # a rollout (prompt + max_tokens) and a forced termination (prompt + prefix + suffix + answer)
         limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None) or 10 ** 9

@@ -105,6 +105,18 @@ def test_backtrack_rl_reward_and_star_filter_by_hand(tokenizer):
     assert rollout.advantages.tolist() == pytest.approx([1.75 - 1.75 / 3, -1.75 / 3, -1.75 / 3])   # GRPO's centring
     metrics = {k: v for k, v in rollout.metrics.items() if k != "seconds_score"}
     assert metrics == {"backtrack_parsed": (2, 3), "backtrack_progress": (0.75, 2), "revision_correct": (1.0, 2)}
+    # per-episode credit on the same samples: GRPO's advantage of r(z_2) = [1, 0, 0] (Dr. GRPO: 2/3, -1/3, -1/3),
+    # plus on sample 1 the backtrack's progress 0.75 on " Step 1 went wrong.\n\n" and 1 - 0.75 on the revision
+    episode = backtrack.rl_step(alpha=1.0, m=4, credit="episode")(FakeEngine(tokenizer, scripted_backtrack_respond),
+                                                                   mine, cfg, 0)
+    first = " Step 1 went wrong.\n\nStep 1: b\n\nAnswer: 2"
+    ids = tokenizer.encode(first, add_special_tokens=False)
+    z1 = prover.shortest_decoding_prefix(tokenizer, ids, len(" Step 1 went wrong.\n\n"))
+    assert tokenizer.decode(ids[:z1]) == " Step 1 went wrong.\n\n"
+    assert episode.advantages[0] == pytest.approx([2 / 3 + 0.75] * z1 + [2 / 3 + 0.25] * (len(ids) - z1))
+    assert episode.advantages[1] == pytest.approx([-1 / 3 + 0.0] * len(episode.completions[1]))   # no progress either way
+    assert episode.advantages[2] == pytest.approx([-1 / 3] * len(episode.completions[2]))         # not the format
+    assert episode.rewards == [1.0, 0.0, 0.0]
     # the STaR variant's filter on the same three traces, scored by the same mu
     mu = prover.answer_prover(engine, m=4)
     texts = ["Step 1: a\n\nStep 2: c\n\nAnswer: 1\n\n" + BACKTRACK_MARKER + c

@@ -17,6 +17,7 @@ import compare
 import mrt_rl
 import policy
 import prover
+import toy
 from conftest import FakeEngine, run_cli, toy_tokenizer, _write_problems
 
 
@@ -93,6 +94,177 @@ def test_algorithm_2_rewards_and_advantages_by_hand(tiny_model, tokenizer, tmp_p
     assert m["prefix_j"] == (2, 2) and m["prefix_k"] == (4, 2) and m["j_r_prefix"] == (0.75, 2)
     assert m["terminations_all_fail"] == (1, 2) and m["terminations_all_succeed"] == (0, 2)
     assert m["progress_bonus"] == (pytest.approx(0.25 * 3 - 0.75 + 0.0), 8)
+
+
+def test_per_episode_credit_by_hand(tiny_model, tokenizer, tmp_path):
+    """--progress-credit episode on the scripted engine: every continuation closes its thought at once
+    after z_{0:1}, so it has no episode (mu is asked nothing) and all its tokens are the answer segment,
+    credited r - J_r(mu | q, z_{0:1}): per token, exactly the trace form's advantage."""
+    policy.setup_distributed()
+    cfg = _mrt_cfg(tiny_model, tmp_path, "--progress-credit", "episode", "--alpha", "1.0", "--max-steps", "1")
+    mine = grpo.step_problems(grpo.training_problems(cfg, tokenizer)[0], cfg, 0)
+    rollout = mrt_rl.algorithm_2(cfg, tokenizer)(FakeEngine(tokenizer, scripted_rl_respond), mine, cfg, 0)
+    terminations = {"a": [1, 1, 1, 0], "b": [0, 0, 0, 0]}   # J_r = 0.75 on p1, 0 on p2
+    groups = [rollout.rewards[i * 4:(i + 1) * 4] for i in range(len(mine))]
+    trace = mrt_rl.progress_advantages(groups, [terminations[q["id"]] for q in mine], 1.0).tolist()
+    assert [len(a) for a in rollout.advantages] == [len(c) for c in rollout.completions]
+    assert rollout.advantages == [pytest.approx([x] * len(c)) for x, c in zip(trace, rollout.completions)]
+    assert rollout.metrics["mu_prefixes"] == (0, 1)
+    with pytest.raises(SystemExit):   # the per-episode credit replaces the progress form's term only
+        _mrt_cfg(tiny_model, tmp_path, "--progress-credit", "episode", "--advantage", "joint")
+
+
+def test_per_episode_credit_on_vllm_with_the_toy_model(toy_engine, tmp_path):
+    """One --progress-credit episode step on vLLM with the toy warm start and mu for real: each token's
+    credit (its advantage minus GRPO's outcome advantage) is constant within an episode and changes
+    only at the episode ends continuation_episodes finds; a bonus is a difference of J_r's estimated
+    from G = 4 samples (a multiple of 1/4); a truncated continuation gets none."""
+    policy.setup_distributed()
+    policy.load_weights_into_engine(toy.WARM_START_DIR, toy_engine)
+    path = _write_problems(tmp_path / "train.jsonl", toy.make_problems(toy.World())[0][:8])
+    cfg = mrt_rl.config(model=toy.WARM_START_DIR, train=path, out=str(tmp_path / "run"), batch_size=32, num_generations=4,
+                        max_prompt_length=64, max_completion_length=128, max_model_len=512, beta=0.0, engine="vllm",
+                        dtype="float32", progress_credit="episode", prover_max_tokens=16, thinking="on", alpha=2.0)
+    tok = toy_engine.tokenizer
+    mine = grpo.step_problems(grpo.training_problems(cfg, tok)[0], cfg, 0)
+    rollout = mrt_rl.algorithm_2(cfg, tok)(toy_engine, mine, cfg, 0)
+    with open(tmp_path / "run" / "prefixes" / "iter_0.rank0.json") as f:
+        prefixes = json.load(f)["0"]
+    outcome = grpo.group_advantages(rollout.rewards, 4).tolist()
+    assert rollout.metrics["mu_prefixes"][0] > 0 and rollout.metrics["mu_tokens"][0] > 0
+    segments = 0
+    for i, (ids, adv, cut) in enumerate(zip(rollout.completions, rollout.advantages, rollout.truncated)):
+        credit = [(a - outcome[i]) / cfg.alpha for a in adv]
+        if cut:
+            assert credit == pytest.approx([0.0] * len(ids), abs=1e-6)
+            continue
+        sample = prover.Sample(tok.decode(ids, skip_special_tokens=True), ids, "stop")
+        _, ends, _ = mrt_rl.continuation_episodes(tok, sample, prefixes[i // 4]["prefix"], thinking=True)
+        bounds = [0] + [e for e in ends if 0 < e < len(ids)] + [len(ids)]
+        for a, b in zip(bounds, bounds[1:]):
+            assert max(credit[a:b]) - min(credit[a:b]) < 1e-6             # one value per episode
+            assert credit[a] * 4 == pytest.approx(round(credit[a] * 4), abs=1e-5)
+        segments += len(bounds) - 1
+    assert segments > len(rollout.completions)   # the continuations do have episodes
+
+
+def test_per_episode_credit_segments_a_continuation_token_for_token(tokenizer):
+    """continuation_episodes cuts at the tokens that spell each episode; episode_bonuses are Def. 6.1's
+    differences, the answer's r - J_r, 0 when truncated; they sum to the trace bonus r - J_r(z_{0:j})."""
+    prefix = "A.\n\nB.\n\nC.\n\n"
+    text = "Wait, D.\n\nE.\n\nF.\n\nBut wait, G.\n\nH.\n\nI.\n\n</think>\n\n\\boxed{7}"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    sample = prover.Sample(text, ids, "stop")
+    thought_prefixes, ends, closed = mrt_rl.continuation_episodes(tokenizer, sample, prefix, thinking=True)
+    first, second = "Wait, D.\n\nE.\n\nF.\n\n", "But wait, G.\n\nH.\n\nI.\n\n"
+    assert closed and thought_prefixes == [prefix + first, prefix + first + second]
+    assert tokenizer.decode(ids[:ends[0]]) == first and tokenizer.decode(ids[:ends[1]]) == first + second
+    bonuses = mrt_rl.episode_bonuses(0.25, [0.5, 0.5], 1.0, truncated=False)
+    assert bonuses == [0.25, 0.0, 0.5] and sum(bonuses) == 1.0 - 0.25
+    assert mrt_rl.episode_bonuses(0.25, [0.5, 0.5], 0.0, truncated=True) == [0.0, 0.0, 0.0]
+    credit = mrt_rl.episode_token_credit(bonuses, ends, len(ids))
+    assert credit == [0.25] * ends[0] + [0.0] * (ends[1] - ends[0]) + [0.5] * (len(ids) - ends[1])
+    adv = mrt_rl.episode_advantages([[1.0, 0.0]], [bonuses, [0.0]], [ends, []], [len(ids), 3], alpha=2.0, scale="none")
+    assert adv == [[0.5 + 2 * c for c in credit], [-0.5] * 3]
+
+
+# A tabular policy small enough to enumerate: the toy world's decisions with 3 digits and a budget of 3
+# episodes. Each episode is one action: a new try (finds x with chance 1 / #untried), a re-try, or stop
+# and guess among the untried digits (the answer segment); once x is found the answer follows. mu is
+# exact: J_r = 1 once x is tried, else 1 / #untried.
+TABULAR_ACTIONS = ("new", "retry", "stop")
+
+
+def tabular_traces(symbols=3, budget=3):
+    """Every trace: (steps [(action, a re-try was possible)], chance probability, reward, J_r after each
+    episode, truncated)."""
+    out = []
+
+    def grow(steps, prob, tried, rates):
+        if len(steps) == budget:
+            out.append((steps, prob, 0.0, rates, True))
+            return
+        untried = symbols - tried
+        stop = steps + [("stop", tried > 0)]
+        out.append((stop, prob / untried, 1.0, rates, False))
+        out.append((stop, prob * (1 - 1 / untried), 0.0, rates, False))
+        new = steps + [("new", tried > 0)]
+        out.append((new, prob / untried, 1.0, rates + [1.0], False))
+        if untried > 1:
+            grow(new, prob * (1 - 1 / untried), tried + 1, rates + [1 / (untried - 1)])
+        if tried > 0:
+            grow(steps + [("retry", True)], prob, tried, rates + [1 / untried])
+    grow([], 1.0, 0, [])
+    return out
+
+
+def tabular_expected_updates(theta0, symbols=3, G=2, alpha=1.0):
+    """The exact expected update E[(1/G) sum_i sum_t A_{i,t} grad log pi(a_{i,t})] of every advantage form,
+    over every group of G traces (and, for joint, every draw of the G terminations), and grad E[r]."""
+    import itertools
+    traces = tabular_traces(symbols)
+    theta = theta0.clone().requires_grad_(True)
+
+    def log_pi(action, retry_possible):
+        names = TABULAR_ACTIONS if retry_possible else ("new", "stop")
+        logits = theta if retry_possible else theta[[0, 2]]
+        return logits[names.index(action)] - torch.logsumexp(logits, 0)
+    logp = [torch.stack([log_pi(a, ok) for a, ok in steps]) for steps, *_ in traces]
+    probs = [c * float(lp.detach().sum().exp()) for (_, c, *_), lp in zip(traces, logp)]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-12)
+    j0 = 1 / symbols
+    terminations = [[1.0] + [0.0] * (symbols - 1)]   # mean 1 / symbols: J_r at the empty prefix, exactly
+    surrogate = dict.fromkeys(("outcome", "progress", "baseline", "joint", "episode"), 0.0)
+    for group in itertools.product(range(len(traces)), repeat=G):
+        p = math.prod(probs[i] for i in group)
+        r = [[traces[i][2] for i in group]]
+        for name, adv in (("outcome", grpo.group_advantages(r[0], G, "none")),
+                          ("progress", mrt_rl.progress_advantages(r, terminations, alpha, "none")),
+                          ("baseline", mrt_rl.termination_baseline(r, terminations))):
+            surrogate[name] = surrogate[name] + p * sum(a * logp[i].sum() for a, i in zip(adv.tolist(), group)) / G
+        for t in itertools.product((0.0, 1.0), repeat=G):   # joint: the G terminations, Bernoulli(J_r) draws
+            pt = math.prod(j0 if x else 1 - j0 for x in t)
+            adv = mrt_rl.joint_advantages(r, [list(t)], "none").tolist()[:G]   # the continuations' part
+            surrogate["joint"] = surrogate["joint"] + p * pt * sum(a * logp[i].sum() for a, i in zip(adv, group)) / G
+        per_token = mrt_rl.episode_advantages(
+            r, [mrt_rl.episode_bonuses(j0, traces[i][3], traces[i][2], traces[i][4]) for i in group],
+            [list(range(1, len(traces[i][3]) + 1)) for i in group], [len(traces[i][0]) for i in group], alpha, "none")
+        surrogate["episode"] = surrogate["episode"] + p * sum((torch.tensor(a, dtype=torch.float64) * logp[i]).sum()
+                                                              for a, i in zip(per_token, group)) / G
+    expected_reward = sum(c * lp.sum().exp() * rew for (_, c, rew, *_), lp in zip(traces, logp))
+    grad_reward = torch.autograd.grad(expected_reward, theta, retain_graph=True)[0]
+    return grad_reward, {k: torch.autograd.grad(v, theta, retain_graph=True)[0] for k, v in surrogate.items()}
+
+
+def test_algorithm_2_forms_are_outcome_grpo_in_expectation_and_episode_credit_is_not():
+    """With one J_r per prompt, each of Eq. 3's three forms has exactly the expected update of outcome
+    GRPO, up to a positive scale (token sums, Dr. GRPO scaling): (1 - 1/G) for GRPO, (1 - 1/G + alpha) for
+    progress, 1 for baseline, (1 - 1/(2G)) for joint. Per-episode credit changes the direction."""
+    theta0 = torch.log(torch.tensor([0.45, 0.25, 0.30], dtype=torch.float64))   # new, re-try, stop
+    grad_reward, got = tabular_expected_updates(theta0, G=2, alpha=1.0)
+    # grad E[r] against an independent path: central differences of E[r] from the Bellman recursion
+    def value(theta, tried=0, left=3, symbols=3):
+        if left == 0:
+            return 0.0
+        weights = theta.exp() if tried else theta.exp() * torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+        p_new, p_retry, p_stop = (weights / weights.sum()).tolist()
+        untried = symbols - tried
+        found_later = value(theta, tried + 1, left - 1) if untried > 1 else 0.0
+        return (p_stop / untried + p_new * (1 / untried + (1 - 1 / untried) * found_later)
+                + (p_retry * value(theta, tried, left - 1) if tried else 0.0))
+    eps = 1e-6
+    numeric = [(value(theta0 + eps * e) - value(theta0 - eps * e)) / (2 * eps) for e in torch.eye(3, dtype=torch.float64)]
+    assert grad_reward.tolist() == pytest.approx(numeric, abs=1e-8)
+    for name, scale in (("outcome", 0.5), ("progress", 1.5), ("baseline", 1.0), ("joint", 0.75)):
+        assert got[name].tolist() == pytest.approx((scale * grad_reward).tolist(), abs=1e-6), name   # float32 advantages
+    episode = got["episode"]
+    cosine = float(episode @ grad_reward / (episode.norm() * grad_reward.norm()))
+    assert cosine < 0.999
+    # the progress term alone (episode - outcome): new tries up, re-tries and stops down, in other
+    # proportions than grad E[r]
+    extra = (episode - got["outcome"]).tolist()
+    assert extra[0] > 0 and extra[1] < 0 and extra[2] < 0
+    assert extra[1] / extra[0] != pytest.approx(grad_reward[1].item() / grad_reward[0].item(), rel=0.1)
 
 
 def test_algorithm_2_loss_ignores_the_prefix_tokens():
@@ -266,22 +438,51 @@ def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
     compare.toy_run(args, engine=toy_engine)
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
-    assert set(results["methods"]) == {"base", "grpo", "mrt-rl", "star", "mrt-star"}
+    assert set(results["methods"]) == {"base", "grpo", "mrt-rl", "mrt-rl-episode", "length-penalty", "star", "mrt-star"}
+    assert set(results["differences_from_grpo"]) == set(results["methods"]) - {"base", "grpo"}
+    for name, d in results["differences_from_grpo"].items():   # one seed: the difference itself, no interval
+        per_seed = results["per_seed"]
+        assert d["pass@1"] == {"mean": pytest.approx(per_seed[name]["0"]["pass@1"] - per_seed["grpo"]["0"]["pass@1"]),
+                               "ci": 0.0}
     for m in results["methods"].values():
         assert m["seeds"] == [0]
-        assert 0.0 <= m["pass@1"]["mean"] <= 1.0 and m["pass@1"]["spread"] == 0.0
+        assert 0.0 <= m["pass@1"]["mean"] <= 1.0 and m["pass@1"]["se"] == 0.0
         assert m["mean_tokens"]["mean"] > 0 and m["mean_episodes"]["mean"] > 0
         assert set(m["normalized_regret"]) == {"48", "96", "144", "192"}
         assert all(0.0 <= v["mean"] <= 1.0 for v in m["normalized_regret"].values())
     assert "| mrt-rl |" in results["table"]
-    for method in ("grpo", "mrt-rl"):    # trained the asked number of steps, from the warm start
+    for method in compare.RL_TOY_METHODS:    # trained the asked number of steps, from the warm start
         with open(tmp_path / method / "seed_0" / "metrics.jsonl") as f:
             assert [json.loads(line)["step"] for line in f] == [1, 2]
+        # the learning curve: the warm start at step 0, then --curve-steps (--steps 2: 1 and 2); only the last
+        # checkpoint is left
+        curve = results["methods"][method]["curve"]
+        assert [p["step"]["mean"] for p in curve] == [0, 1, 2]
+        assert curve[0]["pass@1"] == results["methods"]["base"]["curve"][0]["pass@1"]
+        assert sorted(os.listdir(tmp_path / method / "seed_0" / "checkpoints")) == ["latest", "step_2"]
+    assert "| mrt-rl-episode | 2 |" in results["curve_table"]
     # a second run finds every eval.json: it trains and evaluates nothing and writes the same numbers
     before = {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]}
     again = compare.toy_run(args, engine=toy_engine)
     assert {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]} == before
     assert again["methods"] == results["methods"]
+
+
+def test_toy_statistics_by_hand():
+    """Mean ± standard error over seeds, and the paired difference from GRPO with its 95 % t-interval."""
+    method = {0: {"x": 1.0, "curve": [{"y": 0.0}, {"y": 1.0}]}, 1: {"x": 2.0, "curve": [{"y": 1.0}, {"y": 1.0}]},
+              2: {"x": 4.0, "curve": [{"y": 2.0}, {"y": 4.0}]}}
+    grpo_runs = {0: {"x": 0.5, "curve": [{"y": 0.0}, {"y": 1.0}]}, 1: {"x": 1.0, "curve": [{"y": 0.0}, {"y": 1.0}]},
+                 2: {"x": 2.0, "curve": [{"y": 0.0}, {"y": 1.0}]}}
+    summary = compare.toy_summary(method)
+    # x: mean 7/3, sample std sqrt(((1 - 7/3)^2 + (2 - 7/3)^2 + (4 - 7/3)^2) / 2) = sqrt(7/3), s.e. sqrt(7/9)
+    assert summary["x"] == {"mean": pytest.approx(7 / 3), "se": pytest.approx(math.sqrt(7 / 9))}
+    assert summary["curve"][1]["y"]["mean"] == 2.0 and summary["seeds"] == [0, 1, 2]
+    d = compare.paired_difference(method, grpo_runs)
+    # differences 0.5, 1, 2: mean 7/6, sample std sqrt(7/12), half-width t(0.975, 2) = 4.303 times sqrt(7/12) / sqrt(3)
+    assert d["x"] == {"mean": pytest.approx(7 / 6), "ci": pytest.approx(4.303 * math.sqrt(7 / 12) / math.sqrt(3))}
+    assert d["curve"][0]["y"] == {"mean": 1.0, "ci": pytest.approx(4.303 * 1.0 / math.sqrt(3))}
+    assert compare.paired_difference({0: {"x": 1.0}}, {0: {"x": 0.25}})["x"] == {"mean": 0.75, "ci": 0.0}
 
 
 def test_toy_args_errors():
@@ -291,3 +492,6 @@ def test_toy_args_errors():
         compare.parse_toy_args(["--budgets", "32,x"])
     with pytest.raises(SystemExit):
         compare.parse_toy_args(["--eval-max-tokens", "1000"])      # does not fit --max-model-len 512
+    with pytest.raises(SystemExit):
+        compare.parse_toy_args(["--steps", "20", "--curve-steps", "10,30"])   # a curve step after the last step
+    assert compare.parse_toy_args(["--steps", "20"]).curve_steps == [4, 10, 20]

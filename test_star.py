@@ -5,6 +5,7 @@ conftest: tiny_model, tokenizer, warm_model, vllm_engine, restore_engine_weights
 """
 
 import json
+import math
 import os
 import re
 import types
@@ -68,6 +69,8 @@ P2 = "X.\n\nY.\n\nZ.\n\n</think>\n\n\\boxed{5}"                                 
 def scripted_star_respond(text, n, stop):
     """Rollouts P1 (gold 7) and P2 (gold 5). mu on P1 (m = 4): 1 right of 4 before "Wait, 7", all but
     sample 0 right after it, 2 right once "Wait, 3?" follows; on P2 always right."""
+    if text.endswith("</think>\n\n"):   # pi_theta's own answer after a closed thought (Alg. 1 line 9)
+        return ["The answer is \\boxed{1}.", "The answer is \\boxed{7}."][:n] + ["\\boxed{7}"] * (n - 2)
     if not text.endswith(prover.TIME_IS_UP):
         return [P1 if "p1" in text else P2] * n
     if "p2" in text:
@@ -80,7 +83,7 @@ def scripted_star_respond(text, n, stop):
 def _star_cfg(**kw):
     base = dict(thinking=True, rollouts=1, temperature=0.7, top_p=1.0, max_tokens=64, seed=0, prover_samples=4,
                 prover_temperature=0.7, prover_max_tokens=16, variant="mrt", keep_time_is_up=False,
-                weight_by_progress=False)
+                weight_by_progress=False, progress_threshold=0.0, answer_source="mu")
     return types.SimpleNamespace(**{**base, **kw})
 
 
@@ -99,6 +102,15 @@ def test_algorithm_1_selection_on_a_scripted_engine(tokenizer):
     assert stats["kept"] == 1 and stats["accuracy_sum"] == 1.0 and stats["j_r_empty_sum"] == 1.25
     kept = star.build_examples(engine, problems, _star_cfg(keep_time_is_up=True, weight_by_progress=True), 1)[0]
     assert kept[0]["completion"] == prefix + prover.TIME_IS_UP + "sample 1: \\boxed{7}" and kept[0]["weight"] == 0.5
+    # Alg. 1 line 9 as written: the thought closed at z_{0:2}, the policy's own first correct answer there
+    rows, stats = star.build_examples(engine, problems, _star_cfg(answer_source="policy"), iteration=1)
+    assert [r["completion"] for r in rows] == [prefix + "</think>\n\nThe answer is \\boxed{7}."]
+    assert engine.prompts[-1].endswith("<think>\n" + prefix + "</think>\n\n") and stats["no_correct_answer"] == 0
+    # the default threshold sqrt(2 / m) = 0.71 at m = 4 is above P1's progress 0.5: nothing is kept
+    assert star.default_progress_threshold(4) == pytest.approx(math.sqrt(0.5))
+    assert star.default_progress_threshold(20) == pytest.approx(0.316, abs=1e-3)
+    rows, stats = star.build_examples(engine, problems, _star_cfg(progress_threshold=None), iteration=1)
+    assert rows == [] and stats["below_threshold"] == 2
     # STaR: the whole correct rollout, P2
     rows, stats = star.build_examples(engine, problems, _star_cfg(variant="star"), iteration=1)
     assert [(r["id"], r["completion"]) for r in rows] == [("b", P2)] and stats["kept"] == 1
@@ -109,7 +121,7 @@ def test_algorithm_1_iteration_writes_data_trains_and_resumes(tiny_model, tokeni
                                                        {"id": "b", "problem": "p2", "answer": "5"}])
     argv = ["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--iterations", "1",
             "--prover-samples", "4", "--max-tokens", "64", "--prover-max-tokens", "16", "--batch-size", "2",
-            "--max-steps", "1", "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024"]
+            "--max-steps", "1", "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024", "--progress-threshold", "0"]
     engine = FakeEngine(tokenizer, scripted_star_respond)
     history = star.run(star.parse_args(argv), engine=engine)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "iter_1" / "data.jsonl")]

@@ -180,5 +180,14 @@ def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
     assert got["prefixes"] == 6 and got["prefixes_after_a_wrong_check"] == 0 and got["mean_episodes"] == 2
     sizes = [len(tokenizer.encode(e, add_special_tokens=False)) for e in found + gave_up]
     assert got["unproductive_token_share"] == pytest.approx(sizes[3] / sum(sizes))
+    # 4 episodes: one re-try before x is found, no double-check; the first tries are both a, and a is the
+    # answer of a training problem of g unless it is the other held-out target's answer
+    assert got["retry_share"] == 0.25 and got["double_check_share"] == 0.0
+    trained = {int(t["answer"]) for t in toy.make_problems(world)[0] if t["function"] == g}
+    assert got["first_try_training_answer"] == float(a in trained)
+    # the found trace: J_r 1/10 before any try, 1/9 after a, 1 after x
+    assert got["scripted_curves"][0] == [[0, sizes[0], sizes[0] + sizes[1]], [1 / 10, 1 / 9, 1.0]]
+    assert got["scripted_curves"][1] == [[0, sizes[2], sizes[2] + sizes[3]], [1 / 10, 1 / 9, 1 / 9]]
     assert set(toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, mu=False)) == {
-        "pass@1", "check_accuracy", "format_valid", "unproductive_token_share", "gave_up", "mean_episodes", "samples", "checks"}
+        "pass@1", "check_accuracy", "format_valid", "unproductive_token_share", "gave_up", "mean_episodes", "samples",
+        "checks", "retry_share", "double_check_share", "first_try_training_answer", "scripted_curves"}

@@ -157,7 +157,9 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 # is the found x, or a guess among the untried digits, so J_r(mu | x, z_{0:j}) = 1 once x is found
 # and 1 / #untried before (scripted_success_rate): it rises only when an episode tries a new digit.
 
-TRAINING_BUDGET = 128   # tokens per response in the warm start's gates and mrt.py's training runs: ~7 episodes
+TRAINING_BUDGET = 128   # tokens per response in the warm start's gates and mrt.py's training runs: 6 episodes and the answer
+# (17 + 5 x 18.3 + 11 = 120 tokens by the toy tokenizer; 7 need 138), so a search that has not found x
+# after 6 tries must stop and guess or be cut off: the budget binds.
 
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
@@ -365,14 +367,24 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
     mu_extractable    share of mu's answers with a boxed answer, over every prefix
     unproductive_token_share  tokens of episodes without progress under the scripted J_r (re-tries,
                       checks after x is found), over all thought tokens
+    retry_share       share of episodes that re-try a digit before x is found (progress 0)
+    double_check_share  share of episodes that check again once x is found (progress 0)
+    first_try_training_answer  share of thoughts whose first try is the answer of a training problem
+                      of the same function (chance: 0.8 on a held-out problem, whose x never is one)
+    scripted_curves   per sample [thought tokens at each prefix, scripted J_r there]: Fig. 9's scaling
+                      curve under the ideal mu
     gave_up           share of closed thoughts that end without a right "Yes" at x (a guess follows)
     With mu=False only the sampled traces are measured (no mu keys).
     """
     tok = engine.tokenizer
     functions = hidden_functions(world)
+    train_answers = {}   # per function, the digits that are the answer of a training problem
+    for q in make_problems(world)[0]:
+        train_answers.setdefault(q["function"], set()).add(int(q["answer"]))
     prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
     outputs = engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
     rewards, checks, valid, traces, unproductive, thought_tokens, num_episodes, gave_up = [], [], [], [], 0, 0, [], []
+    retries, double_checks, first_try_trained, curves = 0, 0, [], []
     for q, samples in zip(problems, outputs):
         values, x = functions[q["function"]], int(q["answer"])
         for s in samples:
@@ -385,10 +397,18 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
             num_episodes.append(len(eps))
             prefixes = episodes.thought_prefixes(eps)
             ideal = [scripted_success_rate(world, q, p) for p in prefixes]
+            tokens_at = [0]   # thought tokens up to each prefix (the scripted scaling curve's x axis)
             for ep, a, b in zip(eps, ideal, ideal[1:]):
                 size = len(tok.encode(ep, add_special_tokens=False))
                 thought_tokens += size
+                tokens_at.append(tokens_at[-1] + size)
                 unproductive += size if b <= a else 0
+                retries += b <= a < 1.0          # x not found yet, and nothing new tried
+                double_checks += b <= a == 1.0   # x already found: a check of what is known
+            curves.append([tokens_at, ideal])
+            tries = [c for name, c, _ in CHECK.findall(thought) if name == q["function"]]
+            if tries:
+                first_try_trained.append(int(tries[0]) in train_answers.get(q["function"], ()))
             kinds = []   # per prefix: "found" (a right Yes at x), "open" (x untried), or "wrong" (x tried, judged No)
             for p in prefixes:
                 at_x = [r for r in read_checks(p) if r[0] == q["function"] and r[1] == x]
@@ -402,7 +422,9 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
         return sum(xs) / len(xs) if xs else float("nan")
     out = {"pass@1": mean(rewards), "check_accuracy": mean(checks), "format_valid": mean(valid),
            "unproductive_token_share": unproductive / max(thought_tokens, 1), "gave_up": mean(gave_up),
-           "mean_episodes": mean(num_episodes), "samples": len(rewards), "checks": len(checks)}
+           "mean_episodes": mean(num_episodes), "samples": len(rewards), "checks": len(checks),
+           "retry_share": retries / max(sum(num_episodes), 1), "double_check_share": double_checks / max(sum(num_episodes), 1),
+           "first_try_training_answer": mean(first_try_trained), "scripted_curves": curves}
     if not mu:
         return out
     meta_prover = prover.MetaProver(engine, m=m, temperature=0.7, max_tokens=16, seed=seed + 1)
