@@ -27,6 +27,7 @@ import evaluate
 import flags
 import grpo
 import mrt_rl
+import plots
 import prover
 import star
 import toy
@@ -253,30 +254,6 @@ def curve_table(methods, differences, budget):
     return "\n".join(lines)
 
 
-def toy_plot(methods, out):
-    """Fig. 7-style accuracy against tokens and Fig. 9-style normalized regret against the budget."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, m in methods.items():
-        a.plot([p[0]["mean"] for p in m["efficiency"]], [p[1]["mean"] for p in m["efficiency"]], "o-", label=name)
-        budgets = sorted(m["normalized_regret"], key=int)
-        b.plot([int(c) for c in budgets], [m["normalized_regret"][c]["mean"] for c in budgets], "o-", label=name)
-    a.set(title="token efficiency (Fig. 7): maj@K vs total tokens", xlabel="total tokens of K samples", ylabel="maj@K")
-    b.set(title="normalized regret (Fig. 9)", xlabel="token budget C0", ylabel="normalized regret")
-    a.legend()
-    b.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "results.png")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def toy_run(args, engine=None):
     """`python mrt.py`: warm start -> GRPO, MRT-RL, STaR, MRT-STaR from it (several seeds) -> evaluate.py
     on held-out problems -> one table, results.json (+ results.png). A killed run resumes: a run with
@@ -351,7 +328,7 @@ def toy_run(args, engine=None):
                "labels": TOY_LABELS, "per_seed": per_method, "seconds": seconds, "world": dataclasses.asdict(toy.World()),
                "config": {k: v for k, v in vars(args).items() if k != "seed_list"}, "warm_start": warm}
     policy.write_atomic(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
-    png = None if args.no_plots else toy_plot(methods, args.out)
+    png = None if args.no_plots else plots.toy_figure(results, os.path.join(args.out, "results.png"))
     print(f"\nMRT vs outcome-reward RL in the toy world: {len(held_out)} held-out problems, seeds {args.seed_list}, "
           f"mean ± standard error over seeds (normalized regret at token budgets C0; lower is better)\n")
     print("\n".join(f"   {name}: {TOY_LABELS[name]}" for name in methods) + "\n")
@@ -400,7 +377,7 @@ def add_toy_args(p):
                    help="token budgets C0 of normalized regret (default 48,96,144,192)")
     p.add_argument("--warm-start", default=toy.WARM_START_DIR, help="the shipped warm start folder (default toy_warm_start/)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~15 min) into --out")
-    p.add_argument("--no-plots", action="store_true", help="skip results.png even when matplotlib is installed")
+    p.add_argument("--no-plots", action="store_true", help="skip results.png (python plots.py results.json draws it later)")
     flags.add_engine(p, max_model_len=512, max_model_len_help="engine context (default 512)")
 
 

@@ -26,12 +26,13 @@ Analyses (--analysis, comma-separated):
                  (2048 in the paper): maj@K over the first K answers against total tokens (Fig. 8, dashed)
   progress-hist  the progress r_prg(z_1; c) of the backtrack episode of the parallel traces (Def. 6.1 with
                  prover.score_backtracks' mu), as a histogram (Fig. 16)
-Results: one JSON file (every number plus the configuration), a table on stdout, and with matplotlib
-installed (optional) Fig. 3- and Fig. 9-style PNGs beside it. A killed run resumes from its partial
+Results: one JSON file (every number plus the configuration), a table on stdout, and the figures of
+plots.py beside it (Fig. 3, 7, 9, and 8, 16 in the backtracking setting; --no-plots skips them;
+`python plots.py FILE` redraws them). A killed run resumes from its partial
 files (<out>.rank<r>.partial.jsonl). `mrt.py --smoke` prints one trace at a time (smoke, below).
 
 Imports: policy (the process group and rank of a sharded run), episodes (segmentation), grader (r(x, z)),
-prover (prompts, engines, mu and progress), flags (the shared command-line flags). No trainer: a
+prover (prompts, engines, mu and progress), flags (the shared command-line flags), plots (the figures). No trainer: a
 measurement never depends on how a model was trained.
 """
 
@@ -46,6 +47,7 @@ import time
 import policy  # first: importing it pins this rank's GPU before torch or vLLM loads
 import episodes
 import flags
+import plots
 import grader
 import prover
 
@@ -564,7 +566,7 @@ def add_evaluate_args(p):
     p.add_argument("--chunk-size", type=flags.positive_int, default=32,
                    help="problems per engine batch; also the resume granularity")
     flags.add_seed(p, help="sampling seed (default 0)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots even when matplotlib is installed")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures (plots.py draws them from the JSON later)")
     flags.add_engine(p)
 
 
@@ -778,8 +780,9 @@ def run(args, engine=None):
             if os.path.exists(f"{args.out}.rank{r}{suffix}"):
                 os.remove(f"{args.out}.rank{r}{suffix}")
     print_table(results)
-    if not args.no_plots:
-        plot(results, args.out)
+    if not args.no_plots:   # Fig. 3, 7, 9 (and 8, 16) beside the results file
+        for path in plots.evaluation_figures(results, os.path.splitext(args.out)[0]):
+            print(f"wrote {path}")
     return results
 
 
@@ -821,64 +824,6 @@ def print_table(results):
                   + (f", mean {h['mean']:.3f}, positive {h['fraction_positive']:.2f}" if h["n"] else ""))
     if "average_pass@1" in results:
         print(f"== average pass@1 {results['average_pass@1']:.3f}")
-
-
-def plot(results, out):
-    """Fig. 3- and Fig. 9-style PNGs beside the results file, when matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    stem = os.path.splitext(out)[0]
-    for b, e in results["benchmarks"].items():
-        if "episodes" in e:
-            buckets = [x for x in e["episodes"]["buckets"] if x["traces"]]
-            fig, axes = plt.subplots(1, len(buckets), figsize=(5 * len(buckets), 4), squeeze=False)
-            for ax, x in zip(axes[0], buckets):
-                tokens = x["prefix_tokens"]
-                ax.plot(tokens, x["maj"]["1"], "o-", color="tab:blue", label="[maj@1]_j")
-                for j, t in enumerate(tokens):  # green: maj@p at episode j, placed at p times the tokens
-                    ps = sorted(int(p) for p in x["maj"])
-                    ax.plot([t * p for p in ps], [x["maj"][str(p)][j] for p in ps], "--", color="tab:green", alpha=0.6)
-                ax.set(title=f"{b}: k in {x['episodes']}", xlabel="tokens", ylabel="accuracy")
-                ax.legend()
-            fig.tight_layout()
-            fig.savefig(f"{stem}.{b}.fig3.png")
-            plt.close(fig)
-        if "progress-hist" in e and e["progress-hist"]["n"]:
-            h = e["progress-hist"]
-            fig, ax = plt.subplots(figsize=(5, 4))
-            ax.bar([(a + b) / 2 for a, b in zip(h["edges"], h["edges"][1:])], h["counts"], width=h["edges"][1] - h["edges"][0])
-            ax.set(title=f"{b}: progress of the backtrack episode (Fig. 16)", xlabel="r_prg(z_1)", ylabel="backtracks")
-            fig.tight_layout()
-            fig.savefig(f"{stem}.{b}.fig16.png")
-            plt.close(fig)
-        modes = [m for m in ("parallel", "linearized") if m in e]
-        if modes:
-            fig, ax = plt.subplots(figsize=(5, 4))
-            for m in modes:
-                ax.plot([r["total_tokens"] for r in e[m]], [r["maj@K"] for r in e[m]], "o-" if m == "parallel" else "o--", label=m)
-            ax.set(title=f"{b}: maj@K against tokens (Fig. 8)", xlabel="total tokens", ylabel="maj@K")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(f"{stem}.{b}.fig8.png")
-            plt.close(fig)
-        curves = {k: e[k] for k in ("regret", "extrapolate") if k in e}
-        if curves:
-            fig, ax = plt.subplots(figsize=(5, 4))
-            if "regret" in curves:
-                r = curves["regret"]["normalized_regret_by_tokens"]
-                ax.plot([int(c) for c in r], list(r.values()), "o-", label="within budget")
-            if "extrapolate" in curves:
-                r = curves["extrapolate"]["normalized_regret"]
-                ax.plot([int(c) for c in r], list(r.values()), "o--", label="budget forcing")
-            ax.set(title=f"{b}: normalized regret", xlabel="token budget C0", ylabel="normalized regret")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(f"{stem}.{b}.fig9.png")
-            plt.close(fig)
 
 
 # ==============================================================================================
