@@ -141,6 +141,10 @@ def curve_point(traces, budgets):
     return {**{k: traces[k] for k in CURVE_MEASURES}, "scripted_regret": scripted_regret(traces["scripted_curves"], budgets)}
 
 
+TRACE_KEYS = ("unproductive_token_share", "gave_up", "retry_share", "double_check_share", "first_try_training_answer",
+              "verdicts_without_break", "scripted_curves")   # what toy_measures reads from toy.measure's output
+
+
 def toy_measures(result, traces):
     """The comparison's numbers from one evaluate.py results dict, and toy.measure's scripted reading
     of the traces (unproductive_token_share, gave_up)."""
@@ -155,7 +159,8 @@ def toy_measures(result, traces):
             "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]],
             "unproductive_token_share": traces["unproductive_token_share"], "gave_up": traces["gave_up"],
             "retry_share": traces["retry_share"], "double_check_share": traces["double_check_share"],
-            "first_try_training_answer": traces["first_try_training_answer"]}
+            "first_try_training_answer": traces["first_try_training_answer"],
+            "verdicts_without_break": traces["verdicts_without_break"]}
 
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (df > 30: 1.96 would be too narrow; 2.042 is df = 30's)
@@ -304,6 +309,10 @@ def toy_run(args, engine=None):
             if rank == 0:
                 with open(result_path) as f, open(os.path.join(folder, "toy_measures.json")) as g:
                     result, traces = json.load(f), json.load(g)
+                stale = [k for k in TRACE_KEYS if k not in traces]
+                if stale or (method in RL_TOY_METHODS and not os.path.exists(os.path.join(folder, "curve.json"))):
+                    raise SystemExit(f"{folder}: written by an older compare.py (no {', '.join(stale) or 'curve.json'}); "
+                                     f"remove it, or run with another --out")
                 measures = toy_measures(result, traces)
                 measures["scripted_regret"] = scripted_regret(traces["scripted_curves"], args.budgets)
                 if method == "base":          # step 0 of every learning curve

@@ -190,4 +190,9 @@ def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
     assert got["scripted_curves"][1] == [[0, sizes[2], sizes[2] + sizes[3]], [1 / 10, 1 / 9, 1 / 9]]
     assert set(toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, mu=False)) == {
         "pass@1", "check_accuracy", "format_valid", "unproductive_token_share", "gave_up", "mean_episodes", "samples",
-        "checks", "retry_share", "double_check_share", "first_try_training_answer", "scripted_curves"}
+        "checks", "retry_share", "double_check_share", "first_try_training_answer", "scripted_curves",
+        "verdicts_without_break"}
+    assert got["verdicts_without_break"] == 0.0
+    drifted = [responses[0].replace("No.\n\nWait", "No4Wait")]   # the format collapse of some RL runs
+    assert toy.measure(FakeEngine(tokenizer, lambda text, n, stop: drifted * n), world, [q], n=1,
+                       mu=False)["verdicts_without_break"] == 0.5

@@ -165,6 +165,7 @@ TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that ope
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
 CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=2" in a thought
 VERDICT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+)\.\n\n(Yes|No)\.")   # with its target and verdict
+VERDICT_END = re.compile(r", target \d+\.\n\n(?:Yes|No)(.?)")   # a verdict and the character after it ("." in format)
 
 
 @dataclass
@@ -373,6 +374,9 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
                       of the same function (chance: 0.8 on a held-out problem, whose x never is one)
     scripted_curves   per sample [thought tokens at each prefix, scripted J_r there]: Fig. 9's scaling
                       curve under the ideal mu
+    verdicts_without_break  share of verdicts ("No", "Yes") not followed by "." and the step break: a
+                      format drift that merges episodes (seen in RL runs; the episode-based shares above
+                      then misread the trace)
     gave_up           share of closed thoughts that end without a right "Yes" at x (a guess follows)
     With mu=False only the sampled traces are measured (no mu keys).
     """
@@ -384,7 +388,7 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
     prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
     outputs = engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
     rewards, checks, valid, traces, unproductive, thought_tokens, num_episodes, gave_up = [], [], [], [], 0, 0, [], []
-    retries, double_checks, first_try_trained, curves = 0, 0, [], []
+    retries, double_checks, first_try_trained, curves, verdicts, broken = 0, 0, [], [], 0, 0
     for q, samples in zip(problems, outputs):
         values, x = functions[q["function"]], int(q["answer"])
         for s in samples:
@@ -406,6 +410,9 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
                 retries += b <= a < 1.0          # x not found yet, and nothing new tried
                 double_checks += b <= a == 1.0   # x already found: a check of what is known
             curves.append([tokens_at, ideal])
+            ends = VERDICT_END.findall(thought)
+            verdicts += len(ends)
+            broken += sum(e != "." for e in ends)   # the step break dropped: episodes no longer split there
             tries = [c for name, c, _ in CHECK.findall(thought) if name == q["function"]]
             if tries:
                 first_try_trained.append(int(tries[0]) in train_answers.get(q["function"], ()))
@@ -424,7 +431,8 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
            "unproductive_token_share": unproductive / max(thought_tokens, 1), "gave_up": mean(gave_up),
            "mean_episodes": mean(num_episodes), "samples": len(rewards), "checks": len(checks),
            "retry_share": retries / max(sum(num_episodes), 1), "double_check_share": double_checks / max(sum(num_episodes), 1),
-           "first_try_training_answer": mean(first_try_trained), "scripted_curves": curves}
+           "first_try_training_answer": mean(first_try_trained), "scripted_curves": curves,
+           "verdicts_without_break": broken / max(verdicts, 1)}
     if not mu:
         return out
     meta_prover = prover.MetaProver(engine, m=m, temperature=0.7, max_tokens=16, seed=seed + 1)
