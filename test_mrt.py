@@ -386,6 +386,8 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
         args = [script, *common, "--out", str(tmp_path / "run"), "--batch-size", "8", "--num-generations", "2",
                 "--max-prompt-length", "256", "--max-completion-length", "16", "--prover-max-tokens", "8",
                 "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "2"]
+        if ranks == 2:   # Sec. 6.2's per-episode credit through the entry point, its metrics summed over ranks
+            args += ["--progress-credit", "episode"]
     elif script == "star.py":
         args = [script, *common, "--out", str(tmp_path / "run"), "--num-problems", "4", "--max-tokens", "24",
                 "--prover-samples", "2", "--prover-max-tokens", "8", "--batch-size", "2", "--max-steps", "1"]
@@ -410,6 +412,7 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
         from transformers import AutoModelForCausalLM
         rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
         assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("j_r_prefix" in r for r in rows)
+        assert all(("mu_prefixes" in r) == (ranks == 2) for r in rows)
         assert sorted(os.listdir(tmp_path / "run" / "prefixes")) == [f"iter_{i}.rank{r}.json" for i in (0, 1)
                                                                      for r in range(ranks or 1)]
         AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "checkpoints" / "step_4"))
