@@ -3,12 +3,15 @@
     python mrt.py [--quick]          # the same as python compare.py [--quick]: mrt.py's default mode
 
 From the toy world's warm start (toy.py), every method of Table 1 that the toy world can run (GRPO,
-MRT-RL, STaR, MRT-STaR) trains with the same steps, prompts and samples for several seeds; evaluate.py
-measures every result and the warm start on held-out problems; one table, results.json, results.png.
+MRT-RL, the length penalty, STaR, MRT-STaR) and Sec. 6.2's per-episode variant of MRT-RL train with the
+same steps, prompts and samples for several seeds; the RL methods' checkpoints along the way give
+learning curves (toy.measure's scripted reading); evaluate.py measures every result and the warm start
+on held-out problems. Tables of mean ± standard error over seeds and of each method minus GRPO paired
+by seed (95 % t-intervals), results.json, results.png (plots.toy_figure).
 
 Imports: policy (the process group, weight loads), prover (the engine), toy (the world, its warm start
 and its scripted reading of traces), grpo and mrt_rl (GRPO and Algorithm 2), star (STaR and
-Algorithm 1), evaluate (the measurements), flags (the shared command-line flags). Each trainer is
+Algorithm 1), evaluate (the measurements), plots (the figure), flags (the shared command-line flags). Each trainer is
 called through its config() with the values fixed here: the same checks as its command line, no argv.
 """
 
