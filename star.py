@@ -235,10 +235,16 @@ def default_progress_threshold(m):
     return math.sqrt(2.0 / m)
 
 
+def thought_closing(prefix, thinking):
+    """What closes the thought after the prefix z_{0:i}: a paragraph break, then "</think>" and a blank
+    line (nothing more for a model with no thought block)."""
+    return prover.paragraph_break(prefix) + ("</think>\n\n" if thinking else "")
+
+
 def closed_thought_context(tokenizer, problem, prefix, prefix_ids, thinking):
     """Alg. 1 line 9's context for y ~ pi_theta(.|x, z_{0:i}): the prompt, the thought prefix, and the
     thought closed (the model's own format for what follows a thought), as token ids."""
-    close = prover.paragraph_break(prefix) + ("</think>\n\n" if thinking else "")
+    close = thought_closing(prefix, thinking)
     return (prover.build_prompt(tokenizer, problem, thinking=thinking) + list(prefix_ids)
             + (tokenizer.encode(close, add_special_tokens=False) if close else []))
 
@@ -254,8 +260,7 @@ def mrt_completion(prefix, answer, thinking, keep_time_is_up=False):
     """
     if keep_time_is_up:
         return prefix + prover.time_is_up_suffix(prefix, thinking) + answer
-    close = "</think>\n\n" if thinking else ""
-    return prefix + prover.paragraph_break(prefix) + close + ANSWER_HEAD + answer
+    return prefix + thought_closing(prefix, thinking) + ANSWER_HEAD + answer
 
 
 def build_examples(engine, problems, cfg, iteration):
@@ -303,7 +308,7 @@ def build_examples(engine, problems, cfg, iteration):
         pick = select_prefix(score.success_rates, score.rewards)
         if pick is not None and pick[2] >= threshold:
             chosen.append((q, s, prefixes, score, pick))
-    stats["below_threshold"] = sum(1 for _ in traces) - len(chosen)
+    stats["below_threshold"] = len(traces) - len(chosen)
     # ---- the answer y at the chosen prefix (line 9) --------------------------------------------------
     if cfg.answer_source == "policy":
         # y ~ pi_theta(.|x, z_{0:i}) after the thought is closed, in the model's own answer format; kept
@@ -317,8 +322,7 @@ def build_examples(engine, problems, cfg, iteration):
         completions = []
         for (q, _, prefixes, _, (i, _, _)), ys in zip(chosen, answers):
             right = [y.text for y in ys if y.finish_reason == "stop" and grader.reward(y.text, q["answer"], thinking=False) == 1.0]
-            completions.append(prefixes[i] + prover.paragraph_break(prefixes[i]) + ("</think>\n\n" if cfg.thinking else "")
-                               + right[0] if right else None)
+            completions.append(prefixes[i] + thought_closing(prefixes[i], cfg.thinking) + right[0] if right else None)
         stats["seconds_answers"] = time.time() - t2
     else:   # mu's own correct forced answer there (the answer heading of Fig. 22, or the whole suffix)
         completions = [mrt_completion(prefixes[i], score.texts[i][sample], cfg.thinking, cfg.keep_time_is_up)
