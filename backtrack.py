@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import episodes
 import evaluate
 import flags

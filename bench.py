@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import episodes
 import grader
 import grpo

@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import evaluate
 import flags
 import grpo

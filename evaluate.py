@@ -44,7 +44,7 @@ import os
 import sys
 import time
 
-import policy  # first: importing it pins this rank's GPU before torch or vLLM loads
+import policy
 import episodes
 import flags
 import plots
@@ -898,6 +898,7 @@ def check_smoke_args(p, args):
 
 
 if __name__ == "__main__":
+    policy.pin_local_gpu()   # no process group here: each torchrun rank narrows itself to its own GPU
     try:
         run(parse_args())
     except (FileNotFoundError, ValueError) as e:

@@ -29,7 +29,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import flags
 import grader
 import prover

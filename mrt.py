@@ -26,7 +26,7 @@ its own progress r_prg(z_j; c_{j-1}) (Def. 6.1) with mu at every episode boundar
 the same r - J_r, but on the segment that earned it, and its expected update is not outcome GRPO's.
 The toy run (compare.py) measures both beside GRPO and the length penalty.
 
-Imports: policy (first: it pins this rank's GPU), the programs above (grpo, mrt_rl, star, compare,
+Imports: the programs above (grpo, mrt_rl, star, compare,
 evaluate), toy (the tiny model of --smoke without --model). Nothing imports mrt.py.
 """
 
@@ -34,7 +34,6 @@ import argparse
 import sys
 import tempfile
 
-import policy  # noqa: F401  (first: it pins this rank's GPU before torch is imported)
 import compare
 import evaluate
 import grpo

@@ -59,7 +59,7 @@ import os
 import random
 import time
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import episodes
 import flags
 import grader

@@ -1,10 +1,12 @@
 """policy.py: the trainer plumbing that the GRPO loop (grpo.py) and the SFT loop (star.py) share.
 
-    pin_local_gpu, setup_distributed, teardown   one GPU per torchrun rank, the process group, a clean end
+    setup_distributed, teardown, device          one GPU per torchrun rank (cuda:LOCAL_RANK), the process group, a clean end
+    pin_local_gpu                                a rank with no process group (evaluate.py) sees only its own GPU
     load_policy, full_weights, sync_weights      the policy pi_theta as an FSDP2 module; its weights into the engine
     micro_batches, rank_micro_batches            token-budgeted micro-batches (padded or packed rows), the same
                                                  count on every rank
-    sequence_logprobs, token_logprobs            (prompt, completion) pairs -> ids and masks -> log pi(y_t | ...)
+    sequence_logprobs, token_logprobs            (prompt, completion) pairs -> ids and masks -> log pi(y_t | ...),
+                                                 the output head applied chunk by chunk (HeadLogProb)
     make_optimizer                               AdamW with linear warmup then cosine decay (Tables 2, 3)
     save_checkpoint, load_checkpoint             atomic HF checkpoints + trainer state, exact resume
     log_metrics                                  one JSON line per step (rank 0)
@@ -13,45 +15,86 @@ Nothing here knows about rewards or losses: a trainer builds its batch, calls to
 micro-batches, and steps the optimizer.
 """
 
+import datetime
 import json
 import math
 import os
 import random
 import shutil
 
-
-def pin_local_gpu():
-    """Under torchrun every rank drives its own GPU (and its own vLLM engine): make GPU LOCAL_RANK
-    the only one this process sees. Runs when this module is imported, before torch is."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if "LOCAL_RANK" in os.environ and (visible is None or "," in visible):
-        local = int(os.environ["LOCAL_RANK"])
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[local] if visible else str(local)
-
-
-pin_local_gpu()
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
 
 # ==============================================================================================
-# The process group
+# One GPU per rank, and the process group
 # ==============================================================================================
+#
+# One scheme for every trainer: all GPUs of the node stay visible and rank r computes on cuda:r, r =
+# torchrun's LOCAL_RANK (torch.cuda.set_device, as TRL does). vLLM's external-launcher executor takes
+# its device from the same variable (vllm/v1/executor/uniproc_executor.py:196, local_rank =
+# int(os.environ["LOCAL_RANK"]); the GPU worker then checks it against torch.accelerator.device_count()
+# and builds cuda:local_rank, vllm/v1/worker/gpu_worker.py:492-501), so the engine, the FSDP shards and
+# the NCCL group of a rank all sit on one GPU. Narrowing CUDA_VISIBLE_DEVICES per rank instead (what
+# this file did before) left LOCAL_RANK at 1-7 with one visible device: "local rank 3 is out of bounds
+# for 1 devices"; it also hides the peers from NCCL, which then cannot use CUDA IPC between them (NCCL's
+# maintainers advise cudaSetDevice over CUDA_VISIBLE_DEVICES, NVIDIA/nccl#129).
+#
+# evaluate.py alone runs under torchrun without a process group (its ranks meet through files), and its
+# engines then use vLLM's plain in-process executor, which always takes device index 0
+# (uniproc_executor.py:86-88: the index of device_config.device, "cuda" with none). There, and only
+# there, each rank is narrowed to its own GPU and LOCAL_RANK reset to 0 (pin_local_gpu): it runs no NCCL.
+
+# A collective waits at most this long for the slowest rank (torch's default is 10 minutes,
+# torch/distributed/constants.py; NCCL's watchdog then aborts the job). A rank can spend far longer
+# than that generating while the others wait at the next collective: a 24k-token rollout batch, or
+# MRT-STaR's data phase (mu on every prefix, hours per iteration), so the default is 6 hours.
+DIST_TIMEOUT_MINUTES = float(os.environ.get("MRT_DIST_TIMEOUT_MINUTES", 360))
+
+
+def local_rank(environ=os.environ):
+    """This rank's GPU on its node: torchrun's LOCAL_RANK (0 without torchrun)."""
+    return int(environ.get("LOCAL_RANK", 0))
+
+
+def device():
+    """Where this rank computes: cuda:LOCAL_RANK on a GPU machine, else the CPU."""
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def pin_local_gpu(environ=os.environ):
+    """For a torchrun rank that joins no process group (evaluate.py): make GPU LOCAL_RANK the only one
+    it sees and set LOCAL_RANK to 0, the index vLLM's in-process executor uses. Call before anything
+    initialises CUDA. Trainers never call it (see the note above)."""
+    if "LOCAL_RANK" not in environ:
+        return
+    local = int(environ["LOCAL_RANK"])
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g for g in visible.split(",") if g.strip()] if visible else None
+    if gpus is not None and len(gpus) == 1 and local == 0:
+        return                                        # already pinned
+    if gpus is not None and local >= len(gpus):
+        raise SystemExit(f"LOCAL_RANK={local} but CUDA_VISIBLE_DEVICES={visible} lists {len(gpus)} GPUs: "
+                         f"start at most {len(gpus)} processes per node (torchrun --nproc_per_node)")
+    environ["CUDA_VISIBLE_DEVICES"] = gpus[local] if gpus else str(local)
+    environ["LOCAL_RANK"] = "0"
+
 
 def setup_distributed():
-    """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one."""
+    """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one. On GPU this
+    rank's device is set first, so NCCL and every "cuda" tensor land on cuda:LOCAL_RANK."""
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device())
+        timeout = datetime.timedelta(minutes=DIST_TIMEOUT_MINUTES)
         if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend)         # torchrun's rendezvous (env://)
+            dist.init_process_group(backend, timeout=timeout)         # torchrun's rendezvous (env://)
         else:
             # plain python: a group of one on an in-process store, so no port is taken (two runs on
             # one machine can never race for the same one)
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(0)  # the one GPU this rank sees (pin_local_gpu)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -68,10 +111,6 @@ def teardown(engine=None, clean=True):
         dist.destroy_process_group()
 
 
-def device():
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def all_sum(*values):
     """The sum over ranks of a few numbers (float64), as a list."""
     t = torch.tensor(values, dtype=torch.float64, device=device())
@@ -83,38 +122,53 @@ def all_sum(*values):
 # The FSDP2 policy and its weights
 # ==============================================================================================
 
-def load_policy(path, gradient_checkpointing=False, bf16=None):
+def load_policy(path, gradient_checkpointing=False, bf16=None, trainable=True):
     """The policy as an FSDP2 module: fully_shard on every decoder layer, then on the root (a single
     fp32 process keeps the plain module).
 
     On GPU the sharded parameters stay fp32 (the optimizer's master copy) and are gathered in bf16
     for compute, gradients reduced in fp32 (MixedPrecisionPolicy). On CPU everything is fp32.
+    trainable=False gives the frozen reference model of the KL term (beta > 0): on GPU its weights are
+    bf16 (no optimizer, so no fp32 master copy: half the memory), sharded the same way.
+
+    The checkpoint is read into host memory and never sent to the GPU whole: fully_shard moves the
+    states of the module it wraps to the mesh's device and keeps only this rank's shard
+    (torch/distributed/fsdp/_fully_shard/_fsdp_init.py, _move_states_to_device; then FSDPParam's
+    init chunks each parameter), so applying it layer by layer holds one full layer on the GPU at a
+    time. A 7B fp32 model moved whole first would take 30 GB of the GPU before sharding.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForCausalLM
     bf16 = torch.cuda.is_available() if bf16 is None else bf16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.to(device())
-    if gradient_checkpointing:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 and not trainable else torch.float32)
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+    elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if not bf16 and not (dist.is_initialized() and dist.get_world_size() > 1):
         # one fp32 process: nothing to shard and no mixed precision, and FSDP2 would still copy every
         # parameter into and out of its all-gather buffers, forward and backward (~6 % of a CPU step)
-        return model
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+        return model.to(device())
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 and trainable
+          else MixedPrecisionPolicy())
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
 
 
-def full_weights(model):
-    """(name, full tensor) for every parameter, gathered one DTensor at a time (a collective: every
-    rank must iterate). Never holds a second whole copy of the model."""
-    for name, param in model.named_parameters():
-        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
-        yield name, tensor.detach()
+def full_weights(model, dtype=None):
+    """(name, full tensor) for every parameter, gathered one at a time (a collective: every rank must
+    iterate), in `dtype` (None: the parameter's own). The cast happens on the local shard before the
+    all-gather, so a bf16 engine receives half the bytes of the fp32 master weights, and nothing is
+    recorded for autograd (DTensor.full_tensor is differentiable). Never holds a second whole copy of
+    the model."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            tensor = param.detach() if dtype is None else param.detach().to(dtype)
+            yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def load_weights_into_engine(path, engine):
@@ -126,8 +180,10 @@ def load_weights_into_engine(path, engine):
 
 
 def sync_weights(model, engine):
-    """Stream the policy's new weights into this rank's engine (Engine.update_weights)."""
-    engine.update_weights(full_weights(model))
+    """Stream the policy's new weights into this rank's engine (Engine.update_weights), gathered in
+    the engine's compute dtype (bf16 on GPU: vLLM would cast fp32 weights down as it loads them)."""
+    dtype = getattr(engine, "dtype", None)
+    engine.update_weights(full_weights(model, getattr(torch, dtype) if isinstance(dtype, str) else dtype))
 
 
 # ==============================================================================================
@@ -247,48 +303,93 @@ def sequence_logprobs(model, rows, prompts, completions, pad_id):
     return logp[where[:, :-1].to(device())] * attn[:, 1:], comp    # 0 where the padded layout has padding
 
 
-class _TargetLogProb(torch.autograd.Function):
-    """log softmax(logits)[target] for each row of [N, V] logits, in chunks of rows, with a backward
-    that writes the gradient once, in place: softmax * -g, plus g at the target. Autograd's own
-    gather + logsumexp would fill two [N, V] zero buffers and add them (on a 135M model with a 49k
-    vocabulary, those passes were ~15 % of a CPU training step)."""
+class HeadLogProb(torch.autograd.Function):
+    """log softmax(h W^T + b)[target] for rows h of the final hidden states [N, H], with the output head
+    W [V, H] (bias b or None) applied `chunk` rows at a time, forward and backward: the [N, V] logits
+    never exist whole. At N = 32768 tokens and Qwen2's V = 151936 they would be 10 GB in bf16, kept for
+    backward, plus as much again for their gradient; here the peak is one chunk's [chunk, V] in bf16 and
+    fp32, at the cost of computing each chunk's logits a second time in backward (one more head matmul,
+    ~5 % of a 1.5B model's step).
+
+    W = None: the rows are already logits (models whose head does more than a matmul, token_logprobs).
+    Backward writes d out / d logits = (onehot - softmax) * g once per chunk (autograd's own gather +
+    logsumexp would fill two [N, V] zero buffers and add them, ~15 % of a CPU training step), then
+    d h = that @ W and d W += that^T @ h, accumulated in fp32 and rounded once (as one matmul would).
+    """
 
     @staticmethod
-    def forward(ctx, logits, targets, chunk):
-        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
-        for i in range(0, logits.shape[0], chunk):
-            part = logits[i:i + chunk].float()                                  # a copy only for bf16
-            lse[i:i + chunk] = torch.logsumexp(part, dim=1)
-            out[i:i + chunk] = part.gather(1, targets[i:i + chunk, None]).squeeze(1) - lse[i:i + chunk]
-        ctx.save_for_backward(logits, targets, lse)
+        for i in range(0, hidden.shape[0], chunk):
+            rows = slice(i, i + chunk)
+            logits = _chunk_logits(hidden, weight, bias, rows).float()           # [c, V]; a copy only for bf16
+            lse[rows] = torch.logsumexp(logits, dim=1)
+            out[rows] = logits.gather(1, targets[rows, None]).squeeze(1) - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        logits, targets, lse = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)
-        for i in range(0, logits.shape[0], ctx.chunk):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = None if weight is None else torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        for i in range(0, hidden.shape[0], ctx.chunk):
             rows, g = slice(i, i + ctx.chunk), grad[i:i + ctx.chunk, None].float()
-            p = grad_logits[rows] if logits.dtype == torch.float32 else None     # fp32: write in place
-            p = torch.sub(logits[rows].float(), lse[rows, None], out=p)
-            p.exp_().mul_(-g).scatter_add_(1, targets[rows, None], g)          # (softmax - onehot) * -g
-            if p.data_ptr() != grad_logits[rows].data_ptr():
-                grad_logits[rows] = p
-        return grad_logits, None, None
+            in_place = weight is None and hidden.dtype == torch.float32              # fp32 logits: write the gradient
+            p = torch.sub(_chunk_logits(hidden, weight, bias, rows).float(), lse[rows, None],  # where it belongs
+                          out=grad_hidden[rows] if in_place else None)
+            p.exp_().mul_(-g).scatter_add_(1, targets[rows, None], g)           # (onehot - softmax) * g: [c, V]
+            if weight is None:
+                if not in_place:
+                    grad_hidden[rows] = p
+                continue
+            p = p.to(hidden.dtype)
+            grad_hidden[rows] = p @ weight                                      # [c, H]
+            grad_weight.add_(p.t() @ hidden[rows])                              # [V, H]
+            if grad_bias is not None:
+                grad_bias.add_(p.sum(dim=0))
+        return (grad_hidden, None if weight is None else grad_weight.to(weight.dtype),
+                None if bias is None else grad_bias.to(bias.dtype), None, None)
 
 
-def token_logprobs(model, ids, attn, chunk=4096, positions=None):
-    """log pi(token_{t+1} | tokens_{<=t}) for every position: [n, T - 1], fp32, computed in chunks of
-    rows of the logits so that the [tokens, vocab] float32 buffers stay bounded. Packed rows pass
-    position ids and no attention mask (sequence_logprobs)."""
-    # no KV cache: transformers only reads packed rows from the position ids when there is none
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).logits  # [n, T, V]
+def _chunk_logits(hidden, weight, bias, rows):
+    return hidden[rows] if weight is None else torch.nn.functional.linear(hidden[rows], weight, bias)
+
+
+# Model types whose CausalLM turns the last hidden state into logits with the output head and nothing
+# else (transformers/models/qwen2/modeling_qwen2.py:454-457, and the same lines in llama, mistral, qwen3):
+# the paper's models (R1-Distill-Qwen, Qwen2.5, Llama 3) and the toy's. Others post-process the logits
+# (Gemma 2's soft-capping, Cohere's logit_scale, Granite's logits_scaling) and take the full-logits path.
+PLAIN_HEAD_MODELS = ("qwen2", "qwen3", "llama", "mistral")
+
+
+def token_logprobs(model, ids, attn, chunk=2048, positions=None):
+    """log pi(token_{t+1} | tokens_{<=t}) for every position: [n, T - 1], fp32. The output head runs
+    inside HeadLogProb, `chunk` rows at a time, so the [tokens, vocab] logits never exist whole: the
+    model is asked for no logits at all (transformers' logits_to_keep, an empty index) and its final
+    hidden states are read by a hook on the decoder. Packed rows pass position ids and no attention
+    mask (sequence_logprobs)."""
     # every position is scored (the last one against a dummy target) and the last column dropped
-    # afterwards: slicing the logits first would copy all of them
-    targets = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], dim=1)
-    logp = _TargetLogProb.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), chunk)
+    # afterwards: slicing first would copy the hidden states
+    targets = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], dim=1).reshape(-1)
+    # no KV cache: transformers only reads packed rows from the position ids when there is none
+    inputs = dict(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False)
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD_MODELS:
+        captured = []
+        hook = model.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
+        try:
+            model(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=ids.device))
+        finally:
+            hook.remove()
+        hidden = captured[0]                                                    # [n, T, H]
+        head = model.get_output_embeddings()
+        logp = HeadLogProb.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, targets, chunk)
+    else:
+        logits = model(**inputs).logits                                         # [n, T, V]
+        logp = HeadLogProb.apply(logits.reshape(-1, logits.shape[-1]), None, None, targets, chunk)
     return logp.view(ids.shape)[:, :-1]
 
 

@@ -37,7 +37,7 @@ import time
 
 import sys
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import episodes
 import flags
 import grader

@@ -3,6 +3,8 @@ groups, token-budgeted micro-batches, packed rows and their log-probs. Fixture f
 tiny_model.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -75,3 +77,89 @@ def test_packed_log_probs_equal_padded(tiny_model):
     assert (packed_logp[~valid] == 0).all()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+
+
+# ==============================================================================================
+# policy.py: the chunked output head, one GPU per rank
+# ==============================================================================================
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_head_log_prob_equals_autograd_on_full_logits(with_bias):
+    """HeadLogProb (the head applied 8 rows at a time, logits recomputed in backward) gives autograd's
+    log-probs and gradients of log_softmax(h W^T + b)[target], for hidden states, head and bias."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 16, generator=g, dtype=torch.float64).float().requires_grad_()
+    weight = torch.randn(50, 16, generator=g).requires_grad_()
+    bias = torch.randn(50, generator=g).requires_grad_() if with_bias else None
+    targets = torch.randint(0, 50, (37,), generator=g)
+    upstream = torch.randn(37, generator=g)                      # d loss / d logp
+    got = policy.HeadLogProb.apply(hidden, weight, bias, targets, 8)
+    grads = torch.autograd.grad((got * upstream).sum(), [t for t in (hidden, weight, bias) if t is not None])
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    want = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [t for t in (hidden, weight, bias) if t is not None])
+    assert torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    # rows that already are logits (W = None: heads that do more than a matmul)
+    logits = logits.detach().requires_grad_()
+    got = policy.HeadLogProb.apply(logits, None, None, targets, 8)
+    (grad,) = torch.autograd.grad((got * upstream).sum(), [logits])
+    want = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    (want_grad,) = torch.autograd.grad((want * upstream).sum(), [logits])
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(grad, want_grad, atol=1e-5)
+
+
+def test_token_logprobs_plain_head_equals_the_full_logits_path(tiny_model, monkeypatch):
+    """The tiny Qwen2 (tied embeddings) scored through the hook + chunked head equals the same model
+    scored from its full logits: log-probs and every parameter's gradient, the tied head included."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert model.config.model_type in policy.PLAIN_HEAD_MODELS
+    ids = torch.randint(5, 2000, (3, 11), generator=torch.Generator().manual_seed(1))
+    attn = torch.ones_like(ids)
+    attn[2, 7:] = 0
+    results = []
+    for plain in (policy.PLAIN_HEAD_MODELS, ()):
+        monkeypatch.setattr(policy, "PLAIN_HEAD_MODELS", plain)
+        model.zero_grad()
+        logp = policy.token_logprobs(model, ids, attn, chunk=5)
+        (logp * attn[:, 1:]).sum().backward()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("environ, want", [
+    ({"LOCAL_RANK": "3"}, {"LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "3"}),
+    ({"LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "4,5,6,7"}, {"LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "6"}),
+    ({"LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "5"}, {"LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "5"}),
+    ({}, {}),                                                    # no torchrun: nothing to do
+])
+def test_pin_local_gpu_leaves_one_gpu_and_local_rank_0(environ, want):
+    """A rank without a process group (evaluate.py) sees one GPU, and LOCAL_RANK names it as 0: the
+    index vLLM's in-process executor uses (uniproc_executor.py:86-88), and policy.device()'s."""
+    environ = dict(environ)
+    policy.pin_local_gpu(environ)
+    assert environ == want
+    assert policy.local_rank(environ) == 0
+
+
+def test_pin_local_gpu_refuses_more_ranks_than_gpus():
+    with pytest.raises(SystemExit, match="LOCAL_RANK=2 but CUDA_VISIBLE_DEVICES=0,1 lists 2 GPUs"):
+        policy.pin_local_gpu({"LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "0,1"})
+
+
+def test_trainer_ranks_keep_every_gpu_visible(tmp_path):
+    """A trainer rank does not narrow CUDA_VISIBLE_DEVICES (NCCL needs its peers visible) and computes
+    on cuda:LOCAL_RANK, the device vLLM's external launcher takes from the same variable."""
+    import subprocess
+    import sys
+    code = ("import os, policy, grpo, star, mrt; "
+            "print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['LOCAL_RANK'], policy.local_rank())")
+    env = {**os.environ, "LOCAL_RANK": "5", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0,1,2,3,4,5,6,7", "5", "5"]

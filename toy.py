@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-import policy  # first: it pins this rank's GPU before torch is imported
+import policy
 import episodes
 import grader
 import prover
