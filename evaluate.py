@@ -649,11 +649,15 @@ def score_shard(args, config, mine, engine=None):
     os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
     fresh = not os.path.exists(partial_path) or os.path.getsize(partial_path) == 0
     built = []  # engines made here are closed here, once scoring is over (a caller's are not)
+    engines = 1 + bool("episodes" in parts and args.direct_model)
+    if engines == 2:   # the policy's engine and the direct model's share this rank's GPU
+        args = argparse.Namespace(**{**vars(args), "gpu_memory_utilization":
+                                     prover.engine_memory_fraction(args.gpu_memory_utilization, 2)})
     if engine is None:
         engine = prover.engine_from_args(args, args.model, seed=args.seed)
         built.append(engine)
     direct_engine = engine
-    if "episodes" in parts and args.direct_model:
+    if engines == 2:
         direct_engine = prover.engine_from_args(args, args.direct_model, seed=args.seed)
         built.append(direct_engine)
     seconds = {}

@@ -1,6 +1,7 @@
 """flags.py: the command-line flags the programs share, each defined once, and the types that check them.
 
-Imports: prover (the data folder, the engine's dtypes, load_problems to check --train early). Every
+Imports: prover (the data folder, the engine's dtypes, load_problems to check --train early), policy
+(gpu_choice), memory (the preflight of check_memory). Every
 CLI (grpo.py, star.py, mrt.py, evaluate.py, backtrack.py, compare.py) builds its parser from these
 groups and adds only the flags that are its own; a flag means the same thing wherever it appears
 (a default may differ: Table 2's SFT learning rate is not Table 3's RL one).
@@ -8,7 +9,7 @@ groups and adds only the flags that are its own; a flag means the same thing whe
     positive_int, nonnegative_int, positive_float, nonnegative_float, fraction, int_list   argparse types
     add_model, add_seed, add_thinking, add_engine, add_train_data, add_optimizer, add_batching,
     add_checkpoints, add_prover                                                           flag groups
-    check_model, check_train, check_engine                                                checks after parsing
+    check_model, check_train, check_engine, check_memory                                  checks after parsing
     config                                                                                a CLI's config from Python
 """
 
@@ -16,6 +17,8 @@ import argparse
 import importlib.util
 import os
 
+import memory
+import policy
 import prover
 
 
@@ -94,7 +97,9 @@ def add_engine(p, max_model_len=None, max_model_len_help=None):
                    help="vLLM: run the model eagerly, without torch.compile and CUDA graphs: faster start-up "
                         "(on CPU ~7-20 s less), slower decoding (on CPU ~30%% on a tiny model)")
     p.add_argument("--gpu-memory-utilization", type=probability, default=None,
-                   help="vLLM memory fraction (default 0.8 on GPU as in Table 3, 0.1 of host RAM on CPU)")
+                   help="vLLM's share of the GPU, per engine (default: a trainer's engine 0.7 in sleep mode, 0.3 "
+                        "awake; an engine alone on its GPU 0.8 as in Table 3, halved for each of evaluate.py's two "
+                        "engines with --direct-model, as a given value is; on CPU 0.1 of host RAM)")
 
 
 def add_train_data(p):
@@ -124,7 +129,15 @@ def add_batching(p):
     p.add_argument("--pack-sequences", action="store_true",
                    help="pack several sequences into each row (position ids restart per sequence, no attention "
                         "across them) instead of padding each to the longest: less padding, same loss")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (Table 2: on)")
+    p.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), nargs="?", const="on", default="auto",
+                   help="keep only each layer's input for backward and recompute the rest (Table 2: on). auto "
+                        "(default): on on GPU, where 32k tokens of Qwen2-1.5B's activations would take ~95 GB "
+                        "without it; off on CPU, where the tiny models need no help and it costs ~1/3 more compute")
+    p.add_argument("--vllm-sleep", choices=("auto", "on", "off"), default="auto",
+                   help="vLLM sleep mode around each training phase: the engine frees its KV cache and weights "
+                        "(level 2) while the policy trains, and gets the new weights, then its KV cache, back at "
+                        "the weight sync. auto (default): on on GPU with --engine vllm (sleep mode is CUDA-only); "
+                        "off: the engine keeps its memory, so --gpu-memory-utilization must leave room to train")
 
 
 def add_checkpoints(p, save_every):
@@ -181,6 +194,41 @@ def check_engine(p, args):
     """An engine that cannot be imported is an error before anything starts."""
     if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+
+
+def check_memory(p, args, sequence_tokens):
+    """A trainer's memory flags for this machine: --gradient-checkpointing and --vllm-sleep resolved to
+    bools (auto: on with CUDA; sleep mode also needs --engine vllm), then on CUDA the preflight
+    (memory.plan) of one rank: a phase that cannot fit is an error naming the flag to change.
+    sequence_tokens: the longest sequence the run trains on (it goes alone if longer than
+    --micro-batch-tokens)."""
+    import torch
+    on_gpu = torch.cuda.is_available()
+    args.gradient_checkpointing = policy.gpu_choice(args.gradient_checkpointing, on_gpu)
+    engine = getattr(args, "engine", None)
+    has_engine = hasattr(args, "gpu_memory_utilization")
+    sleep = policy.gpu_choice(args.vllm_sleep, on_gpu)
+    if sleep and (not on_gpu or engine == "hf" or not has_engine):
+        if args.vllm_sleep == "on" and has_engine:
+            p.error("--vllm-sleep on: vLLM's sleep mode needs CUDA and --engine vllm")
+        sleep = False
+    args.vllm_sleep = sleep
+    if not on_gpu:
+        return args
+    from transformers import AutoConfig
+    fraction = 0.0
+    if has_engine and engine != "hf":
+        fraction = args.gpu_memory_utilization or prover.default_memory_fraction(True, trainer=True, sleep_mode=sleep)
+    result = memory.plan(memory.model_shape(AutoConfig.from_pretrained(args.model)),
+                         world=int(os.environ.get("WORLD_SIZE", 1)),
+                         tokens=max(args.micro_batch_tokens, sequence_tokens),
+                         gradient_checkpointing=args.gradient_checkpointing, bf16=True,
+                         beta=getattr(args, "beta", 0.0), fraction=fraction, sleep=sleep,
+                         device_bytes=torch.cuda.get_device_properties(policy.device()).total_memory)
+    if result.problems:
+        p.error("memory preflight (`python bench.py memory` with this run's flags prints every term): "
+                + "; ".join(result.problems))
+    return args
 
 
 # ==============================================================================================

@@ -235,6 +235,7 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)   # free the gradients now: the engine wakes into this memory
     scheduler.step()
     clip_fraction, kl, loss = all_sum(stats["clip_fraction"], stats["kl"], stats["loss"])
     return {"clip_fraction": clip_fraction, "kl": kl, "loss": loss, "grad_norm": grad_norm, "completion_tokens": num_tokens}
@@ -330,7 +331,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
     resume_from = policy.latest_checkpoint(cfg.out) if cfg.resume else None
     model = policy.load_policy(resume_from or cfg.model, cfg.gradient_checkpointing)
     optimizer, scheduler = policy.make_optimizer(model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio)
-    ref_model = policy.load_policy(cfg.model) if cfg.beta > 0 else None
+    ref_model = policy.load_policy(cfg.model, trainable=False) if cfg.beta > 0 else None
     if resume_from:
         start_step = policy.load_checkpoint(resume_from, model, optimizer, scheduler)
         if rank == 0:
@@ -350,6 +351,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         mine = step_problems(problems, cfg, step)
         rollout = step_fn(engine, mine, cfg, step)
         rollout.completions = [c or [pad_id] for c in rollout.completions]   # an empty completion trains on a pad
+        engine.sleep()   # sleep mode: the engine's weights and KV cache leave the GPU until the sync
         t["score"] = time.time()
         t["generate"] = t["score"] - rollout.metrics.pop("seconds_score", (0.0, 1))[0]  # the step's grading time
 
@@ -358,7 +360,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         step_stats = train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model)
         t["train"] = time.time()
 
-        # ---- sync: the new weights into this rank's engine -------------------------------------------------
+        # ---- sync: the new weights into this rank's engine (woken first in sleep mode) -----------------------
         policy.sync_weights(model, engine)
         t["sync"] = time.time()
 
@@ -464,6 +466,7 @@ def check_args(p, cfg):
         p.error(f"--max-prompt-length + --max-completion-length = {need} does not fit the engine's --max-model-len "
                 f"{cfg.max_model_len} or the model's max_position_embeddings {limit}")
     flags.check_engine(p, cfg)
+    flags.check_memory(p, cfg, need)
     return cfg
 
 

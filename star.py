@@ -144,6 +144,7 @@ def sft_step(model, optimizer, scheduler, batch, cfg, pad_id):
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)   # free the gradients now: the engine wakes into this memory
     scheduler.step()
     (loss_sum,) = all_sum(total)
     return {"loss": loss_sum, "grad_norm": grad_norm, "completion_tokens": num_tokens, "sequences": num_seqs,
@@ -159,9 +160,12 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
     cfg.epochs epochs of global batches of cfg.batch_size sequences (Table 2: 3 epochs, 256, lr 1e-6,
     warmup 0.1; cosine as in Table 3). Checkpoints go to out_dir/checkpoints every cfg.save_every steps and at the
     end; a run that finds one there resumes from it exactly (weights, optimizer, schedule, data order).
-    With an engine, the final weights are synced into it. The policy is freed on return, so that
+    With an engine, it sleeps while the policy trains (sleep mode) and the final weights are synced into
+    it. The policy is freed on return, so that
     between SFT runs the GPU holds only the engine. Returns the last step's metrics."""
     rank, world = policy.setup_distributed()
+    if engine is not None:
+        engine.sleep()   # sleep mode: the engine's memory is the policy's until the sync below
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     start = 0
@@ -489,7 +493,7 @@ def check_sft_args(p, cfg):
     if getattr(cfg, "data", None) is not None and not os.path.isfile(cfg.data):
         p.error(f"--data: no such file: {cfg.data}")
     cfg.thinking = prover.resolve_thinking(cfg.thinking, AutoTokenizer.from_pretrained(cfg.model))
-    return cfg
+    return flags.check_memory(p, cfg, cfg.max_seq_length)
 
 
 def check_star_args(p, cfg):
