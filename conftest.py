@@ -126,15 +126,23 @@ def _para(*steps):
 
 class FakeEngine:
     """The one fake engine of the tests: respond(prompt_text, n, stop) writes the n responses to a
-    prompt. It records the size of every generate call and every prompt it was sent, as text."""
+    prompt. It records the size of every generate call and every prompt it was sent, as text. It
+    sleeps as a vLLM engine in sleep mode does (level 2, weights discarded): a generate call between
+    sleep() and the next update_weights is an error, so the loops' order is checked on every test."""
 
     def __init__(self, tokenizer, respond):
         self.tokenizer, self.respond, self.calls, self.prompts, self.synced = tokenizer, respond, [], [], 0
+        self.asleep, self.sleeps = False, 0
 
     def update_weights(self, named_tensors):
         self.synced += sum(1 for _ in named_tensors)   # a collective under FSDP: consume them all
+        self.asleep = False
+
+    def sleep(self):
+        self.asleep, self.sleeps = True, self.sleeps + 1
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
+        assert not self.asleep, "generate on an engine that sleeps: its weights were discarded"
         self.calls.append(len(prompts))
         out = []
         for p in prompts:

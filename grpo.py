@@ -235,7 +235,6 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)   # free the gradients now: the engine wakes into this memory
     scheduler.step()
     clip_fraction, kl, loss = all_sum(stats["clip_fraction"], stats["kl"], stats["loss"])
     return {"clip_fraction": clip_fraction, "kl": kl, "loss": loss, "grad_norm": grad_norm, "completion_tokens": num_tokens}
@@ -358,6 +357,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         # ---- train: clipped loss over token-budgeted micro-batches, clip, AdamW ------------------------------
         lr = scheduler.get_last_lr()[0]
         step_stats = train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model)
+        optimizer.zero_grad(set_to_none=True)   # free the gradients: the engine wakes into this memory
         t["train"] = time.time()
 
         # ---- sync: the new weights into this rank's engine (woken first in sleep mode) -----------------------

@@ -144,7 +144,6 @@ def sft_step(model, optimizer, scheduler, batch, cfg, pad_id):
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else float(grad_norm)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)   # free the gradients now: the engine wakes into this memory
     scheduler.step()
     (loss_sum,) = all_sum(total)
     return {"loss": loss_sum, "grad_norm": grad_norm, "completion_tokens": num_tokens, "sequences": num_seqs,
@@ -188,6 +187,7 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
         mine = [examples[i] for i in global_batch[rank::world]]
         lr = scheduler.get_last_lr()[0]
         stats = sft_step(model, optimizer, scheduler, mine, cfg, pad_id)
+        optimizer.zero_grad(set_to_none=True)   # free the gradients between steps (the engine wakes after the last)
         seconds = time.time() - t0
         metrics = {"sft_step": step + 1, "epoch": epoch + at / steps_per_epoch, "lr": lr,
                    **stats, "tokens_per_s": stats["tokens"] / max(seconds, 1e-9), "seconds": seconds}
