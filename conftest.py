@@ -8,6 +8,7 @@ that tests run in a process of their own (torchrun, a second vLLM engine) are th
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +34,25 @@ def tiny_model(tmp_path_factory):
     build_seconds = time.time() - t0
     assert build_seconds < 15, f"tiny model took {build_seconds:.1f}s to build"
     return out
+
+
+TINY_MODEL_ID = "mrt-test/tiny-qwen2"
+
+
+@pytest.fixture(scope="session")
+def hf_cache(tiny_model, tmp_path_factory):
+    """A local Hugging Face cache (the layout huggingface_hub reads offline: models--org--name/refs/main
+    holding a commit hash, snapshots/<hash>/ the files) that holds the tiny model as TINY_MODEL_ID. Pass
+    the returned environment to a subprocess: HF_HUB_CACHE there and HF_HUB_OFFLINE=1, so nothing is
+    downloaded."""
+    import shutil
+    hub = tmp_path_factory.mktemp("hf-cache")
+    repo = hub / ("models--" + TINY_MODEL_ID.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -96,21 +116,22 @@ def toy_engine():
 # The project's CLIs (and the check_*.py programs) as subprocesses, under python or torchrun
 # ==============================================================================================
 
-def run_cli(args, cwd, nproc=None, timeout=300):
+def run_cli(args, cwd, nproc=None, timeout=300, env=None):
     """A project CLI as a subprocess, under plain python (nproc None) or torchrun --standalone (a free
-    port each time). It must exit 0 and print no traceback (a clean shutdown on every rank); on
-    failure, show what the ranks said."""
+    port each time), with `env` added to the environment. It must exit 0 and print no traceback (a
+    clean shutdown on every rank); on failure, show what the ranks said."""
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     cmd = [sys.executable, *launcher, *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in output, \
         f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
-def run_torchrun(nproc, args, cwd, timeout=300):
-    return run_cli(args, cwd, nproc=nproc, timeout=timeout)
+def run_torchrun(nproc, args, cwd, timeout=300, env=None):
+    return run_cli(args, cwd, nproc=nproc, timeout=timeout, env=env)
 
 
 # ==============================================================================================

@@ -523,7 +523,7 @@ CONFIG_KEYS = ("model", "benchmarks", "n", "temperature", "top_p", "max_tokens",
 
 def add_evaluate_args(p):
     """evaluate.py's flags; defaults from App. D, Sec. 8 and App. F."""
-    flags.add_model(p, help="HF model folder to evaluate")
+    flags.add_model(p, help="the model to evaluate: an HF model folder or a Hugging Face model id")
     p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
                    help=f"comma-separated names in data/ or JSONL paths (default: {','.join(BENCHMARKS)})")
     p.add_argument("--analysis", default="accuracy", help=f"comma-separated, from: {','.join(ANALYSES)} (default accuracy)")
@@ -545,7 +545,7 @@ def add_evaluate_args(p):
     flags.add_prover(p, samples=8, max_tokens=4096)
     p.add_argument("--maj-p", type=flags.int_list(1), default=[1, 2, 4, 8], help="p of [maj@p]_j (default 1,2,4,8; p <= m)")
     p.add_argument("--direct-model", default=None,
-                   help="the direct baseline's model (App. D: an instruct model, Qwen2.5-32B-Instruct; App. E: "
+                   help="the direct baseline's model, a folder or a model id (App. D: an instruct model, Qwen2.5-32B-Instruct; App. E: "
                         "Qwen2.5-Math-7B-Instruct), prompted with its own chat template and no thought. Default: "
                         "not the paper's baseline but an 'empty-thought' one, --model answering after <think></think>")
     p.add_argument("--direct-n", type=flags.positive_int, default=32, help="direct baseline samples per problem (App. D: 32)")
@@ -584,8 +584,8 @@ def check_args(p, args):
             assert all(len(b) == 2 and 0 <= b[0] <= b[1] for b in args.buckets)
         except (ValueError, AssertionError):
             p.error(f"--buckets: expected ranges like 6-10,26-30, got {args.buckets!r}")
-    flags.check_model(p, args)
-    flags.check_model(p, args, "direct_model")
+    flags.check_model(p, args, coordinate=False)
+    flags.check_model(p, args, "direct_model", coordinate=False)
     flags.check_engine(p, args)
     args.thinking = prover.resolve_thinking(args.thinking, AutoTokenizer.from_pretrained(args.model))
     # the direct baseline answers at once: an instruct model's own template without a thought block,
@@ -876,7 +876,7 @@ def smoke(args, model):
 def add_smoke_args(p):
     p.add_argument("--smoke", action="store_true", help="this run: sample, segment, score every prefix with mu")
     flags.add_model(p, required=False,
-                    help="HF model folder to sample from; default: build a random-weight tiny model in a temp folder")
+                    help="the model to sample from, a folder or a Hugging Face model id; default: build a random-weight tiny model in a temp folder")
     p.add_argument("--problems", default=os.path.join(prover.DATA_DIR, "aime24.jsonl"),
                    help="JSONL file with 'problem' and 'answer' fields per line (default: data/aime24.jsonl)")
     p.add_argument("--num-problems", type=flags.positive_int, default=3, help="how many problems to sample for (default 3)")
@@ -893,7 +893,7 @@ def add_smoke_args(p):
 
 def check_smoke_args(p, args):
     flags.check_engine(p, args)
-    flags.check_model(p, args)
+    flags.check_model(p, args, coordinate=False)
     try:
         args.problems = prover.load_problems(args.problems)[:args.num_problems]
     except (OSError, ValueError) as e:

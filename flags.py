@@ -65,7 +65,8 @@ def int_list(minimum=0):
 # Flag groups
 # ==============================================================================================
 
-def add_model(p, required=True, help="HF model folder to start from"):
+def add_model(p, required=True, help="the model to start from: an HF model folder or a Hugging Face model id "
+                                      "(downloaded once into the local HF cache; HF_HUB_OFFLINE=1 reads the cache only)"):
     p.add_argument("--model", required=required, default=None, help=help)
 
 
@@ -168,10 +169,20 @@ def option_name(parser, dest):
     return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
 
 
-def check_model(p, args, dest="model"):
-    path = getattr(args, dest)
-    if path is not None and not os.path.isdir(path):
-        p.error(f"{option_name(p, dest)}: no such folder: {path}")
+def check_model(p, args, dest="model", coordinate=True):
+    """--model (or `dest`): a local folder, or a Hugging Face model id replaced by its local snapshot
+    folder (prover.resolve_model: downloaded once per node unless HF_HUB_OFFLINE=1); an error names the
+    flag. coordinate: a trainer under torchrun joins its process group here, so that one rank per node
+    downloads while the others wait (evaluate.py, which has no group, passes False)."""
+    name = getattr(args, dest)
+    if name is None or os.path.isdir(name):
+        return
+    if coordinate and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        policy.setup_distributed()
+    try:
+        setattr(args, dest, prover.resolve_model(name, coordinate=coordinate))
+    except ValueError as e:
+        p.error(f"{option_name(p, dest)}: {e}")
 
 
 def check_train(p, args):

@@ -4,6 +4,7 @@ Paper: Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress), App. D (F
 "time is up" prompt). The 0/1 reward r(x, z) of Sec. 3 lives in grader.py.
 
     build_prompt, TIME_IS_UP               the chat prompt, and the suffix that forces an answer
+    resolve_model                          a model folder, or a Hugging Face model id -> its local snapshot
     VLLMEngine, HFEngine                   one generate/update_weights interface, two backends
     MetaProver, progress                   J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), r_prg (Def. 6.1)
     answer_prover, score_backtracks        mu and progress in the backtracking setting (App. A.1)
@@ -148,6 +149,58 @@ def time_is_up_suffix(thought_prefix, thinking=True):
 # ==============================================================================================
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def resolve_model(name, coordinate=False):
+    """A local model folder as it is; otherwise a Hugging Face model id ("deepseek-ai/DeepSeek-R1-Distill-
+    Qwen-1.5B", as users and the paper's open-r1 commands name models) resolved to its snapshot folder
+    in the local Hugging Face cache, downloaded there first unless HF_HUB_OFFLINE=1 (huggingface_hub reads
+    it, and HF_HOME / HF_HUB_CACHE, when imported). Raises ValueError with the reason otherwise.
+
+    coordinate (a trainer under torchrun, its process group up): the node's local rank 0 downloads while
+    the other ranks wait at a collective, then they read the same snapshot from the cache
+    (local_files_only) and an error on any rank is every rank's error. Without it (evaluate.py, whose
+    ranks share no group) each rank calls snapshot_download itself, and huggingface_hub's file locks
+    let one process fetch each file while the others wait for it.
+    """
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+    try:
+        if name.startswith((".", "/", "~")) or name.count("/") != 1:
+            raise HFValidationError(name)
+        validate_repo_id(name)   # huggingface_hub/utils/_validators.py: one "/", [\w.-], no "--" or ".."
+    except HFValidationError:
+        raise ValueError(f"no such folder: {name} (nor is it a Hugging Face model id, organization/name)") from None
+
+    def fetch(local_only):
+        try:
+            return snapshot_download(name, local_files_only=local_only), None
+        except LocalEntryNotFoundError:
+            why = ("HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE else
+                   "and it could not be downloaded (no network?)")
+            return None, (f"{name} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}), {why}: "
+                          f"run `huggingface-cli download {name}` where the Hub can be reached, or pass a folder")
+        except RepositoryNotFoundError:
+            return None, f"no model {name} on the Hugging Face Hub (a gated or private one needs HF_TOKEN)"
+        except Exception as e:   # network, disk: say which model and why, not a traceback from deep inside
+            return None, f"could not fetch {name} from the Hugging Face Hub: {type(e).__name__}: {e}"
+
+    import torch.distributed as dist
+    grouped = coordinate and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    first = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    path, error = fetch(local_only=False) if first or not grouped else (None, None)
+    if grouped:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)                  # every rank waits for the downloads
+        error = next((e for e in errors if e), None)
+        if error is None and not first:
+            path, error = fetch(local_only=True)
+    if error:
+        raise ValueError(error)
+    return path
 
 
 def cpu_capability():

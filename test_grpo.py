@@ -235,16 +235,18 @@ def test_grpo_rejects_bad_flags(tiny_model, tmp_path, capsys):
         assert message in capsys.readouterr().err, argv
 
 
-def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
-    # The whole loop under torchrun: prompts sharded over 2 ranks, each with its own engine, weight
-    # sync on both, a checkpoint that transformers loads.
+def test_grpo_cli_under_torchrun_two_ranks(hf_cache, tmp_path):
+    # The whole loop under torchrun: the model named by its Hugging Face id (resolved from a local
+    # cache: rank 0 fetches, rank 1 waits, then reads the snapshot), prompts sharded over 2 ranks,
+    # each with its own engine, weight sync on both, a checkpoint that transformers loads.
     from transformers import AutoModelForCausalLM
+    from conftest import TINY_MODEL_ID
     here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "run"
-    run_torchrun(2, ["grpo.py", "--model", tiny_model, "--out", str(out), "--engine", "hf", "--dtype", "float32", "--batch-size", "16",
+    run_torchrun(2, ["grpo.py", "--model", TINY_MODEL_ID, "--out", str(out), "--engine", "hf", "--dtype", "float32", "--batch-size", "16",
                     "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "8",
                     "--max-steps", "2", "--save-every", "1", "--lr", "1e-3", "--max-model-len", "1024"],
-                 cwd=here)
+                 cwd=here, env=hf_cache)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["completion_tokens"] == 16 * 8 or r["truncation_rate"] < 1 for r in rows)
@@ -252,3 +254,18 @@ def test_grpo_cli_under_torchrun_two_ranks(tiny_model, tmp_path):
             "training_tokens_per_s", "seconds_generate", "seconds_train", "seconds_sync"} <= set(rows[0])
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_1", "step_2"]
     AutoModelForCausalLM.from_pretrained(str(out / "checkpoints" / "step_2"))
+
+
+def test_an_unknown_model_id_is_one_clear_error_on_every_rank(hf_cache, tmp_path):
+    """An id the cache lacks (offline): both ranks stop at argument checking with the same message
+    naming --model, and none hangs waiting for the other."""
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "grpo.py", "--model", "mrt-test/not-cached", "--out", str(tmp_path / "x"), "--engine", "hf"],
+                          cwd=here, capture_output=True, text=True, timeout=120, env={**os.environ, **hf_cache})
+    assert proc.returncode != 0
+    assert proc.stderr.count("--model: mrt-test/not-cached is not in the local Hugging Face cache") == 2, proc.stderr[-3000:]
+    # the one traceback is torchrun's own report that its children failed; the ranks print none
+    assert proc.stderr.count("Traceback") == 1 and "ChildFailedError" in proc.stderr

@@ -360,3 +360,39 @@ def test_year_filter_selects_the_papers_aime_years():
     assert [q["id"] for q in kept] == [q["id"] for q in every if int(q["id"][4:8]) >= 1989]
     with pytest.raises(ValueError, match="math500.jsonl:1: a year filter needs a year"):
         prover.load_problems("math500", years=(1989, 2023))
+
+
+# ==============================================================================================
+# Model ids: a Hugging Face id resolves to its snapshot in the local cache
+# ==============================================================================================
+
+def test_model_ids_resolve_from_the_local_hf_cache(tiny_model, hf_cache):
+    """In a process whose huggingface_hub reads the test cache offline: an id resolves to its snapshot
+    folder, a folder stays itself, and an id the cache lacks, a path that is not there and a malformed
+    id are ValueErrors that say which and why."""
+    import subprocess
+    import sys
+    from conftest import TINY_MODEL_ID
+    code = f"""
+import json, prover
+out = {{"id": prover.resolve_model({TINY_MODEL_ID!r}), "folder": prover.resolve_model({tiny_model!r})}}
+for name in ("mrt-test/not-cached", "./no/such/folder", "a/b/c", "bad--id/x"):
+    try:
+        prover.resolve_model(name)
+        out[name] = None
+    except ValueError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=here, capture_output=True, text=True,
+                          env={**os.environ, **hf_cache})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["id"] == os.path.join(hf_cache["HF_HUB_CACHE"], "models--mrt-test--tiny-qwen2", "snapshots",
+                                     "0123456789abcdef0123456789abcdef01234567")
+    assert out["folder"] == tiny_model
+    assert "mrt-test/not-cached is not in the local Hugging Face cache" in out["mrt-test/not-cached"]
+    assert "HF_HUB_OFFLINE=1 forbids downloading it" in out["mrt-test/not-cached"]
+    for name in ("./no/such/folder", "a/b/c", "bad--id/x"):
+        assert out[name].startswith(f"no such folder: {name} (nor is it a Hugging Face model id"), out[name]
