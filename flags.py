@@ -145,6 +145,10 @@ def add_checkpoints(p, save_every):
     p.add_argument("--save-every", type=positive_int, default=save_every,
                    help=f"checkpoint every N steps, and at the end (default {save_every})")
     p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept on disk (default 2)")
+    p.add_argument("--save-dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="dtype of a checkpoint's HF weights (what transformers and vLLM load). auto (default): the "
+                        "starting model's (bf16 for R1-Distill-Qwen). Below fp32 the fp32 master weights go into "
+                        "trainer_state.pt beside the optimizer, so --resume continues exactly")
 
 
 def add_prover(p, samples, max_tokens, temperature=True, samples_source="App. D", max_tokens_source="App. D: 4096"):

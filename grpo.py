@@ -390,7 +390,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
             policy.save_checkpoint(cfg.out, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),
-                                   cfg.keep_checkpoints)
+                                   cfg.keep_checkpoints, prover.save_dtype(cfg.save_dtype, cfg.model))
     bar.close()
     return metrics
 

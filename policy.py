@@ -440,13 +440,14 @@ def make_optimizer(model, lr, weight_decay, total_steps, warmup_ratio):
 # Checkpoints: HF weights + tokenizer, and the trainer state; written atomically
 # ==============================================================================================
 
-def save_checkpoint(out_dir, step, model, optimizer, scheduler, tokenizer, config, keep=2):
-    """out_dir/checkpoints/step_N: an HF model folder (loads in transformers and vLLM) plus
-    trainer_state.pt (optimizer, scheduler, RNG, step, config). Written to a temp folder that is
-    renamed into place, then `latest` is replaced: a killed run leaves the previous checkpoint whole.
-    Keeps the newest `keep` checkpoints. A collective: every rank calls it."""
+def save_checkpoint(out_dir, step, model, optimizer, scheduler, tokenizer, config, keep=2, dtype="float32"):
+    """out_dir/checkpoints/step_N: an HF model folder (loads in transformers and vLLM) with weights in
+    `dtype`, plus trainer_state.pt (optimizer, scheduler, RNG, step, config, and the fp32 master
+    weights when `dtype` is not fp32: a resumed run continues from those, exactly). Written to a temp
+    folder that is renamed into place, then `latest` is replaced: a killed run leaves the previous
+    checkpoint whole. Keeps the newest `keep` checkpoints. A collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)   # gathered on rank 0's host memory
     weights = get_model_state_dict(model, options=options)           # collectives: every rank
     optim = get_optimizer_state_dict(model, optimizer, options=options)
     if dist.get_rank() == 0:
@@ -454,11 +455,24 @@ def save_checkpoint(out_dir, step, model, optimizer, scheduler, tokenizer, confi
         final, tmp = os.path.join(root, f"step_{step}"), os.path.join(root, f".step_{step}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        model.save_pretrained(tmp, state_dict=weights)
+        low = dtype != "float32"
+        saved = weights
+        if low:   # cast once per storage: tied weights (embeddings = head) stay one tensor, saved once
+            cast = {}
+            for v in weights.values():
+                if v.data_ptr() not in cast:
+                    cast[v.data_ptr()] = v.to(getattr(torch, dtype))
+            saved = {k: cast[v.data_ptr()] for k, v in weights.items()}
+        model.save_pretrained(tmp, state_dict=saved)
+        if low:   # save_pretrained writes the dtype of the module's (fp32) parameters into config.json
+            with open(os.path.join(tmp, "config.json")) as f:
+                hf_config = json.load(f)
+            hf_config.update({key: dtype for key in ("dtype", "torch_dtype") if key in hf_config} or {"dtype": dtype})
+            write_atomic(os.path.join(tmp, "config.json"), json.dumps(hf_config, indent=2))
         tokenizer.save_pretrained(tmp)
         torch.save({"step": step, "optimizer": optim, "scheduler": scheduler.state_dict(),
-                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-                    "config": config}, os.path.join(tmp, "trainer_state.pt"))
+                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "config": config,
+                    **({"master_weights": weights} if low else {})}, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         with open(os.path.join(root, "latest.tmp"), "w") as f:
@@ -481,11 +495,23 @@ def latest_checkpoint(out_dir):
 
 def load_checkpoint(path, model, optimizer, scheduler):
     """Restore the optimizer, schedule and RNG state saved with a checkpoint whose weights `model`
-    was loaded from (load_policy(path)). Returns the step it was saved at."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
-                             options=StateDictOptions(full_state_dict=True))
+    was loaded from (load_policy(path)), and its fp32 master weights if the checkpoint saved its HF
+    weights in a lower precision. Returns the step it was saved at.
+
+    The file is memory-mapped on every rank (torch.load mmap=True: tensors are read on demand from
+    the page cache the ranks share), and under FSDP only rank 0 reads the tensors: they are broadcast
+    one at a time and each rank keeps its shard (StateDictOptions broadcast_from_rank0,
+    torch/distributed/checkpoint/state_dict.py; _broadcast_state_dict in _state_dict_utils.py). Eight
+    ranks each holding the full optimizer state would need 8 x 12 bytes per parameter of host memory
+    (170 GB for a 1.5B model)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True)
+    sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharded)
+    keep = dist.get_rank() == 0 or not sharded          # with broadcast, the others pass {}
+    if "master_weights" in state:
+        set_model_state_dict(model, state["master_weights"] if keep else {}, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"] if keep else {}, options=options)
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])

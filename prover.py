@@ -237,6 +237,15 @@ def checkpoint_dtype(model):
     return str(declared).replace("torch.", "")
 
 
+def save_dtype(flag, start_model):
+    """--save-dtype made concrete: auto saves in the dtype the run started from (a bf16 model such as
+    R1-Distill-Qwen gives bf16 checkpoints, the size users downloaded; an fp32 one stays fp32)."""
+    if flag != "auto":
+        return flag
+    stored = checkpoint_dtype(start_model)
+    return stored if stored in ("bfloat16", "float16") else "float32"
+
+
 def resolve_dtype(model, dtype="auto", on_gpu=None):
     """--dtype auto made concrete, per device; an explicit dtype is kept. Returns (dtype, why).
 

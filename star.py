@@ -196,7 +196,7 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
             policy.save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),
-                                   cfg.keep_checkpoints)
+                                   cfg.keep_checkpoints, prover.save_dtype(cfg.save_dtype, cfg.model))
     bar.close()
     if engine is not None:
         policy.sync_weights(model, engine)

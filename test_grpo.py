@@ -176,9 +176,14 @@ def test_grpo_weight_sync_engine_decodes_like_the_policy(tiny_model, tokenizer, 
     assert all(abs(restored[i][tok] - lp) < 1e-4 for i in range(len(prompts)) for tok, lp in before[i].items())
 
 
-def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
+@pytest.mark.parametrize("save_dtype", ["float32", "bfloat16"])
+def test_grpo_resume_continues_exactly(tiny_model, tmp_path, save_dtype):
+    """A run killed in step 3 and resumed from its step-2 checkpoint ends where the straight run does;
+    with bf16 checkpoints (what users load: config.json says bfloat16) it resumes from the fp32 master
+    weights saved beside the optimizer, so that too is exact."""
     from safetensors.torch import load_file
-    straight = _grpo_cfg(tiny_model, tmp_path / "a", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
+    dtype_flags = ["--save-dtype", save_dtype]
+    straight = _grpo_cfg(tiny_model, tmp_path / "a", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2", *dtype_flags)
     grpo.train(straight, step_fn=grpo.reward_step(first_token_reward))
 
     calls = {"n": 0}
@@ -188,19 +193,27 @@ def test_grpo_resume_continues_exactly(tiny_model, tmp_path):
         if calls["n"] == 3:
             raise KeyboardInterrupt  # the run dies in step 3, after the step-2 checkpoint
         return first_token_reward(problems, groups, cfg)
-    interrupted = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2")
+    interrupted = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2", *dtype_flags)
     with pytest.raises(KeyboardInterrupt):
         grpo.train(interrupted, step_fn=grpo.reward_step(killed_after_two_steps))
-    resumed = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2", "--resume")
+    resumed = _grpo_cfg(tiny_model, tmp_path / "b", "--lr", "1e-2", "--max-steps", "4", "--save-every", "2", "--resume",
+                        *dtype_flags)
     grpo.train(resumed, step_fn=grpo.reward_step(first_token_reward))
 
     a = load_file(str(tmp_path / "a" / "checkpoints" / "step_4" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoints" / "step_4" / "model.safetensors"))
     start = load_file(os.path.join(tiny_model, "model.safetensors"))
     assert a.keys() == b.keys()
-    assert any(not torch.equal(a[k], start[k]) for k in a)
+    assert {v.dtype for v in a.values()} == {getattr(torch, save_dtype)}
+    assert json.load(open(tmp_path / "a" / "checkpoints" / "step_4" / "config.json"))["dtype"] == save_dtype
+    assert any(not torch.equal(a[k].float(), start[k]) for k in a)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-7), k
+    if save_dtype == "bfloat16":   # the master weights too, and the HF weights are them rounded
+        master_a = torch.load(tmp_path / "a" / "checkpoints" / "step_4" / "trainer_state.pt", weights_only=False)["master_weights"]
+        master_b = torch.load(tmp_path / "b" / "checkpoints" / "step_4" / "trainer_state.pt", weights_only=False)["master_weights"]
+        for k in a:
+            assert torch.allclose(master_a[k], master_b[k], atol=1e-7) and torch.equal(master_a[k].bfloat16(), a[k]), k
     rows_a = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
     rows_b = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
@@ -254,6 +267,13 @@ def test_grpo_cli_under_torchrun_two_ranks(hf_cache, tmp_path):
             "training_tokens_per_s", "seconds_generate", "seconds_train", "seconds_sync"} <= set(rows[0])
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_1", "step_2"]
     AutoModelForCausalLM.from_pretrained(str(out / "checkpoints" / "step_2"))
+    # resumed on 2 ranks: rank 0 reads the optimizer state and broadcasts it, rank 1 keeps its shard
+    run_torchrun(2, ["grpo.py", "--model", TINY_MODEL_ID, "--out", str(out), "--engine", "hf", "--dtype", "float32",
+                     "--batch-size", "16", "--num-generations", "4", "--max-prompt-length", "256",
+                     "--max-completion-length", "8", "--max-steps", "3", "--save-every", "1", "--lr", "1e-3",
+                     "--max-model-len", "1024", "--resume"], cwd=here, env=hf_cache)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3] and math.isfinite(rows[2]["grad_norm"])
 
 
 def test_an_unknown_model_id_is_one_clear_error_on_every_rank(hf_cache, tmp_path):
