@@ -6,10 +6,13 @@
     python bench.py padding      # padded share of training tokens: padded vs packed rows (--pack-sequences)
     python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s;
                                  # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
+    python bench.py memory --model ID_OR_PATH [grpo.py flags]   # the per-GPU memory preflight (memory.py)
+    python bench.py gpu          # the GPU check: R1-1.5B-shaped bf16 FSDP2 steps at 16k/24k tokens (peak
+                                 # memory vs the preflight, tokens/s), then mrt.py 2 steps + resume on vLLM
 
 Every run first prints the machine line: what the CPU computes natively (prover.cpu_capability) and
 the torch threads; the engine benchmarks print the dtype --dtype auto resolved to (prover.resolve_dtype).
-Imports: the modules it measures.
+Imports: the modules it measures, and memory (the preflight it prints and checks).
 """
 
 import argparse
@@ -27,8 +30,10 @@ import time
 
 import policy
 import episodes
+import flags
 import grader
 import grpo
+import memory
 import prover
 import toy
 
@@ -340,7 +345,174 @@ def bench_padding(argv):
                   f"{1 - real / computed:.3f}, {batches / args.steps / args.ranks:.1f} micro-batches per rank and step")
 
 
-BENCHES = {"episodes": bench_episodes, "padding": bench_padding, "reward": bench_reward, "prefix-cache": bench_prefix_cache, "grpo": bench_grpo}
+def bench_memory(argv):
+    p = argparse.ArgumentParser(prog="bench.py memory", description=(
+        "The memory preflight of one GPU of a colocated run (memory.py): every term of the training phase and "
+        "of the engine's wake, against the device. Takes grpo.py's / mrt.py's flags (the ones that matter: "
+        "--micro-batch-tokens, --max-prompt-length + --max-completion-length, --gradient-checkpointing, "
+        "--vllm-sleep, --gpu-memory-utilization, --beta, --engine). Exit status 1 when a phase does not fit."))
+    grpo.add_grpo_args(p)
+    p.add_argument("--nproc", type=int, default=int(os.environ.get("WORLD_SIZE", 8)),
+                   help="GPUs the run shards over (default 8, or WORLD_SIZE)")
+    p.add_argument("--gpu-memory-gib", type=float, default=None,
+                   help="memory of one GPU in GiB (default: this machine's GPU 0, else 80)")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="the longest training sequence (default --max-prompt-length + --max-completion-length; "
+                        "star.py: its --max-seq-length)")
+    args = p.parse_args(argv)
+    try:
+        model = prover.resolve_model(args.model)
+    except ValueError as e:
+        p.error(f"--model: {e}")
+    from transformers import AutoConfig
+    shape = memory.model_shape(AutoConfig.from_pretrained(model))
+    if args.gpu_memory_gib is not None:
+        device_bytes = int(args.gpu_memory_gib * memory.GiB)
+    else:
+        device_bytes = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 80 * memory.GiB
+    checkpointing = policy.gpu_choice(args.gradient_checkpointing, on_gpu=True)
+    sleep = policy.gpu_choice(args.vllm_sleep, on_gpu=True) and args.engine != "hf"
+    fraction = 0.0 if args.engine == "hf" else (args.gpu_memory_utilization or
+                                                prover.default_memory_fraction(True, trainer=True, sleep_mode=sleep))
+    longest = args.max_seq_length or args.max_prompt_length + args.max_completion_length
+    tokens = max(args.micro_batch_tokens, longest)
+    result = memory.plan(shape, args.nproc, tokens, checkpointing, True, args.beta, fraction, sleep, device_bytes)
+    print(f"{args.model}: {shape.params / 1e9:.2f} B parameters ({shape.layers} layers, hidden {shape.hidden}, "
+          f"vocab {shape.vocab}), {args.nproc} GPUs, micro-batches of {tokens} tokens, checkpointing "
+          f"{'on' if checkpointing else 'off'}, vLLM {'asleep while training' if sleep else 'awake'} at {fraction:g}")
+    print(result.table())
+    for problem in result.problems:
+        print(f"DOES NOT FIT: {problem}")
+    if not result.problems:
+        print("fits")
+    return 1 if result.problems else 0
+
+
+# R1-Distill-Qwen-1.5B's shape (config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B)
+R1_1P5B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+               intermediate_size=8960, vocab_size=151936, max_position_embeddings=131072, tie_word_embeddings=False)
+TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+            intermediate_size=256, vocab_size=2048, max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+def gpu_training_check(shape_args, token_counts, steps):
+    """bf16 FSDP2 training steps (grpo.train_step, gradient checkpointing on) of a random-weight model
+    on one sequence of each length: peak allocated memory against the preflight's training terms, and
+    tokens/s. Returns the lines it printed."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    on_gpu = torch.cuda.is_available()
+    config = Qwen2Config(**shape_args)
+    shape = memory.model_shape(config)
+    policy.setup_distributed()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        Qwen2ForCausalLM(config).save_pretrained(tmp)
+        t0 = time.perf_counter()
+        model = policy.load_policy(tmp, gradient_checkpointing="on")
+        load_s = time.perf_counter() - t0
+    lines = []
+    if on_gpu:
+        loaded = torch.cuda.max_memory_allocated()
+        lines.append(f"load_policy: {load_s:.0f} s, peak {loaded / memory.GiB:.2f} GiB on the GPU while sharding "
+                     f"(fp32 params {4 * shape.params / memory.GiB:.2f} GiB: never there whole)")
+        print(lines[-1], flush=True)
+    p = argparse.ArgumentParser()
+    grpo.add_grpo_args(p)
+    cfg = p.parse_args(["--model", ".", "--beta", "0", "--loss-agg", "token-mean"])
+    cfg.epsilon_high = cfg.epsilon
+    optimizer, scheduler = policy.make_optimizer(model, 1e-6, 0.0, 100, 0.0)
+    for tokens in token_counts:
+        cfg.micro_batch_tokens = tokens
+        g = torch.Generator().manual_seed(tokens)
+        ids = torch.randint(0, shape.vocab, (tokens,), generator=g).tolist()
+        rollout = grpo.Rollout(prompts=[ids[:512]], completions=[ids[512:]], advantages=torch.ones(1))
+        seconds = []
+        for _ in range(steps):
+            if on_gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            grpo.train_step(model, optimizer, scheduler, rollout, cfg, pad_id=0)
+            optimizer.zero_grad(set_to_none=True)
+            if on_gpu:
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - t0)
+        predicted = sum(memory.training_terms(shape, 1, tokens, True, on_gpu, 0.0).values())
+        if on_gpu:
+            peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+            memory_part = (f"peak allocated {peak / memory.GiB:.2f} GiB (reserved {reserved / memory.GiB:.2f}), "
+                           f"preflight {predicted / memory.GiB:.2f} GiB ({100 * (peak - predicted) / predicted:+.0f}%)")
+        else:
+            memory_part = f"preflight {predicted / memory.GiB:.2f} GiB (no GPU: peak not measured)"
+        lines.append(f"train_step at {tokens} tokens, checkpointing on: {memory_part}; "
+                     f"{tokens / min(seconds[1:] or seconds):.0f} tokens/s")
+        print(lines[-1], flush=True)
+    del model, optimizer
+    policy.teardown()
+    return lines
+
+
+def bench_gpu(argv):
+    p = argparse.ArgumentParser(prog="bench.py gpu", description=(
+        "The project's GPU check, for the first machine with a GPU (one GPU, under 8 minutes, nothing downloaded): "
+        "(1) bf16 FSDP2 training steps of a random-weight model of R1-Distill-Qwen-1.5B's shape at 16k and 24k "
+        "tokens with gradient checkpointing: peak memory against the preflight (memory.py) and tokens/s; "
+        "(2) `mrt.py` (MRT-RL, Algorithm 2) for 2 steps and a resume to 3 under torchrun --nproc_per_node 1, with "
+        "the colocated vLLM engine in sleep mode (sleep, wake, weight sync, mu), on a model with R1-1.5B's trunk "
+        "and a 2k-token toy vocabulary. One line per check. --shape tiny runs the same code small, on CPU too."))
+    p.add_argument("--shape", choices=("r1-1.5b", "tiny"), default="r1-1.5b", help="model shape (default r1-1.5b)")
+    p.add_argument("--tokens", type=flags.int_list(1), default=None,
+                   help="sequence lengths of the training check (default 16384,24576; tiny: 1024,1536)")
+    p.add_argument("--steps", type=int, default=2, help="training steps per length, the first untimed (default 2)")
+    p.add_argument("--skip-mrt", action="store_true", help="only the training check")
+    p.add_argument("--out", default=None, help="folder for the mrt.py run (default: a temp folder)")
+    args = p.parse_args(argv)
+    tiny = args.shape == "tiny"
+    tokens = args.tokens or ([1024, 1536] if tiny else [16384, 24576])
+    t_start = time.perf_counter()
+    print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU (no CUDA)'}, torch "
+          f"{torch.__version__}", flush=True)
+    lines = gpu_training_check(TINY if tiny else R1_1P5B, tokens, args.steps)
+    if args.skip_mrt:
+        return 0
+    if not prover.vllm_available():
+        print("mrt.py check: skipped (vLLM cannot be imported)")
+        return 0
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or os.path.join(tmp, "run")
+        trunk = {k: v for k, v in (TINY if tiny else R1_1P5B).items() if k not in ("vocab_size", "tie_word_embeddings")}
+        model_dir = toy.build_tiny_model(os.path.join(tmp, "model"), hidden_size=trunk["hidden_size"],
+                                         num_layers=trunk["num_hidden_layers"], num_heads=trunk["num_attention_heads"],
+                                         num_kv_heads=trunk["num_key_value_heads"],
+                                         head_dim=trunk["hidden_size"] // trunk["num_attention_heads"],
+                                         intermediate_size=trunk["intermediate_size"], max_position_embeddings=4096)
+        common = ["mrt.py", "--model", model_dir, "--method", "mrt-rl", "--out", out, "--batch-size", "8",
+                  "--num-generations", "4", "--max-prompt-length", "512", "--max-completion-length", "256",
+                  "--max-model-len", "2048", "--save-every", "1", "--beta", "0", "--steps-per-iteration", "1"]
+        if not torch.cuda.is_available():
+            common += ["--dtype", "float32", "--enforce-eager"]
+        for steps, extra in ((2, []), (3, ["--resume"])):
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                                   *common, "--max-steps", str(steps), *extra], cwd=here, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"mrt.py --max-steps {steps} {' '.join(extra)}: FAILED (exit {proc.returncode})\n{proc.stderr[-4000:]}")
+                return 1
+            rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+            last = rows[-1]
+            memory_part = (f", free GPU memory when training began {last['gpu_free_gib_at_train']:.1f} GiB "
+                           f"(vLLM asleep), training peak {last['gpu_peak_allocated_gib']:.1f} GiB"
+                           if "gpu_free_gib_at_train" in last else "")
+            lines.append(f"mrt.py --max-steps {steps} {' '.join(extra)}: ok in {time.perf_counter() - t0:.0f} s, steps "
+                         f"{[r['step'] for r in rows]}, reward {last['reward_mean']:.3f}{memory_part}")
+            print(lines[-1], flush=True)
+    print(f"gpu check: {time.perf_counter() - t_start:.0f} s in all")
+    return 0
+
+
+BENCHES = {"episodes": bench_episodes, "padding": bench_padding, "reward": bench_reward, "prefix-cache": bench_prefix_cache,
+           "grpo": bench_grpo, "memory": bench_memory, "gpu": bench_gpu}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
@@ -348,4 +520,4 @@ if __name__ == "__main__":
     if "-h" not in sys.argv and "--help" not in sys.argv and "--variant" not in sys.argv:
         # every figure below is read with this line: what the CPU computes natively, how many threads
             print(f"machine: {prover.cpu_capability()}, {torch.get_num_threads()} torch threads")
-    BENCHES[sys.argv[1]](sys.argv[2:])
+    sys.exit(BENCHES[sys.argv[1]](sys.argv[2:]))

@@ -243,6 +243,10 @@ def check_memory(p, args, sequence_tokens):
     if result.problems:
         p.error("memory preflight (`python bench.py memory` with this run's flags prints every term): "
                 + "; ".join(result.problems))
+    if int(os.environ.get("RANK", 0)) == 0:
+        train, wake = (value for phase, term, value in result.rows if term.startswith(("total", "resident")))
+        print(f"memory preflight: training {train / memory.GiB:.1f} GiB, engine awake {wake / memory.GiB:.1f} GiB, "
+              f"of {result.device_bytes / memory.GiB:.1f} GiB per GPU", flush=True)
     return args
 
 

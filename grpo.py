@@ -356,8 +356,14 @@ def train(cfg, engine=None, step_fn=grpo_step):
 
         # ---- train: clipped loss over token-budgeted micro-batches, clip, AdamW ------------------------------
         lr = scheduler.get_last_lr()[0]
+        gpu = {}
+        if torch.cuda.is_available():   # what the engine left free (asleep: nearly all) and what training took
+            torch.cuda.reset_peak_memory_stats()
+            gpu["gpu_free_gib_at_train"] = torch.cuda.mem_get_info()[0] / 2 ** 30
         step_stats = train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model)
         optimizer.zero_grad(set_to_none=True)   # free the gradients: the engine wakes into this memory
+        if gpu:
+            gpu["gpu_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         t["train"] = time.time()
 
         # ---- sync: the new weights into this rank's engine (woken first in sleep mode) -----------------------
@@ -380,7 +386,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
                    "accuracy": n_correct / n, "response_length": comp_tokens / n, "truncation_rate": n_trunc / n,
                    **step_stats, "generation_tokens_per_s": comp_tokens / max(phases["generate"], 1e-9),
                    "training_tokens_per_s": all_tokens / max(phases["train"], 1e-9),
-                   **extra, **{f"seconds_{k}": v for k, v in phases.items()}}
+                   **extra, **gpu, **{f"seconds_{k}": v for k, v in phases.items()}}
         policy.log_metrics(cfg.out, metrics)
         shown = {"reward": f"{metrics['reward_mean']:.3f}", "acc": f"{metrics['accuracy']:.3f}"}
         if "mu_prefixes" in metrics:   # the cost of per-episode credit (mrt_rl.score_episodes), per step

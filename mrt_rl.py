@@ -228,6 +228,11 @@ def algorithm_2(cfg, tokenizer):
                 policy.write_atomic(path, json.dumps(saved))
                 iteration_prefixes["seconds"] = time.time() - t0
             iteration_prefixes.update(iteration=iteration, prefixes=saved)
+        if step not in iteration_prefixes["prefixes"]:
+            raise ValueError(f"--resume: iteration {iteration} sampled pi_ref's prefixes for steps "
+                             f"{min(iteration_prefixes['prefixes'])}-{max(iteration_prefixes['prefixes']) + 1} only, "
+                             f"not step {step + 1}: resume with the run's --max-steps and --steps-per-iteration "
+                             f"(a run meant to grow takes --steps-per-iteration K)")
         return iteration_prefixes["prefixes"][step]
 
     def step_fn(engine, mine, cfg, step):

@@ -229,3 +229,30 @@ def test_memory_plan_by_hand_and_its_advice():
     wake = memory.plan(shape, 1, 16384, True, True, 0.0, fraction=0.97, sleep=True, device_bytes=80 * gib)
     room = (80 * gib - 12 * 1_777_088_000 - memory.RUNTIME_BYTES) / (80 * gib)
     assert any(f"use at most {room:.2f}" in problem for problem in wake.problems)
+
+
+def test_bench_memory_and_the_gpu_check_run_on_cpu(tmp_path):
+    """`bench.py memory` on R1-1.5B's config says what fits and exits 1 when it does not, naming the
+    flags; `bench.py gpu --shape tiny --skip-mrt` runs the GPU check's training code on CPU (the same
+    load_policy, train_step and preflight as on a GPU, small)."""
+    import subprocess
+    import sys
+    from transformers import Qwen2Config
+    Qwen2Config(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                intermediate_size=8960, vocab_size=151936, tie_word_embeddings=False).save_pretrained(tmp_path)
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "bench.py", *args], cwd=here, capture_output=True, text=True, timeout=300)
+    fits = bench("memory", "--model", str(tmp_path), "--gpu-memory-gib", "80")
+    assert fits.returncode == 0 and fits.stdout.strip().endswith("fits"), fits.stdout + fits.stderr
+    assert "1.78 B parameters" in fits.stdout and "vLLM asleep while training at 0.7" in fits.stdout
+    tight = bench("memory", "--model", str(tmp_path), "--gpu-memory-gib", "80", "--gradient-checkpointing", "off",
+                  "--vllm-sleep", "off")
+    assert tight.returncode == 1 and "DOES NOT FIT: training needs" in tight.stdout
+    assert "--gradient-checkpointing on" in tight.stdout and "--vllm-sleep on" in tight.stdout
+    check = bench("gpu", "--shape", "tiny", "--skip-mrt", "--tokens", "512,768")
+    assert check.returncode == 0, check.stderr[-3000:]
+    lines = [line for line in check.stdout.splitlines() if line.startswith("train_step at")]
+    assert [line.split(" tokens,")[0] for line in lines] == ["train_step at 512", "train_step at 768"]
+    assert all("tokens/s" in line for line in lines)
