@@ -45,8 +45,9 @@ import torch.distributed as dist
 # (uniproc_executor.py:86-88: the index of device_config.device, "cuda" with none). There, and only
 # there, each rank is narrowed to its own GPU and LOCAL_RANK reset to 0 (pin_local_gpu): it runs no NCCL.
 
-# A collective waits at most this long for the slowest rank (torch's default is 10 minutes,
-# torch/distributed/constants.py; NCCL's watchdog then aborts the job). A rank can spend far longer
+# A collective waits at most this long for the slowest rank (torch's NCCL default is 10 minutes,
+# kProcessGroupNCCLDefaultTimeout in torch/include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp:157;
+# its watchdog then tears the process down, TORCH_NCCL_ASYNC_ERROR_HANDLING, same file :64-69). A rank can spend far longer
 # than that generating while the others wait at the next collective: a 24k-token rollout batch, or
 # MRT-STaR's data phase (mu on every prefix, hours per iteration), so the default is 6 hours.
 DIST_TIMEOUT_MINUTES = float(os.environ.get("MRT_DIST_TIMEOUT_MINUTES", 360))
@@ -146,8 +147,9 @@ def load_policy(path, gradient_checkpointing="auto", bf16=None, trainable=True):
 
     The checkpoint is read into host memory and never sent to the GPU whole: fully_shard moves the
     states of the module it wraps to the mesh's device and keeps only this rank's shard
-    (torch/distributed/fsdp/_fully_shard/_fsdp_init.py, _move_states_to_device; then FSDPParam's
-    init chunks each parameter), so applying it layer by layer holds one full layer on the GPU at a
+    (torch/distributed/fsdp/_fully_shard/_fsdp_init.py:369-401, _move_states_to_device, on the states of
+    the modules _get_managed_modules returns, which stop at an already sharded child, :303-311; then
+    FSDPParam's init chunks each parameter), so applying it layer by layer holds one full layer on the GPU at a
     time. A 7B fp32 model moved whole first would take 30 GB of the GPU before sharding.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -176,7 +178,8 @@ def full_weights(model, dtype=None):
     """(name, full tensor) for every parameter, gathered one at a time (a collective: every rank must
     iterate), in `dtype` (None: the parameter's own). The cast happens on the local shard before the
     all-gather, so a bf16 engine receives half the bytes of the fp32 master weights, and nothing is
-    recorded for autograd (DTensor.full_tensor is differentiable). Never holds a second whole copy of
+    recorded for autograd (DTensor.full_tensor is differentiable, torch/distributed/tensor/_api.py:771;
+    .to(dtype) casts each shard locally, _ops/_tensor_ops.py:119-137). Never holds a second whole copy of
     the model."""
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -501,7 +504,7 @@ def load_checkpoint(path, model, optimizer, scheduler):
     The file is memory-mapped on every rank (torch.load mmap=True: tensors are read on demand from
     the page cache the ranks share), and under FSDP only rank 0 reads the tensors: they are broadcast
     one at a time and each rank keeps its shard (StateDictOptions broadcast_from_rank0,
-    torch/distributed/checkpoint/state_dict.py; _broadcast_state_dict in _state_dict_utils.py). Eight
+    torch/distributed/checkpoint/state_dict.py:123-128; _broadcast_state_dict, _state_dict_utils.py:640-697). Eight
     ranks each holding the full optimizer state would need 8 x 12 bytes per parameter of host memory
     (170 GB for a 1.5B model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict

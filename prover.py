@@ -284,9 +284,9 @@ def default_memory_fraction(on_gpu, trainer=False, sleep_mode=False, engines=1):
     - A trainer's colocated engine in sleep mode: 0.7. It holds that much only while generating; while
       the policy trains it holds nothing (level 2). At each wake it must find 0.7 free beside the
       policy's resident states (fp32 params, grads freed, AdamW m and v: 12 bytes per parameter / ranks,
-      15.2 GB of 80 for a 7B model on 8 GPUs; see memory.py).
+      10.6 GiB of 80 for a 7B model on 8 GPUs; see memory.py).
     - A trainer's colocated engine awake throughout (--vllm-sleep off): 0.3, the rest for training
-      (the README's plan: R1-1.5B at 16k tokens needs ~21 GB of an 80 GB GPU to train).
+      (the README's plan: R1-1.5B at 32k-token micro-batches needs ~18 GiB of an 80 GB GPU to train).
     """
     if not on_gpu:
         return 0.1

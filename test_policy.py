@@ -244,10 +244,10 @@ def test_bench_memory_and_the_gpu_check_run_on_cpu(tmp_path):
 
     def bench(*args):
         return subprocess.run([sys.executable, "bench.py", *args], cwd=here, capture_output=True, text=True, timeout=300)
-    fits = bench("memory", "--model", str(tmp_path), "--gpu-memory-gib", "80")
+    fits = bench("memory", "--model", str(tmp_path), "--gpu-memory-gib", "80", "--nproc", "8")
     assert fits.returncode == 0 and fits.stdout.strip().endswith("fits"), fits.stdout + fits.stderr
     assert "1.78 B parameters" in fits.stdout and "vLLM asleep while training at 0.7" in fits.stdout
-    tight = bench("memory", "--model", str(tmp_path), "--gpu-memory-gib", "80", "--gradient-checkpointing", "off",
+    tight = bench("memory", "--model", str(tmp_path), "--gpu-memory-gib", "80", "--nproc", "8", "--gradient-checkpointing", "off",
                   "--vllm-sleep", "off")
     assert tight.returncode == 1 and "DOES NOT FIT: training needs" in tight.stdout
     assert "--gradient-checkpointing on" in tight.stdout and "--vllm-sleep on" in tight.stdout

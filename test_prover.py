@@ -396,3 +396,31 @@ print(json.dumps(out))
     assert "HF_HUB_OFFLINE=1 forbids downloading it" in out["mrt-test/not-cached"]
     for name in ("./no/such/folder", "a/b/c", "bad--id/x"):
         assert out[name].startswith(f"no such folder: {name} (nor is it a Hugging Face model id"), out[name]
+
+
+def test_memory_defaults_on_cuda_and_on_cpu(tiny_model, capsys):
+    """The memory defaults a machine gets: vLLM's fraction by role (a trainer's engine asleep 0.7 or
+    awake 0.3, an engine alone 0.8, two in one process half each, CPU 0.1), auto flags on exactly with
+    CUDA, and on this CPU machine a trainer's --vllm-sleep auto resolves off while an explicit on is refused."""
+    import argparse
+
+    import flags
+    import grpo
+    import policy
+    assert prover.default_memory_fraction(False, trainer=True, sleep_mode=True) == 0.1
+    assert prover.default_memory_fraction(True, trainer=True, sleep_mode=True) == 0.7
+    assert prover.default_memory_fraction(True, trainer=True) == 0.3
+    assert prover.default_memory_fraction(True) == 0.8
+    assert prover.engine_memory_fraction(None, 2, on_gpu=True) == 0.4
+    assert prover.engine_memory_fraction(0.6, 2, on_gpu=True) == 0.3
+    assert prover.engine_memory_fraction(None, 2, on_gpu=False) == 0.1
+    assert [policy.gpu_choice(v, on_gpu=g) for v in ("auto", "on", "off") for g in (True, False)] == \
+        [True, False, True, True, False, False]
+    assert not torch.cuda.is_available()
+    cfg = grpo.config(model=tiny_model, engine="hf", out="x", max_prompt_length=256, max_completion_length=64)
+    assert cfg.gradient_checkpointing is False and cfg.vllm_sleep is False
+    p = argparse.ArgumentParser()
+    grpo.add_grpo_args(p)
+    with pytest.raises(SystemExit):
+        flags.check_memory(p, p.parse_args(["--model", tiny_model, "--vllm-sleep", "on"]), 1024)
+    assert "--vllm-sleep on: vLLM's sleep mode needs CUDA and --engine vllm" in capsys.readouterr().err
