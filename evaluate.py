@@ -45,7 +45,11 @@ import sys
 import time
 
 import policy
-import episodes
+if __name__ == "__main__":
+    # before anything initialises CUDA: evaluate.py joins no process group, so each torchrun rank
+    # narrows itself to its own GPU (policy.pin_local_gpu)
+    policy.pin_local_gpu()
+import episodes  # noqa: E402
 import flags
 import plots
 import grader
@@ -902,7 +906,6 @@ def check_smoke_args(p, args):
 
 
 if __name__ == "__main__":
-    policy.pin_local_gpu()   # no process group here: each torchrun rank narrows itself to its own GPU
     try:
         run(parse_args())
     except (FileNotFoundError, ValueError) as e:
