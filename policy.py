@@ -149,20 +149,35 @@ def load_policy(path, gradient_checkpointing="auto", bf16=None, trainable=True):
     states of the module it wraps to the mesh's device and keeps only this rank's shard
     (torch/distributed/fsdp/_fully_shard/_fsdp_init.py:369-401, _move_states_to_device, on the states of
     the modules _get_managed_modules returns, which stop at an already sharded child, :303-311; then
-    FSDPParam's init chunks each parameter), so applying it layer by layer holds one full layer on the GPU at a
-    time. A 7B fp32 model moved whole first would take 30 GB of the GPU before sharding.
+    FSDPParam's init chunks each parameter), so applying it layer by layer holds one full layer on the
+    GPU at a time. A 7B fp32 model moved whole first would take 30 GB of the GPU before sharding.
+
+    With several ranks only rank 0 reads the checkpoint: the others build the model on the meta device
+    (no memory), shard it, allocate their shards (to_empty), and receive the weights from rank 0 one
+    tensor at a time (set_model_state_dict with broadcast_from_rank0, state_dict.py:123-128) and the
+    buffers (rotary inv_freq, not in the state dict) by broadcast. Eight ranks each holding the fp32
+    model in host memory would take 8 x 30 GB for a 7B model.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     bf16 = torch.cuda.is_available() if bf16 is None else bf16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 and not trainable else torch.float32)
+    dtype = torch.bfloat16 if bf16 and not trainable else torch.float32
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    reader = world == 1 or dist.get_rank() == 0
+    if reader:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        full = model.state_dict()                 # host tensors: fully_shard gives the parameters new data
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     if not trainable:
         model.requires_grad_(False)
         model.eval()
     elif gpu_choice(gradient_checkpointing):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    if not bf16 and not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not bf16 and world == 1:
         # one fp32 process: nothing to shard and no mixed precision, and FSDP2 would still copy every
         # parameter into and out of its all-gather buffers, forward and backward (~6 % of a CPU step)
         return model.to(device())
@@ -171,6 +186,13 @@ def load_policy(path, gradient_checkpointing="auto", bf16=None, trainable=True):
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+    if world > 1:
+        if not reader:
+            model.to_empty(device=device())
+        set_model_state_dict(model, full if reader else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
     return model
 
 
