@@ -458,8 +458,10 @@ def bench_gpu(argv):
         "(1) bf16 FSDP2 training steps of a random-weight model of R1-Distill-Qwen-1.5B's shape at 16k and 24k "
         "tokens with gradient checkpointing: peak memory against the preflight (memory.py) and tokens/s; "
         "(2) `mrt.py` (MRT-RL, Algorithm 2) for 2 steps and a resume to 3 under torchrun --nproc_per_node 1, with "
-        "the colocated vLLM engine in sleep mode (sleep, wake, weight sync, mu), on a model with R1-1.5B's trunk "
-        "and a 2k-token toy vocabulary. One line per check. --shape tiny runs the same code small, on CPU too."))
+        "the colocated vLLM engine in sleep mode (sleep, wake, weight sync, mu) and bf16 checkpoints, on a model "
+        "with R1-1.5B's trunk and a 2k-token toy vocabulary; (3) evaluate.py on that checkpoint with --direct-model "
+        "(two engines in one process, half the fraction each). One line per check. --shape tiny runs the same code "
+        "small, on CPU too."))
     p.add_argument("--shape", choices=("r1-1.5b", "tiny"), default="r1-1.5b", help="model shape (default r1-1.5b)")
     p.add_argument("--tokens", type=flags.int_list(1), default=None,
                    help="sequence lengths of the training check (default 16384,24576; tiny: 1024,1536)")
@@ -489,9 +491,10 @@ def bench_gpu(argv):
                                          intermediate_size=trunk["intermediate_size"], max_position_embeddings=4096)
         common = ["mrt.py", "--model", model_dir, "--method", "mrt-rl", "--out", out, "--batch-size", "8",
                   "--num-generations", "4", "--max-prompt-length", "512", "--max-completion-length", "256",
-                  "--max-model-len", "2048", "--save-every", "1", "--beta", "0", "--steps-per-iteration", "1"]
-        if not torch.cuda.is_available():
-            common += ["--dtype", "float32", "--enforce-eager"]
+                  "--max-model-len", "2048", "--save-every", "1", "--beta", "0", "--steps-per-iteration", "1",
+                  "--save-dtype", "bfloat16"]
+        cpu = [] if torch.cuda.is_available() else ["--dtype", "float32", "--enforce-eager"]
+        common += cpu
         for steps, extra in ((2, []), (3, ["--resume"])):
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
@@ -507,6 +510,22 @@ def bench_gpu(argv):
             lines.append(f"mrt.py --max-steps {steps} {' '.join(extra)}: ok in {time.perf_counter() - t0:.0f} s, steps "
                          f"{[r['step'] for r in rows]}, reward {last['reward_mean']:.3f}{memory_part}")
             print(lines[-1], flush=True)
+        # the bf16 checkpoint evaluated by vLLM, beside a second engine (--direct-model): each gets half the
+        # default fraction, where two at the full one would not start
+        t0 = time.perf_counter()
+        final = policy.latest_checkpoint(out)
+        proc = subprocess.run([sys.executable, "evaluate.py", "--model", final, "--direct-model", model_dir,
+                               "--analysis", "episodes", "--benchmarks", "aime24", "--limit", "1", "--traces", "1",
+                               "--max-tokens", "256", "--prover-samples", "2", "--prover-max-tokens", "32",
+                               "--direct-n", "2", "--direct-max-tokens", "32", "--max-model-len", "2048",
+                               "--no-plots", "--out", os.path.join(tmp, "eval.json"), *(cpu or ["--enforce-eager"])],
+                              cwd=here, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"evaluate.py --direct-model: FAILED (exit {proc.returncode})\n{proc.stderr[-4000:]}")
+            return 1
+        lines.append(f"evaluate.py on the bf16 checkpoint with --direct-model (two engines in one process): ok in "
+                     f"{time.perf_counter() - t0:.0f} s")
+        print(lines[-1], flush=True)
     print(f"gpu check: {time.perf_counter() - t_start:.0f} s in all")
     return 0
 
