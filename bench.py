@@ -265,6 +265,16 @@ def matmul_flops(n=2048, repeats=5):
     return 2 * n ** 3 / best
 
 
+def train_step_config():
+    """grpo.train_step's config for a synthetic rollout: grpo.py's defaults, beta 0 (no reference model),
+    token-mean loss; no model folder or data is checked."""
+    p = argparse.ArgumentParser()
+    grpo.add_grpo_args(p)
+    cfg = p.parse_args(["--model", ".", "--beta", "0", "--loss-agg", "token-mean"])
+    cfg.epsilon_high = cfg.epsilon
+    return cfg
+
+
 def training_flops(args):
     """The training phase of a GRPO step (grpo.train_step: FSDP2 forward, log-probs, clipped loss,
     backward, clip, AdamW) on a compute-bound random-weight model, in achieved FLOP/s against the
@@ -284,10 +294,7 @@ def training_flops(args):
         model = policy.load_policy(tmp)
     n_matmul = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2)  # embed = tied output head
     head = config.hidden_size // heads
-    p = argparse.ArgumentParser()
-    grpo.add_grpo_args(p)
-    cfg = p.parse_args(["--model", ".", "--beta", "0", "--loss-agg", "token-mean"])
-    cfg.epsilon_high = cfg.epsilon
+    cfg = train_step_config()
     optimizer, scheduler = policy.make_optimizer(model, 1e-5, 0.0, args.flops_steps + 1, 0.0)
     g = torch.Generator().manual_seed(0)
     prompt_len = args.flops_tokens // 4
@@ -360,26 +367,24 @@ def bench_memory(argv):
                    help="the longest training sequence (default --max-prompt-length + --max-completion-length; "
                         "star.py: its --max-seq-length)")
     args = p.parse_args(argv)
+    name = args.model
     try:
-        model = prover.resolve_model(args.model)
+        args.model = prover.resolve_model(name)
     except ValueError as e:
         p.error(f"--model: {e}")
-    from transformers import AutoConfig
-    shape = memory.model_shape(AutoConfig.from_pretrained(model))
     if args.gpu_memory_gib is not None:
         device_bytes = int(args.gpu_memory_gib * memory.GiB)
     else:
         device_bytes = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 80 * memory.GiB
-    checkpointing = policy.gpu_choice(args.gradient_checkpointing, on_gpu=True)
-    sleep = policy.gpu_choice(args.vllm_sleep, on_gpu=True) and args.engine != "hf"
-    fraction = 0.0 if args.engine == "hf" else (args.gpu_memory_utilization or
-                                                prover.default_memory_fraction(True, trainer=True, sleep_mode=sleep))
+    fraction = flags.resolve_memory_flags(p, args, on_gpu=True)   # the run this plans is a GPU run
     longest = args.max_seq_length or args.max_prompt_length + args.max_completion_length
-    tokens = max(args.micro_batch_tokens, longest)
-    result = memory.plan(shape, args.nproc, tokens, checkpointing, True, args.beta, fraction, sleep, device_bytes)
-    print(f"{args.model}: {shape.params / 1e9:.2f} B parameters ({shape.layers} layers, hidden {shape.hidden}, "
-          f"vocab {shape.vocab}), {args.nproc} GPUs, micro-batches of {tokens} tokens, checkpointing "
-          f"{'on' if checkpointing else 'off'}, vLLM {'asleep while training' if sleep else 'awake'} at {fraction:g}")
+    result = flags.memory_plan(args, fraction, longest, args.nproc, device_bytes)
+    from transformers import AutoConfig
+    shape = memory.model_shape(AutoConfig.from_pretrained(args.model))
+    print(f"{name}: {shape.params / 1e9:.2f} B parameters ({shape.layers} layers, hidden {shape.hidden}, "
+          f"vocab {shape.vocab}), {args.nproc} GPUs, micro-batches of {max(args.micro_batch_tokens, longest)} tokens, "
+          f"checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"vLLM {'asleep while training' if args.vllm_sleep else 'awake'} at {fraction:g}")
     print(result.table())
     for problem in result.problems:
         print(f"DOES NOT FIT: {problem}")
@@ -416,10 +421,7 @@ def gpu_training_check(shape_args, token_counts, steps):
         lines.append(f"load_policy: {load_s:.0f} s, peak {loaded / memory.GiB:.2f} GiB on the GPU while sharding "
                      f"(fp32 params {4 * shape.params / memory.GiB:.2f} GiB: never there whole)")
         print(lines[-1], flush=True)
-    p = argparse.ArgumentParser()
-    grpo.add_grpo_args(p)
-    cfg = p.parse_args(["--model", ".", "--beta", "0", "--loss-agg", "token-mean"])
-    cfg.epsilon_high = cfg.epsilon
+    cfg = train_step_config()
     optimizer, scheduler = policy.make_optimizer(model, 1e-6, 0.0, 100, 0.0)
     for tokens in token_counts:
         cfg.micro_batch_tokens = tokens

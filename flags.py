@@ -10,6 +10,7 @@ groups and adds only the flags that are its own; a flag means the same thing whe
     add_model, add_seed, add_thinking, add_engine, add_train_data, add_optimizer, add_batching,
     add_checkpoints, add_prover                                                           flag groups
     check_model, check_train, check_engine, check_memory                                  checks after parsing
+    resolve_memory_flags, memory_plan                                                     the preflight's inputs (bench.py memory)
     config                                                                                a CLI's config from Python
 """
 
@@ -211,14 +212,10 @@ def check_engine(p, args):
         p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
 
 
-def check_memory(p, args, sequence_tokens):
-    """A trainer's memory flags for this machine: --gradient-checkpointing and --vllm-sleep resolved to
-    bools (auto: on with CUDA; sleep mode also needs --engine vllm), then on CUDA the preflight
-    (memory.plan) of one rank: a phase that cannot fit is an error naming the flag to change.
-    sequence_tokens: the longest sequence the run trains on (it goes alone if longer than
-    --micro-batch-tokens)."""
-    import torch
-    on_gpu = torch.cuda.is_available()
+def resolve_memory_flags(p, args, on_gpu):
+    """--gradient-checkpointing and --vllm-sleep as bools for a machine with (on_gpu) or without CUDA
+    (auto: on with CUDA; sleep mode also needs --engine vllm); returns the engine's memory fraction
+    there (0 for a trainer without a vLLM engine)."""
     args.gradient_checkpointing = policy.gpu_choice(args.gradient_checkpointing, on_gpu)
     engine = getattr(args, "engine", None)
     has_engine = hasattr(args, "gpu_memory_utilization")
@@ -228,18 +225,32 @@ def check_memory(p, args, sequence_tokens):
             p.error("--vllm-sleep on: vLLM's sleep mode needs CUDA and --engine vllm")
         sleep = False
     args.vllm_sleep = sleep
+    if not has_engine or engine == "hf":
+        return 0.0
+    return args.gpu_memory_utilization or prover.default_memory_fraction(on_gpu, trainer=True, sleep_mode=sleep)
+
+
+def memory_plan(args, fraction, sequence_tokens, world, device_bytes):
+    """memory.plan for a GPU run with these (resolved) flags: `sequence_tokens` the longest sequence it
+    trains on (it goes alone if longer than --micro-batch-tokens)."""
+    from transformers import AutoConfig
+    return memory.plan(memory.model_shape(AutoConfig.from_pretrained(args.model)), world=world,
+                       tokens=max(args.micro_batch_tokens, sequence_tokens),
+                       gradient_checkpointing=args.gradient_checkpointing, bf16=True,
+                       beta=getattr(args, "beta", 0.0), fraction=fraction, sleep=args.vllm_sleep,
+                       device_bytes=device_bytes)
+
+
+def check_memory(p, args, sequence_tokens):
+    """A trainer's memory flags resolved for this machine (resolve_memory_flags), then on CUDA the
+    preflight of one rank (memory_plan): a phase that cannot fit is an error naming the flag to change."""
+    import torch
+    on_gpu = torch.cuda.is_available()
+    fraction = resolve_memory_flags(p, args, on_gpu)
     if not on_gpu:
         return args
-    from transformers import AutoConfig
-    fraction = 0.0
-    if has_engine and engine != "hf":
-        fraction = args.gpu_memory_utilization or prover.default_memory_fraction(True, trainer=True, sleep_mode=sleep)
-    result = memory.plan(memory.model_shape(AutoConfig.from_pretrained(args.model)),
-                         world=int(os.environ.get("WORLD_SIZE", 1)),
-                         tokens=max(args.micro_batch_tokens, sequence_tokens),
-                         gradient_checkpointing=args.gradient_checkpointing, bf16=True,
-                         beta=getattr(args, "beta", 0.0), fraction=fraction, sleep=sleep,
-                         device_bytes=torch.cuda.get_device_properties(policy.device()).total_memory)
+    result = memory_plan(args, fraction, sequence_tokens, int(os.environ.get("WORLD_SIZE", 1)),
+                         torch.cuda.get_device_properties(policy.device()).total_memory)
     if result.problems:
         p.error("memory preflight (`python bench.py memory` with this run's flags prints every term): "
                 + "; ".join(result.problems))

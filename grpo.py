@@ -341,6 +341,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         policy.sync_weights(model, engine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    save_dtype = prover.save_dtype(cfg.save_dtype, cfg.model)
     os.makedirs(cfg.out, exist_ok=True)
     bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", disable=rank != 0)
     metrics = {}
@@ -396,7 +397,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
             policy.save_checkpoint(cfg.out, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),
-                                   cfg.keep_checkpoints, prover.save_dtype(cfg.save_dtype, cfg.model))
+                                   cfg.keep_checkpoints, save_dtype)
     bar.close()
     return metrics
 

@@ -101,6 +101,12 @@ def step_activation_bytes(shape, tokens, gradient_checkpointing, dtype_bytes, ch
     return max(forward, backward) + head_gradient
 
 
+def reference_bytes(shape, world, bf16):
+    """The frozen reference model of the KL term: bf16, sharded, on GPU; fp32 on CPU (sharded over
+    several ranks)."""
+    return 2 * shape.params / world if bf16 else 4 * shape.params / world
+
+
 def training_terms(shape, world, tokens, gradient_checkpointing, bf16, beta):
     """{term: bytes} of one rank while the policy trains (the engine not included)."""
     b = 2 if bf16 else 4
@@ -108,7 +114,7 @@ def training_terms(shape, world, tokens, gradient_checkpointing, bf16, beta):
     sharded = bf16 or world > 1
     terms = {"sharded states: fp32 params, grads, AdamW m and v": 16 * p / (world if sharded else 1)}
     if beta > 0:
-        terms["reference model (beta > 0)"] = (2 * p / world) if bf16 else 4 * p / (world if sharded else 1)
+        terms["reference model (beta > 0)"] = reference_bytes(shape, world, bf16)
     if sharded:
         root, layer = shape.root_params, shape.layer_params
         terms["gathered weights: root, 2 layers in flight, a layer's gradient"] = b * root + 2 * b * layer + (b + 4) * layer
@@ -121,7 +127,7 @@ def resident_bytes(shape, world, bf16, beta):
     sharded = bf16 or world > 1
     resident = 12 * shape.params / (world if sharded else 1)
     if beta > 0:
-        resident += (2 * shape.params / world) if bf16 else 4 * shape.params / (world if sharded else 1)
+        resident += reference_bytes(shape, world, bf16)
     return resident
 
 

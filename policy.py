@@ -167,7 +167,7 @@ def load_policy(path, gradient_checkpointing="auto", bf16=None, trainable=True):
     reader = world == 1 or dist.get_rank() == 0
     if reader:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        full = model.state_dict()                 # host tensors: fully_shard gives the parameters new data
+        full = model.state_dict() if world > 1 else None   # host tensors, for the broadcast below
     else:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)

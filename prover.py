@@ -631,13 +631,8 @@ def vllm_available():
 def engine_from_args(args, model, seed):
     """make_engine with the shared engine flags of add_engine_args. A trainer's args carry vllm_sleep
     (flags.add_batching, resolved to a bool by flags.check_memory): its engine is built colocated."""
-    colocated = {}
-    if hasattr(args, "vllm_sleep"):
-        sleep = args.vllm_sleep
-        if isinstance(sleep, str):   # a config no check resolved: auto is on exactly where sleep mode exists
-            import torch
-            sleep = sleep == "on" or (sleep == "auto" and torch.cuda.is_available())
-        colocated = {"sleep_mode": sleep, "trainer": True}
+    # sleep mode only once flags.check_memory has resolved --vllm-sleep to True (an unchecked "auto" is off)
+    colocated = {"sleep_mode": args.vllm_sleep is True, "trainer": True} if hasattr(args, "vllm_sleep") else {}
     return make_engine(model, engine=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
                        gpu_memory_utilization=args.gpu_memory_utilization, seed=seed,
                        **({"enforce_eager": True} if args.enforce_eager else {}), **colocated)

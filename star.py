@@ -176,6 +176,7 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
         if rank == 0:
             print(f"sft: resumed from {resume_from} at step {start}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    save_dtype = prover.save_dtype(cfg.save_dtype, cfg.model)
     bar = tqdm(total=total_steps, initial=start, desc="sft", unit="step", disable=rank != 0)
     metrics = {}
     for step in range(start, total_steps):
@@ -196,7 +197,7 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == total_steps:
             policy.save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, tokenizer, vars(cfg),
-                                   cfg.keep_checkpoints, prover.save_dtype(cfg.save_dtype, cfg.model))
+                                   cfg.keep_checkpoints, save_dtype)
     bar.close()
     if engine is not None:
         policy.sync_weights(model, engine)
