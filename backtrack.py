@@ -494,3 +494,4 @@ def add_beam_args(p, max_depth):
 
 if __name__ == "__main__":
     main()
+    policy.exit_process()

