@@ -49,8 +49,8 @@ import prover
 import star
 import toy
 
-from tqdm import tqdm  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from tqdm import tqdm
+from transformers import AutoTokenizer
 
 
 # ==============================================================================================
@@ -79,7 +79,7 @@ def beam_search(engine, tokenizer, problem, gold, beam_width=4, rollouts=8, max_
         prompts = [prover.build_prompt(tokenizer, episodes.backtrack_messages(problem), episodes.solution_prefix(s), thinking=False)
                    for s in frontier]
         groups = engine.generate(prompts, n=rollouts, temperature=temperature, max_tokens=max_tokens,
-                                 seed=seed + 7919 * depth)
+                                 seed=policy.sample_seed(seed, "beam_depth", depth))
         for steps, group in zip(frontier, groups):
             node = nodes[steps] = Node(steps)
             for sample in group:
@@ -232,7 +232,7 @@ def rl_step(alpha=1.0, m=4, prover_max_tokens=32, credit="trace"):
     (unlike Alg. 2's single J_r per prompt); the episode form only moves r_prg(z_1) onto z_1's tokens
     and gives z_2's tokens what the revision added beyond it."""
     def step_fn(engine, mine, cfg, step):
-        seed = grpo.step_seed(cfg, step)
+        seed = policy.sample_seed(cfg.seed, "rollouts", step + 1)
         half = cfg.max_completion_length // 2      # the attempt and its continuation share the budget
         contexts, groups, texts = on_policy_traces(engine, mine, cfg.num_generations, half, cfg.max_completion_length - half,
                                                    cfg.temperature, seed, cfg.top_p)
@@ -252,9 +252,8 @@ def rl_step(alpha=1.0, m=4, prover_max_tokens=32, credit="trace"):
         parsed = [sc[0] for row in scores for sc in row if sc]
         metrics = {"backtrack_parsed": (len(parsed), len(flat)),
                    "backtrack_progress": (sum(s.progress for s in parsed), len(parsed)),
-                   "revision_correct": (sum(s.revision for s in parsed), len(parsed)),
-                   "seconds_score": (time.time() - t0, 1)}
-        return grpo.flatten_groups(contexts, groups, advantages, rewards, correct, metrics)
+                   "revision_correct": (sum(s.revision for s in parsed), len(parsed))}
+        return grpo.flatten_groups(contexts, groups, advantages, rewards, correct, metrics, seconds_score=time.time() - t0)
 
     return step_fn
 
@@ -313,7 +312,7 @@ def fig15(args):
     data = {"backtrack": [], "rise": [], "rejection": []}
     for i, q in enumerate(train):
         nodes = beam_search(engine, tokenizer, q["problem"], q["answer"], args.beam_width, args.rollouts, args.max_depth,
-                            seed=args.seed + 104729 * i)
+                            seed=policy.sample_seed(args.seed, "beam_problem", i))
         for name, rows in warm_start_rows(q["problem"], nodes, random.Random(args.seed + i), args.per_problem).items():
             data[name] += rows
     os.makedirs(args.out, exist_ok=True)
@@ -365,7 +364,7 @@ def build_data(args):
             if q["id"] in done:
                 continue
             nodes = beam_search(engine, engine.tokenizer, q["problem"], q["answer"], args.beam_width, args.rollouts,
-                                args.max_depth, args.max_tokens, args.temperature, seed=args.seed + 104729 * i)
+                                args.max_depth, args.max_tokens, args.temperature, seed=policy.sample_seed(args.seed, "beam_problem", i))
             rows = warm_start_rows(q["problem"], nodes, random.Random(args.seed + i), args.per_problem)
             for name, batch in rows.items():
                 with open(os.path.join(args.out, f"{name}.jsonl"), "a", encoding="utf-8") as f:

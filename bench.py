@@ -11,8 +11,8 @@
                                  # memory vs the preflight, tokens/s), then mrt.py 2 steps + resume on vLLM,
                                  # then evaluate.py; each check in its own process, with its time and disk
 
-Every run first prints the machine line: what the CPU computes natively (prover.cpu_capability) and
-the torch threads; the engine benchmarks print the dtype --dtype auto resolved to (prover.resolve_dtype).
+Every run first prints the machine line: what the CPU computes natively (machine.cpu_capability) and
+the torch threads; the engine benchmarks print the dtype --dtype auto resolved to (machine.resolve_dtype).
 Imports: the modules it measures, and memory (the preflight it prints and checks).
 """
 
@@ -35,10 +35,11 @@ import flags
 import grader
 import grpo
 import memory
+import machine
 import prover
 import toy
 
-import torch  # noqa: E402
+import torch
 
 # Paragraph openings of an R1-style thought: mostly plain steps, some episode phrases (Fig. 21),
 # and words that must not open an episode.
@@ -158,7 +159,7 @@ def bench_prefix_cache(argv):
                    help="run one variant in this process (default: all three, each in a fresh process)")
     p.add_argument("--model", default=None, help="model folder (default: a tiny model built here)")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
-                   help="engine dtype (default auto: prover.resolve_dtype's rule for this machine)")
+                   help="engine dtype (default auto: machine.resolve_dtype's rule for this machine)")
     args = p.parse_args(argv)
 
     if args.variant is None:
@@ -212,7 +213,7 @@ def bench_grpo(argv):
     p = argparse.ArgumentParser(prog="bench.py grpo", description="GRPO throughput on the tiny model, 1 and 2 ranks.")
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="rollout engine (default vllm)")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
-                   help="engine dtype (default auto: prover.resolve_dtype's rule for this machine)")
+                   help="engine dtype (default auto: machine.resolve_dtype's rule for this machine)")
     p.add_argument("--steps", type=int, default=6, help="steps per run; the first is left out as warm-up (default 6)")
     p.add_argument("--ranks", default="1,2", help="world sizes to run (default 1,2)")
     p.add_argument("--batch-size", type=int, default=64, help="completions per step, all ranks (default 64)")
@@ -232,7 +233,7 @@ def bench_grpo(argv):
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
         model = toy.build_tiny_model(os.path.join(tmp, "model"))
-        print(f"tiny model, {args.engine} engine in {prover.resolve_dtype(model, args.dtype)[0]}, training in "
+        print(f"tiny model, {args.engine} engine in {machine.resolve_dtype(model, args.dtype)[0]}, training in "
               f"float32, batch {args.batch_size} completions of <= "
               f"{args.max_completion_length} tokens (G = 8), steps 2..{args.steps} averaged")
         for world in [int(w) for w in args.ranks.split(",")]:
@@ -370,7 +371,7 @@ def bench_memory(argv):
     args = p.parse_args(argv)
     name = args.model
     try:
-        args.model = prover.resolve_model(name)
+        args.model = machine.resolve_model(name)
     except ValueError as e:
         p.error(f"--model: {e}")
     if args.gpu_memory_gib is not None:
@@ -506,7 +507,7 @@ def bench_gpu(argv):
     p.add_argument("--check", choices=("train",), default=None,
                    help="run one check in this process (what the parent does for each; not needed by hand)")
     args = p.parse_args(argv)
-    prover.check_gpu_install()
+    machine.check_gpu_install()
     tiny = args.shape == "tiny"
     tokens = args.tokens or ([1024, 1536] if tiny else [16384, 24576])
     shape_args = TINY if tiny else R1_1P5B
@@ -574,5 +575,5 @@ if __name__ == "__main__":
         sys.exit(f"usage: python bench.py {{{','.join(BENCHES)}}} [--help]")
     if "-h" not in sys.argv and "--help" not in sys.argv and "--variant" not in sys.argv:
         # every figure below is read with this line: what the CPU computes natively, how many threads
-            print(f"machine: {prover.cpu_capability()}, {torch.get_num_threads()} torch threads")
+            print(f"machine: {machine.cpu_capability()}, {torch.get_num_threads()} torch threads")
     sys.exit(BENCHES[sys.argv[1]](sys.argv[2:]))

@@ -20,8 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, sys.argv[1])   # the repository: the modules below
-import prover  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+import prover
+from transformers import AutoTokenizer
 
 model_path, problems = sys.argv[2], json.loads(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -18,8 +18,8 @@ import types
 import torch
 
 sys.path.insert(0, sys.argv[1])   # the repository: the modules below
-import grpo  # noqa: E402
-import policy  # noqa: E402
+import grpo
+import policy
 
 out, model_path, loss_agg, pack = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "pack"
 rank, world = policy.setup_distributed()

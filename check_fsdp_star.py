@@ -18,8 +18,8 @@ import types
 import torch
 
 sys.path.insert(0, sys.argv[1])   # the repository: the modules below
-import policy  # noqa: E402
-import star  # noqa: E402
+import policy
+import star
 
 out, model_path = sys.argv[2], sys.argv[3]
 rank, world = policy.setup_distributed()

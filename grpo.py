@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 import policy
 import flags
 import grader
+import machine
 import prover
 from policy import all_sum, device
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from transformers import AutoConfig, AutoTokenizer  # noqa: E402
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer
 
 
 # ==============================================================================================
@@ -156,10 +157,23 @@ class Rollout:
     rewards: list = field(default_factory=list)     # [N] the reward each sequence was scored with (logged)
     truncated: list = field(default_factory=list)   # [N] cut at the length limit
     correct: list = field(default_factory=list)     # [N] r(x, z) in {0, 1} (logged as accuracy)
-    metrics: dict = field(default_factory=dict)     # {name: (sum, count)}: the loop logs sum / count over ranks
+    metrics: dict = field(default_factory=dict)     # {name: (sum, count)} on this rank: see mean_over_ranks
+    seconds_score: float = 0.0    # of the step function's time, what grading and advantages took (the rest
+                                  # is logged as seconds_generate)
 
 
-def flatten_groups(contexts, groups, advantages, rewards, correct, metrics=None):
+def mean_over_ranks(metrics):
+    """A step's own measurements, logged as means over the whole batch: each rank reports {name: (sum,
+    count)} for its share (a mean needs both: ranks can hold different numbers of traces, prefixes or
+    episodes), and the logged value is the sum over ranks divided by the count over ranks (a collective:
+    every rank calls it with the same names)."""
+    if not metrics:
+        return {}
+    totals = all_sum(*[v for pair in metrics.values() for v in pair])
+    return {name: totals[2 * i] / max(totals[2 * i + 1], 1) for i, name in enumerate(metrics)}
+
+
+def flatten_groups(contexts, groups, advantages, rewards, correct, metrics=None, seconds_score=0.0):
     """A Rollout from per-prompt results: contexts[b] is one prompt's ids (shared by its group) or a
     list of ids per sample; groups[b] its samples; rewards and correct per group; advantages [N]."""
     per_sample = [ctx if ctx and isinstance(ctx[0], list) else [ctx] * len(group) for ctx, group in zip(contexts, groups)]
@@ -167,7 +181,7 @@ def flatten_groups(contexts, groups, advantages, rewards, correct, metrics=None)
                    completions=[list(s.token_ids) for group in groups for s in group],
                    advantages=advantages, rewards=[r for group in rewards for r in group],
                    truncated=[s.finish_reason == "length" for group in groups for s in group],
-                   correct=[c for group in correct for c in group], metrics=metrics or {})
+                   correct=[c for group in correct for c in group], metrics=metrics or {}, seconds_score=seconds_score)
 
 
 def token_advantages(advantages, indices, comp):
@@ -244,17 +258,12 @@ def train_step(model, optimizer, scheduler, rollout, cfg, pad_id, ref_model=None
 # The step function: generate and score one step's rollouts (mrt_rl.py and backtrack.py bring their own)
 # ==============================================================================================
 
-def step_seed(cfg, step):
-    """The sampling seed of a step on this rank: a resumed run samples exactly what it would have."""
-    return cfg.seed + 1_000_003 * (step + 1) + 10_007 * dist.get_rank()
-
-
 def sample_rollout(engine, problems, cfg, step):
     """G completions z ~ pi(.|x) per problem, on this rank's engine: (prompt ids per problem, samples
     per problem)."""
     prompts = [prover.build_prompt(engine.tokenizer, q["problem"], thinking=cfg.thinking) for q in problems]
     groups = engine.generate(prompts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
-                             max_tokens=cfg.max_completion_length, seed=step_seed(cfg, step))
+                             max_tokens=cfg.max_completion_length, seed=policy.sample_seed(cfg.seed, "rollouts", step + 1))
     return prompts, groups
 
 
@@ -268,7 +277,7 @@ def reward_step(reward_fn):
         rewards = reward_fn(problems, groups, cfg)
         correct = rewards if reward_fn is outcome_reward else outcome_reward(problems, groups, cfg)
         advantages = group_advantages([r for group in rewards for r in group], cfg.num_generations, cfg.scale_rewards)
-        return flatten_groups(prompts, groups, advantages, rewards, correct, {"seconds_score": (time.time() - t0, 1)})
+        return flatten_groups(prompts, groups, advantages, rewards, correct, seconds_score=time.time() - t0)
     return step_fn
 
 
@@ -311,7 +320,7 @@ def step_problems(problems, cfg, step):
 
 def train(cfg, engine=None, step_fn=grpo_step):
     """The policy-gradient loop of GRPO (Sec. 3, App. B.1) around one step function: grpo_step (the
-    outcome and length-penalty baselines), mrt_rl.algorithm_2 (MRT-RL) or backtrack.rl_step.
+    outcome and length-penalty baselines), mrt_rl.Algorithm2 (MRT-RL) or backtrack.rl_step.
 
     engine: an Engine already holding the starting weights (main() builds it with rollout_engine and
     closes it in teardown); None builds one here. step_fn(engine, problems, cfg, step) -> Rollout.
@@ -341,7 +350,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         policy.sync_weights(model, engine)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    save_dtype = prover.save_dtype(cfg.save_dtype, cfg.model)
+    save_dtype = machine.save_dtype(cfg.save_dtype, cfg.model)
     os.makedirs(cfg.out, exist_ok=True)
     bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", disable=rank != 0)
     metrics = {}
@@ -353,7 +362,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
         rollout.completions = [c or [pad_id] for c in rollout.completions]   # an empty completion trains on a pad
         engine.sleep()   # sleep mode: the engine's weights and KV cache leave the GPU until the sync
         t["score"] = time.time()
-        t["generate"] = t["score"] - rollout.metrics.pop("seconds_score", (0.0, 1))[0]  # the step's grading time
+        t["generate"] = t["score"] - rollout.seconds_score
 
         # ---- train: clipped loss over token-budgeted micro-batches, clip, AdamW ------------------------------
         lr = scheduler.get_last_lr()[0]
@@ -377,10 +386,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
             sum(flat), sum(r * r for r in flat), len(flat), sum(rollout.correct), sum(rollout.truncated),
             sum(len(c) for c in rollout.completions),
             sum(len(p) + len(c) for p, c in zip(rollout.prompts, rollout.completions)))
-        extra = rollout.metrics
-        if extra:  # means over all ranks of what the step measured
-            totals = all_sum(*[v for pair in extra.values() for v in pair])
-            extra = {name: totals[2 * i] / max(totals[2 * i + 1], 1) for i, name in enumerate(extra)}
+        extra = mean_over_ranks(rollout.metrics)
         phases = {k: t[k] - t[prev] for prev, k in zip(["start", "generate", "score", "train"],
                                                         ["generate", "score", "train", "sync"])}
         metrics = {"step": step + 1, "lr": lr, "reward_mean": s / n, "reward_std": math.sqrt(max(s2 / n - (s / n) ** 2, 0.0)),
@@ -390,7 +396,7 @@ def train(cfg, engine=None, step_fn=grpo_step):
                    **extra, **gpu, **{f"seconds_{k}": v for k, v in phases.items()}}
         policy.log_metrics(cfg.out, metrics)
         shown = {"reward": f"{metrics['reward_mean']:.3f}", "acc": f"{metrics['accuracy']:.3f}"}
-        if "mu_prefixes" in metrics:   # the cost of per-episode credit (mrt_rl.score_episodes), per step
+        if "mu_prefixes" in metrics:   # the cost of per-episode credit (mrt_rl.mu_at_episode_ends), per step
             shown.update(mu_prefixes=f"{metrics['mu_prefixes']:.0f}", mu_tokens=f"{metrics['mu_tokens']:.0f}",
                          mu_s=f"{metrics['seconds_mu']:.1f}")
         bar.set_postfix(**shown)

@@ -15,19 +15,12 @@ One program per mode; this file only picks one and hands it a checked config:
     (no --model)            compare.py  every method from the toy world's warm start, evaluated, one table
     --smoke                 evaluate.py smoke(): the measurement half of the pipeline, printed trace by trace
 
-What Algorithm 2's single reward does. With one J_r(mu | q, z_{0:j}) per prompt, the bonus
-r_i - J_r is the outcome reward minus a baseline that does not depend on the sampled z_i, so
-E[(r_i - J_r) grad log pi(z_i)] = grad E[r]: each of --advantage progress / baseline / joint has the
-expected update of outcome GRPO on the same contexts, up to a positive scale that Adam removes (and
-the seq-mean length weighting; joint also trains mu's answers). test_mrt.py checks this exactly on an
-enumerable tabular policy. What Alg. 2 still changes is where continuations start (pi_ref's partial
-rollouts). Sec. 6.2's other reading, --progress-credit episode (mrt_rl.py), gives each episode's tokens
-its own progress r_prg(z_j; c_{j-1}) (Def. 6.1) with mu at every episode boundary; its bonuses sum to
-the same r - J_r, but on the segment that earned it, and its expected update is not outcome GRPO's.
-The toy run (compare.py) measures both beside GRPO and the length penalty.
+Algorithm 2's trace-level forms update as outcome GRPO does in expectation, and --progress-credit episode
+(Sec. 6.2) does not: the argument is written once, in mrt_rl.py above progress_advantages, and checked
+exactly in test_mrt.py. The toy run (compare.py) measures both beside GRPO and the length penalty.
 
-Imports: the programs above (grpo, mrt_rl, star, compare,
-evaluate), toy (the tiny model of --smoke without --model). Nothing imports mrt.py.
+Imports: the programs above (grpo, mrt_rl, star, compare, evaluate), policy (the process's end), toy (the
+tiny model of --smoke without --model). Nothing imports mrt.py.
 """
 
 import argparse
@@ -42,7 +35,7 @@ import policy
 import star
 import toy
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
 RL_METHODS = ("mrt-rl", "grpo", "length-penalty")
 STAR_METHODS = ("mrt-star", "star")
@@ -69,8 +62,7 @@ def star_parser():
                                             "from Table 2 (App. B.2).")
     p.add_argument("--method", choices=STAR_METHODS, required=True,
                    help="mrt-star (Algorithm 1: progress-selected prefixes) or star (correct rollouts only)")
-    star.add_star_args(p)
-    next(a for a in p._actions if a.dest == "variant").help = argparse.SUPPRESS   # --method says it here
+    star.add_star_args(p, variant_flag=False)   # --method says it here
     return p
 
 
@@ -124,7 +116,7 @@ def main(argv=None):
     cfg = p.parse_args(argv)
     if cfg.method == "mrt-rl":
         cfg = mrt_rl.check_args(p, cfg)
-        return grpo.main(cfg=cfg, step_fn=mrt_rl.algorithm_2(cfg, AutoTokenizer.from_pretrained(cfg.model)))
+        return grpo.main(cfg=cfg, step_fn=mrt_rl.Algorithm2(cfg, AutoTokenizer.from_pretrained(cfg.model)))
     if cfg.method == "length-penalty":
         cfg.reward = "length-penalty"
     return grpo.main(cfg=grpo.check_args(p, cfg))

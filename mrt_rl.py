@@ -1,63 +1,29 @@
-"""mrt_rl.py: Algorithm 2, MRT (RL), as a step function of grpo.py's loop.
+"""mrt_rl.py: Algorithm 2, MRT (RL), as the step function of grpo.py's loop.
 
     torchrun --nproc_per_node 8 mrt.py --model PATH          # runs it (mrt.py is the entry point)
 
-Imports: policy (atomic writes), episodes (episodes of a rollout), grader (r(x, z)), prover (prompts,
-Fig. 22's suffix), grpo (the loop, group advantages, seeds, the data order), flags (command-line types).
-Only the programs above it import it (compare.py, mrt.py).
+The paper in the file's order (App. B.1, Algorithm 2; Sec. 6.2):
+    line 3       pi_ref <- pi_theta at an iteration's first step     Algorithm2.start_iteration
+    line 7       z ~ pi_ref(.|q), cut after j random episodes         sample_partial_rollouts, draw_prefix_episodes
+    lines 8-9    G continuations z_{j:} ~ pi_theta(.|q, z_{0:j}) and  sample_on_shared_context
+                 G forced terminations (mu, Eq. 4) on that context
+    lines 10-11  A_i from r_i and r_prg,i = r_i - J_r(mu|q, z_{0:j})  progress_advantages (Eq. 3, --advantage
+                                                                      progress), termination_baseline, joint_advantages
+    Sec. 6.2     per-episode progress credit (--progress-credit      continuation_episodes, episode_bonuses,
+                 episode): each episode's tokens get its progress     mu_at_episode_ends, episode_advantages
+    one step     lines 3-11 in order                                  Algorithm2.__call__
+The loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
+Why every trace-level form updates as outcome GRPO does in expectation, and what per-episode credit changes:
+the note above progress_advantages (the one place that argument is written out).
 
-Algorithm 2 (App. B.1), per iteration of --steps-per-iteration steps:
-    pi_ref <- pi_theta (line 3): at the iteration's first step, while the engine still holds pi_theta,
-        one rollout z ~ pi_ref(.|q) is sampled for every prompt of every step of the iteration, and
-        each is cut after j of its k episodes (line 7). These partial rollouts z_{0:j} are exact
-        pi_ref samples, need no second engine, and are saved, so a resumed run uses the same ones.
-    per step and prompt q (lines 8-9), on pi_theta:
-        G continuations z_{j:} ~ pi_theta(.|q, z_{0:j}), and G forced terminations at z_{0:j}
-        (mu, Eq. 4: the "time is up" suffix, then an answer), both on the context q + z_{0:j}, one
-        after the other, so that vLLM's prefix cache computes that context once.
-    advantages (lines 9-11, Eq. 3; --advantage picks one of three functions below):
-        progress  progress_advantages: GRPO's advantage of r_i plus alpha * r_prg,i, with
-                  r_prg,i = r_i - J_r(mu | q, z_{0:j}) and J_r the mean reward of the G terminations
-        baseline  termination_baseline: r_i - J_r(mu | q, z_{0:j}); the terminations replace the group
-                  mean (the official release's RL README)
-        joint     joint_advantages: one GRPO group of the G continuations and the G terminations, all
-                  trained on (Fig. 6: "normalizing rewards across this set of traces ... implicitly
-                  compute the progress bonus")
-    the loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
-    --progress-credit episode (Sec. 6.2's "per-episode" reward, not Algorithm 2 as written): each
-        continuation is cut into its episodes z_j .. z_{k-1}, mu scores the end of every one (m = G, the
-        prefix cache shares q + z_{0:j}), and token t gets GRPO's advantage of r_i + alpha * the progress
-        of its episode (episode_bonuses); nothing in a truncated response.
-
-How Eq. 3 enters GRPO. Line 11 puts r_i + alpha * r_prg,i "in place of A_i". Fed to GRPO as a reward
-instead, it would be lost: J_r is one number per prompt, so (1 + alpha) r_i - alpha J_r is an affine
-map of r_i within a group, and the group-normalised advantages would be outcome GRPO's. We take
-Eq. 3's two terms each with its own estimator: A_i = GRPO's advantage of r_i (the outcome term) +
-alpha * (r_i - J_r) (the progress term, whose baseline is the terminations' J_r). The KL term, when
---beta > 0, stays anchored to the starting model (as in TRL); pi_ref here is the prefix sampler only.
-
-Why the per-episode variant exists. With one J_r per prompt, r_i - J_r is a baseline-shifted outcome:
-E[(r_i - J_r) grad log pi(z_i)] = grad E[r], so all three forms above update, in expectation, as outcome
-GRPO does (test_mrt.py enumerates a tabular policy and finds the scales 1 - 1/G + alpha, 1, 1 - 1/(2G)
-against GRPO's 1 - 1/G). Per-episode credit hands out the same total r - J_r(z_{0:j}) (its bonuses
-telescope) but puts each episode's share on that episode's tokens, which changes the direction.
-
-Choices the paper leaves open, and ours for --progress-credit episode:
-    credit      an episode's own progress J_r(after) - J_r(before) (Def. 6.1, Sec. 6.2's "segment of
-                tokens spanning a particular episode"), not a return-to-go: the sum of later progress
-                telescopes to J_r(end) - J_r(before), which pays a re-try for what later episodes find.
-    the answer  the tokens after the thought get r - J_r(mu | q, z_{0:k}): the answer's own progress,
-                so that the bonuses sum to the trace form's r - J_r(mu | q, z_{0:j}).
-    scale       raw progress, times alpha, beside the std-normalised outcome advantage: progress is a
-                difference of probabilities on the reward's own scale; dividing by a batch std
-                inflates tiny differences (a simulation of the toy world learned never to stop).
-    truncation  no progress credit at all in a response cut at the budget (mu is not even asked).
+Imports: policy, episodes, grader, prover, grpo, flags. Imported by compare.py, mrt.py and backtrack.py.
 """
 
 import json
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import policy
 import episodes
@@ -66,12 +32,12 @@ import grader
 import grpo
 import prover
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
 
 # ==============================================================================================
-# Partial rollouts from pi_ref (lines 3 and 7)
+# Line 7: partial rollouts z_{0:j} from pi_ref (sampled while the engine holds pi_ref, line 3)
 # ==============================================================================================
 
 def draw_prefix_episodes(k, rng, min_episodes=0):
@@ -81,15 +47,16 @@ def draw_prefix_episodes(k, rng, min_episodes=0):
     return rng.randint(min_episodes, k - 1) if k > min_episodes else min(min_episodes, k)
 
 
-def sample_prefixes(engine, per_step, cfg, iteration):
-    """Alg. 2 lines 3 and 7: one pi_ref rollout per (step, prompt) of an iteration, cut after j episodes: a list per step of
-    {"id", "j", "k", "prefix", "prefix_ids", "rollout_ids"}. All of the iteration's rollouts go in one generate call."""
+def sample_partial_rollouts(engine, per_step, cfg, iteration):
+    """Alg. 2 lines 3 and 7: one pi_ref rollout per (step, prompt) of an iteration, cut after j of its k
+    episodes: {step: [{"id", "j", "k", "prefix", "prefix_ids", "rollout_ids"}, ...]}. All of the
+    iteration's rollouts go in one generate call."""
     tok = engine.tokenizer
     flat = [(s, i, q) for s, problems in per_step for i, q in enumerate(problems)]
     prompts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) for _, _, q in flat]
     outputs = engine.generate(prompts, n=1, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_tokens=cfg.max_completion_length,
-                              seed=cfg.seed + 7_919 * (iteration + 1) + 10_007 * dist.get_rank())
+                              seed=policy.sample_seed(cfg.seed, "partial_rollouts", iteration + 1))
     out = {s: [] for s, _ in per_step}
     for (s, i, q), (sample,) in zip(flat, outputs):
         stream, _ = episodes.reasoning_stream(sample.text, cfg.thinking, finished=sample.finish_reason == "stop")
@@ -104,28 +71,74 @@ def sample_prefixes(engine, per_step, cfg, iteration):
 
 
 # ==============================================================================================
-# The three advantage forms (lines 9-11): per prompt, G continuation rewards r_i and G termination
+# Lines 8-9: continuations and forced terminations on one context q + z_{0:j}
+# ==============================================================================================
+
+def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, step):
+    """Alg. 2 lines 8-9 on one context q + z_{0:j} per prompt: G continuations z_{j:} ~ pi_theta(.|q, z_{0:j})
+    and G forced terminations (the context + Fig. 22's suffix, then mu's answer). Returns (continuations,
+    terminations, metrics), with vLLM's prompt tokens computed against the least possible."""
+    cached_before = engine.prompt_stats() if hasattr(engine, "prompt_stats") else None
+    if cached_before is not None:
+        # vLLM schedules the G samples of a request together, and requests of one batch cannot hit
+        # each other's cache; so first prefill each q + z_{0:j}, then each termination's suffix,
+        # once (one token generated), and the G continuations and G terminations find them cached.
+        engine.generate(contexts, n=1, temperature=0.0, max_tokens=1)
+        engine.generate([c + s for c, s in zip(contexts, suffixes)], n=1, temperature=0.0, max_tokens=1)
+    # ---- continuations z_{j:} ~ pi_theta(.|q, z_{0:j}) (line 8) ----------------------------------------
+    t0 = time.time()
+    continuations = engine.generate(contexts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_tokens=budgets, seed=policy.sample_seed(cfg.seed, "rollouts", step + 1))
+    # ---- forced terminations at z_{0:j} (line 9), on the same context: a prefix-cache hit ---------------
+    t1 = time.time()
+    terminations = engine.generate([c + s for c, s in zip(contexts, suffixes)], n=cfg.num_generations,
+                                   temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_tokens=cfg.prover_max_tokens, seed=policy.sample_seed(cfg.seed, "terminations", step + 1))
+    metrics = {"seconds_continuations": (t1 - t0, 1), "seconds_terminations": (time.time() - t1, 1)}
+    if cached_before is not None:
+        after = engine.prompt_stats()
+        computed = ((after["prompt_tokens"] - after["cached_prompt_tokens"])
+                    - (cached_before["prompt_tokens"] - cached_before["cached_prompt_tokens"]))
+        # the least possible: each q + z_{0:j} prefilled once, then each termination's suffix
+        metrics["prompt_tokens_computed"] = (computed, 1)
+        metrics["prompt_tokens_limit"] = (sum(map(len, contexts)) + sum(map(len, suffixes)), 1)
+    return continuations, terminations, metrics
+
+
+# ==============================================================================================
+# Lines 10-11: the three advantage forms: per prompt, G continuation rewards r_i and G termination
 # rewards; each returns the [B * G] advantages training uses
 # ==============================================================================================
 
-def success_rate(termination_rewards):
-    """J_r(mu | q, z_{0:j}) (Eq. 4): the mean 0/1 reward of the forced terminations at z_{0:j}."""
-    return sum(termination_rewards) / len(termination_rewards)
-
+# Why Eq. 3 is fed to GRPO as two terms, and what each form optimises (the one place this is written out).
+#
+# Line 11 puts r_i + alpha * r_prg,i "in place of A_i". Fed to GRPO as a reward instead, it would be lost:
+# J_r is one number per prompt, so (1 + alpha) r_i - alpha J_r is an affine map of r_i within a group and
+# the group-normalised advantages would be outcome GRPO's. progress_advantages therefore takes Eq. 3's two
+# terms each with its own estimator: A_i = GRPO's advantage of r_i (the outcome term) + alpha * (r_i - J_r)
+# (the progress term, whose baseline is the terminations' J_r). The KL term (--beta > 0) stays anchored to
+# the starting model, as in TRL; pi_ref here is the prefix sampler only.
+#
+# Even so, with one J_r per prompt r_i - J_r is a baseline-shifted outcome: E[(r_i - J_r) grad log pi(z_i)]
+# = grad E[r]. All three forms below therefore update, in expectation, as outcome GRPO does (up to a positive
+# scale, which Adam removes): test_mrt.py enumerates a tabular policy and finds the scales 1 - 1/G + alpha, 1
+# and 1 - 1/(2G) against GRPO's 1 - 1/G. What the trace-level form changes is where continuations start (pi_ref's
+# prefixes). Per-episode credit (Sec. 6.2, below) hands out the same total r - J_r(z_{0:j}) (its bonuses
+# telescope), but puts each episode's share on that episode's tokens, which changes the direction.
 
 def progress_advantages(continuation_rewards, termination_rewards, alpha, scale="std"):
-    """Eq. 3 / Alg. 2 lines 9-11 as trained (--advantage progress, the default): the outcome term is
+    """Eq. 3 / Alg. 2 lines 10-11 as trained (--advantage progress, the default): the outcome term is
     GRPO's group advantage of r_i, the progress term alpha * r_prg,i = alpha * (r_i - J_r(mu | q, z_{0:j}))
-    keeps the terminations as its baseline (see the module docstring for why not one reward)."""
+    keeps the terminations as its baseline (the note above says why not one reward)."""
     r = [x for group in continuation_rewards for x in group]
-    bonus = [x - success_rate(t) for group, t in zip(continuation_rewards, termination_rewards) for x in group]
+    bonus = [x - prover.success_rate(t) for group, t in zip(continuation_rewards, termination_rewards) for x in group]
     group_size = len(continuation_rewards[0])
     return grpo.group_advantages(r, group_size, scale) + alpha * torch.tensor(bonus, dtype=torch.float32)
 
 
 def termination_baseline(continuation_rewards, termination_rewards):
     """--advantage baseline, the official release's form: A_i = r_i - J_r(mu | q, z_{0:j}) (no group mean, no std)."""
-    return torch.tensor([x - success_rate(t) for group, t in zip(continuation_rewards, termination_rewards)
+    return torch.tensor([x - prover.success_rate(t) for group, t in zip(continuation_rewards, termination_rewards)
                          for x in group], dtype=torch.float32)
 
 
@@ -139,6 +152,19 @@ def joint_advantages(continuation_rewards, termination_rewards, scale="std"):
 # ==============================================================================================
 # Sec. 6.2's per-episode reward (--progress-credit episode): each episode's tokens get its own progress
 # ==============================================================================================
+#
+# Not Algorithm 2 as written. Each continuation is cut into its episodes z_j .. z_{k-1}, mu scores the end of
+# every one (m = G, the prefix cache shares q + z_{0:j}), and token t gets GRPO's advantage of r_i + alpha *
+# the progress of its episode. Choices the paper leaves open, and ours:
+#     credit      an episode's own progress J_r(after) - J_r(before) (Def. 6.1, Sec. 6.2's "segment of tokens
+#                 spanning a particular episode"), not a return-to-go: the sum of later progress telescopes
+#                 to J_r(end) - J_r(before), which pays a re-try for what later episodes find.
+#     the answer  the tokens after the thought get r - J_r(mu | q, z_{0:k}): the answer's own progress, so
+#                 that the bonuses sum to the trace form's r - J_r(mu | q, z_{0:j}).
+#     scale       raw progress, times alpha, beside the std-normalised outcome advantage: progress is a
+#                 difference of probabilities on the reward's own scale; dividing by a batch std inflates
+#                 tiny differences (a simulation of the toy world learned never to stop).
+#     truncation  no progress credit at all in a response cut at the budget (mu is not even asked).
 
 def continuation_episodes(tokenizer, sample, prefix, thinking):
     """The episodes z_j .. z_{k-1} a continuation wrote after the partial rollout z_{0:j} = `prefix`
@@ -202,119 +228,7 @@ def episode_advantages(continuation_rewards, bonuses, token_ends, lengths, alpha
             for a, b, e, n in zip(outcome, bonuses, token_ends, lengths)]
 
 
-# ==============================================================================================
-# The step function (lines 8-11)
-# ==============================================================================================
-
-def algorithm_2(cfg, tokenizer):
-    """MRT-RL's step function for grpo.train: step(engine, problems, cfg, step) -> grpo.Rollout. It
-    keeps the current iteration's partial rollouts (sampled at the iteration's first step, or read
-    back on --resume)."""
-    problems, total_steps = grpo.training_problems(cfg, tokenizer)
-    per_iteration = cfg.steps_per_iteration or total_steps
-    iteration_prefixes = {"iteration": None, "prefixes": None, "seconds": 0.0}
-
-    def prefixes_for(engine, step):
-        iteration = step // per_iteration
-        if iteration_prefixes["iteration"] != iteration:
-            path = os.path.join(cfg.out, "prefixes", f"iter_{iteration}.rank{dist.get_rank()}.json")
-            if cfg.resume and os.path.exists(path):   # a resumed run: the same pi_ref samples as before
-                with open(path) as f:
-                    saved = {int(s): rows for s, rows in json.load(f).items()}
-            else:                             # the iteration's first step: the engine holds pi_ref
-                t0 = time.time()
-                steps = range(iteration * per_iteration, min((iteration + 1) * per_iteration, total_steps))
-                saved = sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps], cfg, iteration)
-                policy.write_atomic(path, json.dumps(saved))
-                iteration_prefixes["seconds"] = time.time() - t0
-            iteration_prefixes.update(iteration=iteration, prefixes=saved)
-        if step not in iteration_prefixes["prefixes"]:
-            raise ValueError(f"--resume: iteration {iteration} sampled pi_ref's prefixes for steps "
-                             f"{min(iteration_prefixes['prefixes'])}-{max(iteration_prefixes['prefixes']) + 1} only, "
-                             f"not step {step + 1}: resume with the run's --max-steps and --steps-per-iteration "
-                             f"(a run meant to grow takes --steps-per-iteration K)")
-        return iteration_prefixes["prefixes"][step]
-
-    def step_fn(engine, mine, cfg, step):
-        tok = engine.tokenizer
-        prefixes = prefixes_for(engine, step)
-        assert [p["id"] for p in prefixes] == [q["id"] for q in mine], "partial rollouts out of step with the data"
-        contexts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) + p["prefix_ids"]
-                    for q, p in zip(mine, prefixes)]
-        suffixes = [tok.encode(prover.time_is_up_suffix(p["prefix"], cfg.thinking), add_special_tokens=False)
-                    for p in prefixes]
-        seed = grpo.step_seed(cfg, step)
-        # the partial rollout and its continuation share the response budget, as one rollout would
-        budgets = [cfg.max_completion_length - len(p["prefix_ids"]) for p in prefixes]
-        continuations, terminations, metrics = sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, seed)
-        # ---- grade: r(x, z) of every continuation and termination ----------------------------------------
-        t0 = time.time()
-        cont_r = [[0.0 if cfg.zero_truncated and s.finish_reason == "length"
-                   else grader.reward(s.text, q["answer"], thinking=cfg.thinking) for s in group]
-                  for q, group in zip(mine, continuations)]
-        term_r = [[grader.reward(s.text, q["answer"], thinking=False) for s in group]  # answers after a closed thought
-                  for q, group in zip(mine, terminations)]
-        # ---- advantages: one of Eq. 3's three forms ---------------------------------------------------------
-        if cfg.progress_credit == "episode":   # Sec. 6.2's per-episode reward (the --advantage progress form)
-            bonuses, ends, credit_metrics = score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, seed)
-            advantages = episode_advantages(cont_r, bonuses, ends, [s.num_tokens for g in continuations for s in g],
-                                            cfg.alpha, cfg.scale_rewards)
-            metrics.update(credit_metrics)
-        elif cfg.advantage == "progress":
-            advantages = progress_advantages(cont_r, term_r, cfg.alpha, cfg.scale_rewards)
-        elif cfg.advantage == "baseline":
-            advantages = termination_baseline(cont_r, term_r)
-        elif cfg.advantage == "joint":
-            advantages = joint_advantages(cont_r, term_r, cfg.scale_rewards)
-        else:
-            raise ValueError(f"--advantage must be progress, baseline or joint, got {cfg.advantage!r}")
-        metrics.update(step_metrics(prefixes, continuations, cont_r, term_r))
-        metrics["accuracy"] = metrics["continuation_reward"]   # joint trains on terminations too: grade continuations
-        metrics["seconds_prefixes"] = (iteration_prefixes["seconds"], 1)   # on the step that sampled them
-        iteration_prefixes["seconds"] = 0.0
-        metrics["seconds_score"] = (time.time() - t0, 1)
-        if cfg.advantage == "joint":   # the terminations are trained on too, each on its own context
-            return grpo.flatten_groups(
-                [[c] * len(g) + [c + s] * len(h) for c, s, g, h in zip(contexts, suffixes, continuations, terminations)],
-                [list(g) + list(h) for g, h in zip(continuations, terminations)], advantages,
-                [c + t for c, t in zip(cont_r, term_r)], [c + t for c, t in zip(cont_r, term_r)], metrics)
-        return grpo.flatten_groups(contexts, continuations, advantages, cont_r, cont_r, metrics)
-
-    return step_fn
-
-
-def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, seed):
-    """Alg. 2 lines 8-9 on one context q + z_{0:j} per prompt: G continuations z_{j:} ~ pi_theta(.|q, z_{0:j})
-    and G forced terminations (the context + Fig. 22's suffix, then mu's answer). Returns (continuations,
-    terminations, metrics), with vLLM's prompt tokens computed against the least possible."""
-    cached_before = engine.prompt_stats() if hasattr(engine, "prompt_stats") else None
-    if cached_before is not None:
-        # vLLM schedules the G samples of a request together, and requests of one batch cannot hit
-        # each other's cache; so first prefill each q + z_{0:j}, then each termination's suffix,
-        # once (one token generated), and the G continuations and G terminations find them cached.
-        engine.generate(contexts, n=1, temperature=0.0, max_tokens=1)
-        engine.generate([c + s for c, s in zip(contexts, suffixes)], n=1, temperature=0.0, max_tokens=1)
-    # ---- continuations z_{j:} ~ pi_theta(.|q, z_{0:j}) (line 8) ----------------------------------------
-    t0 = time.time()
-    continuations = engine.generate(contexts, n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_tokens=budgets, seed=seed)
-    # ---- forced terminations at z_{0:j} (line 9), on the same context: a prefix-cache hit ---------------
-    t1 = time.time()
-    terminations = engine.generate([c + s for c, s in zip(contexts, suffixes)], n=cfg.num_generations,
-                                   temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_tokens=cfg.prover_max_tokens, seed=seed + 500_009)  # streams apart
-    metrics = {"seconds_continuations": (t1 - t0, 1), "seconds_terminations": (time.time() - t1, 1)}
-    if cached_before is not None:
-        after = engine.prompt_stats()
-        computed = ((after["prompt_tokens"] - after["cached_prompt_tokens"])
-                    - (cached_before["prompt_tokens"] - cached_before["cached_prompt_tokens"]))
-        # the least possible: each q + z_{0:j} prefilled once, then each termination's suffix
-        metrics["prompt_tokens_computed"] = (computed, 1)
-        metrics["prompt_tokens_limit"] = (sum(map(len, contexts)) + sum(map(len, suffixes)), 1)
-    return continuations, terminations, metrics
-
-
-def score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, seed):
+def mu_at_episode_ends(engine, problems, partial, continuations, continuation_rewards, termination_rewards, cfg, step):
     """--progress-credit episode: mu (Eq. 4: the model's own forced termination, m = G samples at the
     rollout temperature, as the G terminations behind J_r(mu | q, z_{0:j})) at the end of every episode
     of every continuation that was not truncated, in one MetaProver call (each continuation's prompts
@@ -322,10 +236,11 @@ def score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, s
     (bonuses, token ends, metrics): per continuation, episode_bonuses and continuation_episodes' ends."""
     tok = engine.tokenizer
     t0 = time.time()
-    flat_r = [r for group in cont_r for r in group]
-    starts = [success_rate(t) for t, group in zip(term_r, cont_r) for _ in group]   # J_r(mu | q, z_{0:j})
+    flat_r = [r for group in continuation_rewards for r in group]
+    start_rates = [prover.success_rate(t) for t, group in zip(termination_rewards, continuation_rewards)
+                   for _ in group]                                                  # J_r(mu | q, z_{0:j})
     items, traces = [], []   # items: per continuation (thought prefixes, token ends, truncated, index in traces)
-    for q, p, group in zip(mine, prefixes, continuations):
+    for q, p, group in zip(problems, partial, continuations):
         for s in group:
             thought_prefixes, ends, _ = continuation_episodes(tok, s, p["prefix"], cfg.thinking)
             cut = s.finish_reason == "length"
@@ -334,12 +249,13 @@ def score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, s
             if asked:
                 traces.append((q["problem"], q["answer"], thought_prefixes, p["prefix_ids"] + list(s.token_ids)))
     mu = prover.MetaProver(engine, m=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
-                           max_tokens=cfg.prover_max_tokens, seed=seed + 700_001, thinking=cfg.thinking)
+                           max_tokens=cfg.prover_max_tokens, seed=policy.sample_seed(cfg.seed, "mu", step + 1),
+                           thinking=cfg.thinking)
     scores = mu.score(traces)
     bonuses, ends = [], []
-    for (thought_prefixes, e, cut, k), r, j0 in zip(items, flat_r, starts):
-        rates = scores[k].success_rates if k is not None else [j0] * len(thought_prefixes)
-        bonuses.append(episode_bonuses(j0, rates, r, cut))
+    for (thought_prefixes, e, cut, trace), r, start_rate in zip(items, flat_r, start_rates):
+        rates = scores[trace].success_rates if trace is not None else [start_rate] * len(thought_prefixes)
+        bonuses.append(episode_bonuses(start_rate, rates, r, cut))
         ends.append(e)
     mu_tokens = sum(n for score in scores for row in score.num_tokens for n in row)
     per_episode = [b for (_, _, cut, _), bs in zip(items, bonuses) if not cut for b in bs[:-1]]
@@ -350,18 +266,115 @@ def score_episodes(engine, mine, prefixes, continuations, cont_r, term_r, cfg, s
     return bonuses, ends, metrics
 
 
-def step_metrics(prefixes, continuations, cont_r, term_r):
+def step_metrics(partial, continuations, continuation_rewards, termination_rewards):
     """What a step logs beyond GRPO's own: {name: (sum, count)}, means over ranks."""
-    n = len(prefixes)
-    j_r = [success_rate(t) for t in term_r]
-    bonus = [r - jr for c, jr in zip(cont_r, j_r) for r in c]
+    n = len(partial)
+    j_r = [prover.success_rate(t) for t in termination_rewards]
+    bonus = [r - jr for c, jr in zip(continuation_rewards, j_r) for r in c]
     lengths = [s.num_tokens for g in continuations for s in g]
-    return {"prefix_j": (sum(p["j"] for p in prefixes), n), "prefix_k": (sum(p["k"] for p in prefixes), n),
-            "j_r_prefix": (sum(j_r), n), "continuation_reward": (sum(map(sum, cont_r)), len(bonus)),
+    return {"prefix_j": (sum(p["j"] for p in partial), n), "prefix_k": (sum(p["k"] for p in partial), n),
+            "j_r_prefix": (sum(j_r), n), "continuation_reward": (sum(map(sum, continuation_rewards)), len(bonus)),
             "progress_bonus": (sum(bonus), len(bonus)),
-            "terminations_all_succeed": (sum(min(t) == 1.0 for t in term_r), n),
-            "terminations_all_fail": (sum(max(t) == 0.0 for t in term_r), n),
+            "terminations_all_succeed": (sum(min(t) == 1.0 for t in termination_rewards), n),
+            "terminations_all_fail": (sum(max(t) == 0.0 for t in termination_rewards), n),
             "continuation_length": (sum(lengths), len(lengths))}
+
+
+# ==============================================================================================
+# Algorithm 2, one step at a time (grpo.train calls it once per step, on every rank)
+# ==============================================================================================
+
+@dataclass
+class Iteration:
+    """One iteration of Algorithm 2 (lines 2-12): its index and pi_ref's partial rollouts for each of its
+    steps, sampled at its first step (line 3) or read back on --resume."""
+    index: int
+    partial_rollouts: dict          # step -> [{"id", "j", "k", "prefix", "prefix_ids", "rollout_ids"}] (line 7)
+    seconds_sampling: float = 0.0   # logged once, by the step that sampled them
+
+
+class Algorithm2:
+    """MRT-RL as grpo.train's step function: algorithm(engine, problems, cfg, step) -> grpo.Rollout, with
+    `problems` this rank's prompts at `step`. It holds the current Iteration."""
+
+    def __init__(self, cfg, tokenizer):
+        self.problems, self.total_steps = grpo.training_problems(cfg, tokenizer)
+        self.steps_per_iteration = cfg.steps_per_iteration or self.total_steps
+        self.iteration = None
+
+    def start_iteration(self, engine, cfg, index):
+        """Line 3, pi_ref <- pi_theta: at the iteration's first step the engine still holds pi_theta, so
+        one rollout per prompt of every step of the iteration, cut at j (line 7), is an exact pi_ref
+        sample, with no second engine. They are saved, so a resumed run reads the same ones back."""
+        path = os.path.join(cfg.out, "prefixes", f"iter_{index}.rank{dist.get_rank()}.json")
+        if cfg.resume and os.path.exists(path):
+            with open(path) as f:
+                return Iteration(index, {int(s): rows for s, rows in json.load(f).items()})
+        t0 = time.time()
+        steps = range(index * self.steps_per_iteration, min((index + 1) * self.steps_per_iteration, self.total_steps))
+        partial = sample_partial_rollouts(engine, [(s, grpo.step_problems(self.problems, cfg, s)) for s in steps],
+                                          cfg, index)
+        policy.write_atomic(path, json.dumps(partial))
+        return Iteration(index, partial, time.time() - t0)
+
+    def __call__(self, engine, problems, cfg, step):
+        tok = engine.tokenizer
+        # ---- line 3: a new iteration begins with pi_ref <- pi_theta ---------------------------------------
+        index = step // self.steps_per_iteration
+        if self.iteration is None or self.iteration.index != index:
+            self.iteration = self.start_iteration(engine, cfg, index)
+        # ---- line 7: this step's partial rollouts z_{0:j} ~ pi_ref -----------------------------------------
+        if step not in self.iteration.partial_rollouts:
+            done = self.iteration.partial_rollouts
+            raise ValueError(f"--resume: iteration {index} sampled pi_ref's prefixes for steps {min(done)}-{max(done) + 1} "
+                             f"only, not step {step + 1}: resume with the run's --max-steps and --steps-per-iteration "
+                             f"(a run meant to grow takes --steps-per-iteration K)")
+        partial = self.iteration.partial_rollouts[step]
+        assert [p["id"] for p in partial] == [q["id"] for q in problems], "partial rollouts out of step with the data"
+        contexts = [prover.build_prompt(tok, q["problem"], thinking=cfg.thinking) + p["prefix_ids"]
+                    for q, p in zip(problems, partial)]
+        suffixes = [tok.encode(prover.time_is_up_suffix(p["prefix"], cfg.thinking), add_special_tokens=False)
+                    for p in partial]
+        # ---- lines 8-9: G continuations and G forced terminations on q + z_{0:j} ---------------------------
+        # the partial rollout and its continuation share the response budget, as one rollout would
+        budgets = [cfg.max_completion_length - len(p["prefix_ids"]) for p in partial]
+        continuations, terminations, metrics = sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, step)
+        # ---- grade: r(x, z) of every continuation, and of every termination (an answer after a closed thought)
+        t0 = time.time()
+        continuation_rewards = [[0.0 if cfg.zero_truncated and s.finish_reason == "length"
+                                 else grader.reward(s.text, q["answer"], thinking=cfg.thinking) for s in group]
+                                for q, group in zip(problems, continuations)]
+        termination_rewards = [[grader.reward(s.text, q["answer"], thinking=False) for s in group]
+                               for q, group in zip(problems, terminations)]
+        # ---- lines 10-11: advantages, one of Eq. 3's forms (or Sec. 6.2's per-episode credit) --------------
+        if cfg.progress_credit == "episode":
+            bonuses, ends, credit_metrics = mu_at_episode_ends(engine, problems, partial, continuations,
+                                                               continuation_rewards, termination_rewards, cfg, step)
+            advantages = episode_advantages(continuation_rewards, bonuses, ends,
+                                            [s.num_tokens for g in continuations for s in g], cfg.alpha, cfg.scale_rewards)
+            metrics.update(credit_metrics)
+        elif cfg.advantage == "progress":
+            advantages = progress_advantages(continuation_rewards, termination_rewards, cfg.alpha, cfg.scale_rewards)
+        elif cfg.advantage == "baseline":
+            advantages = termination_baseline(continuation_rewards, termination_rewards)
+        elif cfg.advantage == "joint":
+            advantages = joint_advantages(continuation_rewards, termination_rewards, cfg.scale_rewards)
+        else:
+            raise ValueError(f"--advantage must be progress, baseline or joint, got {cfg.advantage!r}")
+        # ---- the step's record, and the rollout grpo.train trains on ----------------------------------------
+        metrics.update(step_metrics(partial, continuations, continuation_rewards, termination_rewards))
+        metrics["accuracy"] = metrics["continuation_reward"]   # joint trains on terminations too: grade continuations
+        metrics["seconds_prefixes"] = (self.iteration.seconds_sampling, 1)   # on the step that sampled them
+        self.iteration.seconds_sampling = 0.0
+        seconds_score = time.time() - t0
+        if cfg.advantage == "joint":   # the terminations are trained on too, each on its own context
+            both = [c + t for c, t in zip(continuation_rewards, termination_rewards)]
+            return grpo.flatten_groups(
+                [[c] * len(g) + [c + s] * len(h) for c, s, g, h in zip(contexts, suffixes, continuations, terminations)],
+                [list(g) + list(h) for g, h in zip(continuations, terminations)], advantages, both, both, metrics,
+                seconds_score)
+        return grpo.flatten_groups(contexts, continuations, advantages, continuation_rewards, continuation_rewards,
+                                   metrics, seconds_score)
 
 
 # ==============================================================================================

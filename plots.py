@@ -31,7 +31,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")   # headless: no display on the machines this runs on
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 SIZE = (7.0, 4.5)       # inches at DPI: 700 x 450 pixels, readable at the README's width
 DPI = 100

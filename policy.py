@@ -2,6 +2,7 @@
 
     setup_distributed, teardown, device          one GPU per torchrun rank (cuda:LOCAL_RANK), the process group, a clean end
     exit_process                                 a torchrun script's last line: no interpreter finalization (gloo race)
+    sample_seed                                  the seed of a named stream of samples (step, iteration; rank)
     pin_local_gpu                                a rank with no process group (evaluate.py) sees only its own GPU
     load_policy, full_weights, sync_weights      the policy pi_theta as an FSDP2 module; its weights into the engine
     micro_batches, rank_micro_batches            token-budgeted micro-batches (padded or packed rows), the same
@@ -36,10 +37,10 @@ import torch.distributed as dist
 # its device from the same variable (vllm/v1/executor/uniproc_executor.py:196, local_rank =
 # int(os.environ["LOCAL_RANK"]); the GPU worker then checks it against torch.accelerator.device_count()
 # and builds cuda:local_rank, vllm/v1/worker/gpu_worker.py:492-501), so the engine, the FSDP shards and
-# the NCCL group of a rank all sit on one GPU. Narrowing CUDA_VISIBLE_DEVICES per rank instead (what
-# this file did before) left LOCAL_RANK at 1-7 with one visible device: "local rank 3 is out of bounds
-# for 1 devices"; it also hides the peers from NCCL, which then cannot use CUDA IPC between them (NCCL's
-# maintainers advise cudaSetDevice over CUDA_VISIBLE_DEVICES, NVIDIA/nccl#129).
+# the NCCL group of a rank all sit on one GPU. Narrowing CUDA_VISIBLE_DEVICES per rank instead would leave
+# LOCAL_RANK at 1-7 with one visible device ("local rank 3 is out of bounds for 1 devices"), and would
+# hide the peers from NCCL, which then cannot use CUDA IPC between them (NCCL's maintainers advise
+# cudaSetDevice over CUDA_VISIBLE_DEVICES, NVIDIA/nccl#129).
 #
 # evaluate.py alone runs under torchrun without a process group (its ranks meet through files), and its
 # engines then use vLLM's plain in-process executor, which always takes device index 0
@@ -86,8 +87,8 @@ def setup_distributed():
     """Join torchrun's process group (nccl on GPU, gloo on CPU), or make a group of one. On GPU this
     rank's device is set first, so NCCL and every "cuda" tensor land on cuda:LOCAL_RANK."""
     if not dist.is_initialized():
-        import prover
-        prover.check_gpu_install()
+        import machine
+        machine.check_gpu_install()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
@@ -135,6 +136,37 @@ def exit_process(code=0):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# ==============================================================================================
+# Sampling seeds: one named stream per kind of sample
+# ==============================================================================================
+#
+# An engine seeds each request's sampler with the seed it is given, so two calls with one seed draw the
+# same uniform numbers, token position by token position. Samples meant to be independent (rank 0's and
+# rank 1's, step 3's and step 4's, a step's continuations and its forced terminations) must therefore get
+# different seeds, or their randomness is shared: G terminations drawn with the continuations' numbers
+# would lean the way the continuations leaned. And a resumed run must get the same seeds again. Every
+# seed is base + stride x index + 10_007 x rank + offset, with (stride, offset) per stream: the strides
+# are primes far apart, so streams and ranks never meet for any index and rank a run can reach.
+SEED_STREAMS = {
+    "rollouts": (1_000_003, 0),            # what a step trains on: GRPO / Alg. 2 line 8 (index step + 1),
+                                           # Alg. 1 line 5 (index iteration), and Alg. 1's mu (see star.py)
+    "terminations": (1_000_003, 500_009),  # Alg. 2 line 9, the G forced terminations (index step + 1)
+    "mu": (1_000_003, 700_001),            # mu at every episode end, per-episode credit (index step + 1)
+    "policy_answers": (1_000_003, 3),      # Alg. 1 line 9, answers after the chosen prefix (index iteration)
+    "partial_rollouts": (7_919, 0),        # pi_ref's rollouts, Alg. 2 line 7 (index iteration + 1)
+    "beam_problem": (104_729, 0),          # backtrack.py's beam search (App. A.2), per problem (index i)
+    "beam_depth": (7_919, 0),              # ... and per depth within one problem's search (index depth)
+}
+
+
+def sample_seed(base, stream, index):
+    """The seed of one stream of samples (SEED_STREAMS) at `index`, on this rank (rank 0 with no process
+    group): base + stride * index + 10_007 * rank + offset."""
+    stride, offset = SEED_STREAMS[stream]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return base + stride * index + 10_007 * rank + offset
 
 
 def all_sum(*values):

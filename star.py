@@ -41,13 +41,14 @@ import policy
 import episodes
 import flags
 import grader
+import machine
 import prover
 from policy import all_sum, device
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from transformers import AutoConfig, AutoTokenizer  # noqa: E402
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer
 
 # ==============================================================================================
 # SFT data
@@ -176,7 +177,7 @@ def sft(cfg, examples, start_weights, tokenizer, out_dir, engine=None):
         if rank == 0:
             print(f"sft: resumed from {resume_from} at step {start}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    save_dtype = prover.save_dtype(cfg.save_dtype, cfg.model)
+    save_dtype = machine.save_dtype(cfg.save_dtype, cfg.model)
     bar = tqdm(total=total_steps, initial=start, desc="sft", unit="step", disable=rank != 0)
     metrics = {}
     for step in range(start, total_steps):
@@ -282,7 +283,7 @@ def build_examples(engine, problems, cfg, iteration):
     t0 = time.time()
     outputs = engine.generate(prompts, n=cfg.rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_tokens=cfg.max_tokens,
-                              seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank())
+                              seed=policy.sample_seed(cfg.seed, "rollouts", iteration))
     traces = [(q, s) for q, samples in zip(problems, outputs) for s in samples]
     correct = [grader.reward(s.text, q["answer"], thinking=cfg.thinking) for q, s in traces]
     stats = {"rollouts": len(traces), "accuracy_sum": sum(correct), "kept": 0, "i_over_k_sum": 0.0,
@@ -302,8 +303,10 @@ def build_examples(engine, problems, cfg, iteration):
         stream, _ = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
         segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream)))
     t1 = time.time()
+    # mu draws from the rollouts' stream, as it always has here (a stream of its own would change the
+    # MRT-STaR results this reading-only change must keep; its prompts differ from the rollouts' anyway)
     mu = prover.MetaProver(engine, m=cfg.prover_samples, temperature=cfg.prover_temperature, max_tokens=cfg.prover_max_tokens,
-                           seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank(), thinking=cfg.thinking)
+                           seed=policy.sample_seed(cfg.seed, "rollouts", iteration), thinking=cfg.thinking)
     scores = mu.score([(q["problem"], q["answer"], prefixes, s.token_ids)
                        for (q, s), prefixes in zip(traces, segmented)])
     stats["seconds_mu"] = time.time() - t1
@@ -325,7 +328,7 @@ def build_examples(engine, problems, cfg, iteration):
                                            cfg.thinking) for q, s, prefixes, _, (i, _, _) in chosen]
         answers = engine.generate(contexts, n=cfg.prover_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_tokens=cfg.prover_max_tokens,
-                                  seed=cfg.seed + 1_000_003 * iteration + 10_007 * dist.get_rank() + 3) if contexts else []
+                                  seed=policy.sample_seed(cfg.seed, "policy_answers", iteration)) if contexts else []
         completions = []
         for (q, _, prefixes, _, (i, _, _)), ys in zip(chosen, answers):
             right = [y.text for y in ys if y.finish_reason == "stop" and grader.reward(y.text, q["answer"], thinking=False) == 1.0]
@@ -458,15 +461,17 @@ def add_sft_command_args(p):
     flags.add_thinking(p)
 
 
-def add_star_args(p):
-    """Algorithm 1 flags; the SFT flags come from add_sft_args."""
+def add_star_args(p, variant_flag=True):
+    """Algorithm 1 flags; the SFT flags come from add_sft_args. variant_flag=False hides --variant from
+    --help (mrt.py's --method sets it)."""
     add_sft_args(p)
     flags.add_train_data(p)
     p.add_argument("--num-problems", type=flags.positive_int, default=None,
                    help="use the first N training problems (default all)")
     p.add_argument("--iterations", type=flags.positive_int, default=1, help="T, iterations of Algorithm 1 (default 1)")
     p.add_argument("--variant", choices=("mrt", "star"), default="mrt",
-                   help="mrt: Algorithm 1 (progress-selected prefixes); star: the outcome-only STaR baseline")
+                   help="mrt: Algorithm 1 (progress-selected prefixes); star: the outcome-only STaR baseline"
+                   if variant_flag else argparse.SUPPRESS)
     p.add_argument("--rollouts", type=flags.positive_int, default=1,
                    help="rollouts per problem and iteration (Alg. 1 line 5: 1)")
     p.add_argument("--temperature", type=flags.nonnegative_float, default=0.7,

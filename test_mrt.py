@@ -59,7 +59,7 @@ def _mrt_cfg(tiny_model, tmp_path, *extra):
 def test_algorithm_2_rewards_and_advantages_by_hand(tiny_model, tokenizer, tmp_path, form):
     policy.setup_distributed()
     cfg = _mrt_cfg(tiny_model, tmp_path, "--advantage", form, "--alpha", "1.0", "--max-steps", "1")
-    step_fn = mrt_rl.algorithm_2(cfg, tokenizer)
+    step_fn = mrt_rl.Algorithm2(cfg, tokenizer)
     engine = FakeEngine(tokenizer, scripted_rl_respond)
     mine = grpo.step_problems(grpo.training_problems(cfg, tokenizer)[0], cfg, 0)
     rollout = step_fn(engine, mine, cfg, 0)
@@ -103,7 +103,7 @@ def test_per_episode_credit_by_hand(tiny_model, tokenizer, tmp_path):
     policy.setup_distributed()
     cfg = _mrt_cfg(tiny_model, tmp_path, "--progress-credit", "episode", "--alpha", "1.0", "--max-steps", "1")
     mine = grpo.step_problems(grpo.training_problems(cfg, tokenizer)[0], cfg, 0)
-    rollout = mrt_rl.algorithm_2(cfg, tokenizer)(FakeEngine(tokenizer, scripted_rl_respond), mine, cfg, 0)
+    rollout = mrt_rl.Algorithm2(cfg, tokenizer)(FakeEngine(tokenizer, scripted_rl_respond), mine, cfg, 0)
     terminations = {"a": [1, 1, 1, 0], "b": [0, 0, 0, 0]}   # J_r = 0.75 on p1, 0 on p2
     groups = [rollout.rewards[i * 4:(i + 1) * 4] for i in range(len(mine))]
     trace = mrt_rl.progress_advantages(groups, [terminations[q["id"]] for q in mine], 1.0).tolist()
@@ -127,7 +127,7 @@ def test_per_episode_credit_on_vllm_with_the_toy_model(toy_engine, tmp_path):
                         dtype="float32", progress_credit="episode", prover_max_tokens=16, thinking="on", alpha=2.0)
     tok = toy_engine.tokenizer
     mine = grpo.step_problems(grpo.training_problems(cfg, tok)[0], cfg, 0)
-    rollout = mrt_rl.algorithm_2(cfg, tok)(toy_engine, mine, cfg, 0)
+    rollout = mrt_rl.Algorithm2(cfg, tok)(toy_engine, mine, cfg, 0)
     with open(tmp_path / "run" / "prefixes" / "iter_0.rank0.json") as f:
         prefixes = json.load(f)["0"]
     outcome = grpo.group_advantages(rollout.rewards, 4).tolist()
@@ -282,7 +282,7 @@ def test_algorithm_2_prefixes_come_from_pi_ref_and_refresh(tiny_model, tmp_path)
     cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "2",
                    "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24", "--advantage", "joint")
     tok = toy_tokenizer(tiny_model)
-    algorithm_2 = mrt_rl.algorithm_2(cfg, tok)
+    algorithm_2 = mrt_rl.Algorithm2(cfg, tok)
 
     def step_fn(engine, mine, c, step):
         # a reward the random model can learn (its answers are never right), so that the weights move:
@@ -297,7 +297,7 @@ def test_algorithm_2_prefixes_come_from_pi_ref_and_refresh(tiny_model, tmp_path)
     def resample(weights, iteration):
         engine = prover.HFEngine(weights, dtype="float32", max_model_len=cfg.max_model_len)
         steps = range(2 * iteration, 2 * iteration + 2)
-        return json.loads(json.dumps(mrt_rl.sample_prefixes(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps],
+        return json.loads(json.dumps(mrt_rl.sample_partial_rollouts(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps],
                                                          cfg, iteration)))
 
     saved = [json.load(open(tmp_path / "run" / "prefixes" / f"iter_{i}.rank0.json")) for i in (0, 1)]
@@ -315,7 +315,7 @@ def test_algorithm_2_resume_mid_iteration_is_exact(tiny_model, tmp_path):
         cfg = _mrt_cfg(tiny_model, tmp_path, "--max-steps", "4", "--steps-per-iteration", "2", "--save-every", "1",
                        "--lr", "1e-2", "--min-prefix-episodes", "0", "--max-completion-length", "24",
                        "--out", str(out), *(["--resume"] if resume else []))
-        algorithm_2 = mrt_rl.algorithm_2(cfg, tok)
+        algorithm_2 = mrt_rl.Algorithm2(cfg, tok)
 
         def step_fn(engine, mine, c, step):
             rollout = algorithm_2(engine, mine, c, step)
@@ -348,7 +348,7 @@ def test_algorithm_2_on_vllm_shares_the_prefix(tiny_model, tokenizer, vllm_engin
                              "--num-generations", "4", "--max-prompt-length", "900", "--max-completion-length", "24",
                              "--prover-max-tokens", "8", "--max-model-len", "1024", "--max-steps", "4",
                              "--steps-per-iteration", "2", "--beta", "0"])
-    grpo.train(cfg, engine=vllm_engine, step_fn=mrt_rl.algorithm_2(cfg, tokenizer))
+    grpo.train(cfg, engine=vllm_engine, step_fn=mrt_rl.Algorithm2(cfg, tokenizer))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:   # prompt tokens vLLM computed for a step, against one prefill of q + z_{0:j} plus the suffixes
@@ -429,7 +429,7 @@ def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, en
         assert results["benchmarks"]["amc23"]["episodes"]["traces"] == 2
 
 
-# vLLM's known-harmless lines (prover.HARMLESS_VLLM_WARNINGS and INFO lines) that must not reach a run's console
+# vLLM's known-harmless lines (machine.HARMLESS_VLLM_WARNINGS and INFO lines) that must not reach a run's console
 NOISE = ("Attempted to load weight", "Failed to load weights", "Reloading and processing weights took",
          "Successfully reset prefix cache")
 

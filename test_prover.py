@@ -14,6 +14,7 @@ import torch
 import episodes
 import evaluate
 import grader
+import machine
 import prover
 from conftest import PROBLEMS, FakeEngine, _para, run_cli
 from episodes import split_episodes, split_think, thought_prefixes
@@ -75,31 +76,31 @@ def _capabilities(monkeypatch, **flags):
 
 
 def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, capsys):
-    assert prover.checkpoint_dtype(tiny_model) == "float32"
+    assert machine.checkpoint_dtype(tiny_model) == "float32"
     # a CPU without native bf16 (AVX2 only): float32, whatever the checkpoint
     _capabilities(monkeypatch)
-    assert not prover.cpu_computes_bf16() and prover.cpu_capability() == "x86_64 avx2 (no native bf16)"
-    assert prover.resolve_dtype(tiny_model)[0] == "float32"
+    assert not machine.cpu_computes_bf16() and machine.cpu_capability() == "x86_64 avx2 (no native bf16)"
+    assert machine.resolve_dtype(tiny_model)[0] == "float32"
     half = tmp_path / "bf16"
     half.mkdir()
     config = json.load(open(os.path.join(tiny_model, "config.json")))
     json.dump({**config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}, open(half / "config.json", "w"))
-    assert prover.checkpoint_dtype(str(half)) == "bfloat16"
-    assert prover.resolve_dtype(str(half))[0] == "float32"
+    assert machine.checkpoint_dtype(str(half)) == "bfloat16"
+    assert machine.resolve_dtype(str(half))[0] == "float32"
     # an explicit dtype is kept; a bad one is an error naming the flag
-    assert prover.resolve_dtype(tiny_model, "bfloat16") == ("bfloat16", "given")
+    assert machine.resolve_dtype(tiny_model, "bfloat16") == ("bfloat16", "given")
     with pytest.raises(ValueError, match="--dtype"):
-        prover.resolve_dtype(tiny_model, "fp8")
+        machine.resolve_dtype(tiny_model, "fp8")
     # AVX512-BF16 or AMX-BF16 (x86), BF16 (ARM): bf16
     for flag in ("avx512_bf16", "amx_bf16", "bf16"):
         _capabilities(monkeypatch, **{flag: True})
-        assert prover.cpu_computes_bf16() and prover.resolve_dtype(tiny_model)[0] == "bfloat16"
+        assert machine.cpu_computes_bf16() and machine.resolve_dtype(tiny_model)[0] == "bfloat16"
     # GPU: a half checkpoint keeps its dtype, fp32 goes to bf16, or fp16 where the GPU has no bf16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert prover.resolve_dtype(tiny_model, on_gpu=True)[0] == "float16"
-    assert prover.resolve_dtype(str(half), on_gpu=True)[0] == "bfloat16"
+    assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "float16"
+    assert machine.resolve_dtype(str(half), on_gpu=True)[0] == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert prover.resolve_dtype(tiny_model, on_gpu=True)[0] == "bfloat16"
+    assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "bfloat16"
     # the engines follow the rule and say what they resolved
     _capabilities(monkeypatch)
     engine = prover.make_engine(tiny_model, engine="hf", max_model_len=256)
@@ -374,11 +375,11 @@ def test_model_ids_resolve_from_the_local_hf_cache(tiny_model, hf_cache):
     import sys
     from conftest import TINY_MODEL_ID
     code = f"""
-import json, prover
-out = {{"id": prover.resolve_model({TINY_MODEL_ID!r}), "folder": prover.resolve_model({tiny_model!r})}}
+import json, machine
+out = {{"id": machine.resolve_model({TINY_MODEL_ID!r}), "folder": machine.resolve_model({tiny_model!r})}}
 for name in ("mrt-test/not-cached", "./no/such/folder", "a/b/c", "bad--id/x"):
     try:
-        prover.resolve_model(name)
+        machine.resolve_model(name)
         out[name] = None
     except ValueError as e:
         out[name] = str(e)
@@ -407,13 +408,13 @@ def test_memory_defaults_on_cuda_and_on_cpu(tiny_model, capsys):
     import flags
     import grpo
     import policy
-    assert prover.default_memory_fraction(False, trainer=True, sleep_mode=True) == 0.1
-    assert prover.default_memory_fraction(True, trainer=True, sleep_mode=True) == 0.7
-    assert prover.default_memory_fraction(True, trainer=True) == 0.3
-    assert prover.default_memory_fraction(True) == 0.8
-    assert prover.engine_memory_fraction(None, 2, on_gpu=True) == 0.4
-    assert prover.engine_memory_fraction(0.6, 2, on_gpu=True) == 0.3
-    assert prover.engine_memory_fraction(None, 2, on_gpu=False) == 0.1
+    assert machine.default_memory_fraction(False, trainer=True, sleep_mode=True) == 0.1
+    assert machine.default_memory_fraction(True, trainer=True, sleep_mode=True) == 0.7
+    assert machine.default_memory_fraction(True, trainer=True) == 0.3
+    assert machine.default_memory_fraction(True) == 0.8
+    assert machine.engine_memory_fraction(None, 2, on_gpu=True) == 0.4
+    assert machine.engine_memory_fraction(0.6, 2, on_gpu=True) == 0.3
+    assert machine.engine_memory_fraction(None, 2, on_gpu=False) == 0.1
     assert [policy.gpu_choice(v, on_gpu=g) for v in ("auto", "on", "off") for g in (True, False)] == \
         [True, False, True, True, False, False]
     assert not torch.cuda.is_available()

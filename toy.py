@@ -34,10 +34,10 @@ import prover
 import star
 from prover import ASSISTANT, BOS, DATA_DIR, EOS, PAD, USER
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+import torch
+import torch.distributed as dist
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 # A chat template in the shape of DeepSeek-R1-Distill's: one BOS, user and assistant turns, the
 # generation prompt opens the thought ("<think>\n"), and earlier assistant turns keep only the text
