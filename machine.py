@@ -213,13 +213,15 @@ def engine_memory_fraction(given, engines, on_gpu=None):
 # vLLM lines that are known to be harmless and would otherwise bury a run's progress, once per tensor at
 # every engine start or once per weight sync and rank: an fp32 checkpoint cast to a bf16 engine (vLLM casts
 # and loads, vllm/model_executor/models/utils.py:333), the rotary embedding's "Failed to load weights" at a
-# reload (it has no weights, model_loader/reload/layerwise.py:266), and INFO lines such as "Reloading and
-# processing weights took" and "Successfully reset prefix cache". Set VLLM_LOGGING_LEVEL (e.g. INFO) to
-# see every line vLLM writes.
+# reload (it has no weights, model_loader/reload/layerwise.py:266), a second engine's kernel registrations
+# (triton_utils/dispatcher.py:164), and INFO lines such as "Reloading and processing weights took" and
+# "Successfully reset prefix cache". Set VLLM_LOGGING_LEVEL (e.g. INFO) to see every line vLLM writes.
 HARMLESS_VLLM_WARNINGS = {   # the vLLM module that logs each, and the message
     "vllm.model_executor.models.utils":
         re.compile(r"^Attempted to load weight .* with dtype torch\.\w+ into parameter with dtype"),
     "vllm.model_executor.model_loader.reload.layerwise": re.compile(r"^RotaryEmbedding: Failed to load weights$"),
+    # a second engine in one process (evaluate.py --direct-model) registers vLLM's kernels again, one line each
+    "vllm.triton_utils.dispatcher": re.compile(r"^Kernel \S+ is already registered\. Overwriting\.$"),
 }
 
 
