@@ -462,7 +462,7 @@ def gpu_training_check(shape_args, token_counts, steps):
 def run_check(name, cmd, cwd, disk_root):
     """One check of `bench.py gpu` as a process of its own (the GPU is whole again when it ends), its
     output passed through; prints its time and its peak disk use (sampled every 0.2 s on the file system
-    of disk_root). Returns the exit code."""
+    of disk_root: what other processes write there meanwhile counts too). Returns the exit code."""
     import shutil
     import threading
     start_used, peak = shutil.disk_usage(disk_root).used, [0]
@@ -543,14 +543,15 @@ def bench_gpu(argv):
         for steps, extra in ((2, []), (3, ["--resume"])):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                    *common, "--max-steps", str(steps), *extra]
-            if run_check(f"mrt.py --max-steps {steps} {' '.join(extra)}".strip(), cmd, here, tmp):
+            label = f"mrt.py --max-steps {steps} {' '.join(extra)}".strip()
+            if run_check(label, cmd, here, tmp):
                 return 1
             rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
             last = rows[-1]
             memory_part = (f", free GPU memory when training began {last['gpu_free_gib_at_train']:.1f} GiB "
                            f"(vLLM asleep), training peak {last['gpu_peak_allocated_gib']:.1f} GiB"
                            if "gpu_free_gib_at_train" in last else "")
-            print(f"mrt.py --max-steps {steps} {' '.join(extra)}: steps {[r['step'] for r in rows]}, "
+            print(f"{label}: steps {[r['step'] for r in rows]}, "
                   f"reward {last['reward_mean']:.3f}{memory_part}", flush=True)
         # the bf16 checkpoint evaluated by vLLM, beside a second engine (--direct-model): each gets half the
         # default fraction, where two at the full one would not start
