@@ -234,13 +234,11 @@ def _harmless_vllm_line(record):
 def quiet_vllm_logs():
     """Before vLLM is imported (its logger reads VLLM_LOGGING_LEVEL then; engine subprocesses inherit
     it): warnings and errors only, and the known-harmless warnings dropped, unless the user set
-    VLLM_LOGGING_LEVEL. The filters sit on the modules' own loggers, which vLLM never replaces (it may
-    configure its handlers again)."""
+    VLLM_LOGGING_LEVEL to another level. The filters sit on the modules' own loggers, which vLLM never
+    replaces (it may configure its handlers again)."""
     import logging
-    if "VLLM_LOGGING_LEVEL" in os.environ and not os.environ.get("MRT_VLLM_QUIET"):
-        return
-    os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
-    os.environ["MRT_VLLM_QUIET"] = "1"       # marks the level as ours (this process's next engine, its children)
+    if os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING").upper() != "WARNING":
+        return                               # the user asked for another level: every line
     logging.getLogger("vllm").setLevel(logging.WARNING)      # in case vLLM was imported before this call
     for name in HARMLESS_VLLM_WARNINGS:
         logger = logging.getLogger(name)

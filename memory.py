@@ -18,11 +18,12 @@ compute dtype (2 on GPU, bf16; 4 on CPU):
     sharded states     fp32 params 4P/W + grads 4P/W + AdamW m, v 8P/W (grads are freed after each step)
     reference model    bf16 2P/W when beta > 0 (fp32 4P on CPU), and its root (embeddings, head) gathered
                        for its no-grad forward and never resharded after it (FSDP2 leaves the root unsharded
-                       after forward, torch/distributed/fsdp/_fully_shard/_fsdp_state.py): b x root
+                       after forward, torch/distributed/fsdp/_fully_shard/_fsdp_state.py:203-207): b x root
     gathered weights   bf16 root (embeddings, head, final norm) held through the step, 2 layers in flight, and
                        in backward each unsharded layer's bf16 gradient and its fp32 copy for reduce-scatter,
                        and at the end the root's (b + 4) x root: the largest reduce-scatter of the step
-    attention mask     a padded micro-batch of B rows of T tokens gets SDPA's boolean mask [B, 1, T, T]:
+    attention mask     a padded micro-batch of B rows of T tokens gets SDPA's boolean mask [B, 1, T, T]
+                       (transformers/masking_utils.py:376, sdpa_mask):
                        B T^2 bytes, at most T_mb^2 / 2 for T_mb tokens (two rows of half; one row needs none)
     activations        per token and layer, the tensors a decoder layer keeps for backward:
                        A = b (7H + 3 kv + 4I) (the norms' inputs and outputs, q, k, v, rotated q and k, the

@@ -294,8 +294,8 @@ class Iteration:
 
 
 class Algorithm2:
-    """MRT-RL as grpo.train's step function: algorithm(engine, problems, cfg, step) -> grpo.Rollout, with
-    `problems` this rank's prompts at `step`. It holds the current Iteration."""
+    """Algorithm 2 (MRT-RL, App. B.1) as grpo.train's step function: algorithm(engine, problems, cfg, step)
+    -> grpo.Rollout, with `problems` this rank's prompts at `step`. It holds the current Iteration."""
 
     def __init__(self, cfg, tokenizer):
         self.problems, self.total_steps = grpo.training_problems(cfg, tokenizer)
