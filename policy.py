@@ -147,8 +147,9 @@ def exit_process(code=0):
 # rank 1's, step 3's and step 4's, a step's continuations and its forced terminations) must therefore get
 # different seeds, or their randomness is shared: G terminations drawn with the continuations' numbers
 # would lean the way the continuations leaned. And a resumed run must get the same seeds again. Every
-# seed is base + stride x index + 10_007 x rank + offset, with (stride, offset) per stream: the strides
-# are primes far apart, so streams and ranks never meet for any index and rank a run can reach.
+# seed is base + stride x index + 10_007 x rank + offset, with (stride, offset) per stream (indices start
+# at 1 where a program also draws partial rollouts). Enumerated: no two streams of one program share a
+# seed for indices up to 3000 and 64 ranks.
 SEED_STREAMS = {
     "rollouts": (1_000_003, 0),            # what a step trains on: GRPO / Alg. 2 line 8 (index step + 1),
                                            # Alg. 1 line 5 (index iteration), and Alg. 1's mu (see star.py)
