@@ -4,6 +4,8 @@
     python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
     python bench.py prefix-cache # scoring all prefixes of one trace with mu (Eq. 4): vLLM cache on/off, HF
     python bench.py padding      # padded share of training tokens: padded vs packed rows (--pack-sequences)
+    python bench.py decode       # decode speed per engine, dtype and mode, random models 0.6M-86M: where a CPU
+                                 # decode step stops being overhead (machine.OVERHEAD_BOUND_PARAMS)
     python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s;
                                  # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
     python bench.py memory --model ID_OR_PATH [grpo.py flags]   # the per-GPU memory preflight (memory.py)
@@ -207,6 +209,65 @@ def bench_prefix_cache(argv):
                       "naive": sum(len(q) for q in mu.prompts(problem, prefixes)),
                       "prompt_tokens": after and after["prompt_tokens"] - before["prompt_tokens"],
                       "cached": after and after["cached_prompt_tokens"] - before["cached_prompt_tokens"]}))
+
+
+DECODE_SHAPES = {   # hidden, layers, heads, kv heads, ffn: random Qwen2 models, vocab 2048, head_dim 64
+    "0.6M": (128, 2, 2, 1, 256), "3M": (256, 4, 4, 2, 768), "11M": (384, 6, 6, 2, 1024),
+    "28M": (512, 8, 8, 2, 1536), "86M": (768, 12, 12, 4, 2048)}
+
+
+def bench_decode(argv):
+    p = argparse.ArgumentParser(prog="bench.py decode",
+                                description="Decode speed of each engine, dtype and mode on random models of several sizes: "
+                                            "where a CPU decode step stops being framework overhead "
+                                            "(machine.OVERHEAD_BOUND_PARAMS). Each variant in a fresh process.")
+    p.add_argument("--sizes", default=",".join(DECODE_SHAPES), help=f"model sizes (default all: {','.join(DECODE_SHAPES)})")
+    p.add_argument("--variants", default="hf-eager,hf-compiled,vllm",
+                   help="engines: hf-eager, hf-compiled (HFEngine's compiled decode step), vllm (compiled) (default all)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="dtypes (default float32,bfloat16)")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per generate call (default 4)")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4: 16 rows, the side-by-side's batch)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per sample (default 64)")
+    p.add_argument("--repeats", type=int, default=5, help="timed generate calls after one warm-up; the median is printed")
+    p.add_argument("--one", nargs=3, metavar=("MODEL", "VARIANT", "DTYPE"), help=argparse.SUPPRESS)  # a child process
+    args = p.parse_args(argv)
+    if args.one:
+        model, variant, dtype = args.one
+        t0 = time.perf_counter()
+        engine = prover.make_engine(model, engine=variant.split("-")[0], dtype=dtype, max_model_len=512,
+                                    enforce_eager=variant == "hf-eager")
+        start = time.perf_counter() - t0
+        prompts = [[5, 6, 7, 8, 9, 10 + i] for i in range(args.prompts)]
+        times, tokens = [], 0
+        for r in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            out = engine.generate(prompts, n=args.n, temperature=0.9, max_tokens=args.max_tokens, seed=r)
+            times.append(time.perf_counter() - t0)
+            tokens = sum(len(s.token_ids) for row in out for s in row)
+        print(json.dumps({"start_s": start, "generate_s": statistics.median(times[1:]), "tokens": tokens}))
+        return
+    print(f"{args.prompts} prompts x {args.n} samples x <= {args.max_tokens} tokens, temperature 0.9; median of "
+          f"{args.repeats} generate calls after a warm-up; start = engine construction (compilation included)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            hidden, layers, heads, kv_heads, ffn = DECODE_SHAPES[size]
+            model = toy.build_tiny_model(os.path.join(tmp, size), vocab_size=2048, hidden_size=hidden, num_layers=layers,
+                                         num_heads=heads, num_kv_heads=kv_heads, intermediate_size=ffn,
+                                         max_position_embeddings=1024, corpus_lines=200)
+            from transformers import AutoConfig
+            count = machine.parameter_count(AutoConfig.from_pretrained(model))
+            for variant in args.variants.split(","):
+                for dtype in args.dtypes.split(","):
+                    cmd = [sys.executable, os.path.abspath(__file__), "decode", "--one", model, variant, dtype,
+                           "--prompts", str(args.prompts), "--n", str(args.n), "--max-tokens", str(args.max_tokens),
+                           "--repeats", str(args.repeats)]
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode:
+                        print(f"{size:5s} {variant:12s} {dtype:9s} failed: {out.stderr.strip().splitlines()[-1:]}")
+                        continue
+                    r = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+                    print(f"{size:5s} ({count / 1e6:5.1f}M) {variant:12s} {dtype:9s} generate {r['generate_s'] * 1000:7.1f} ms "
+                          f"({r['tokens'] / r['generate_s']:7.0f} tok/s), start {r['start_s']:5.1f} s", flush=True)
 
 
 def bench_grpo(argv):
@@ -569,12 +630,12 @@ def bench_gpu(argv):
 
 
 BENCHES = {"episodes": bench_episodes, "padding": bench_padding, "reward": bench_reward, "prefix-cache": bench_prefix_cache,
-           "grpo": bench_grpo, "memory": bench_memory, "gpu": bench_gpu}
+           "decode": bench_decode, "grpo": bench_grpo, "memory": bench_memory, "gpu": bench_gpu}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
         sys.exit(f"usage: python bench.py {{{','.join(BENCHES)}}} [--help]")
-    if "-h" not in sys.argv and "--help" not in sys.argv and "--variant" not in sys.argv:
+    if "-h" not in sys.argv and "--help" not in sys.argv and "--variant" not in sys.argv and "--one" not in sys.argv:
         # every figure below is read with this line: what the CPU computes natively, how many threads
             print(f"machine: {machine.cpu_capability()}, {torch.get_num_threads()} torch threads")
     sys.exit(BENCHES[sys.argv[1]](sys.argv[2:]))

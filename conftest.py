@@ -95,7 +95,7 @@ def restore_engine_weights(tiny_model, vllm_engine, hf_engine):
 
 @pytest.fixture(scope="session")
 def hf_engine(tiny_model):
-    return prover.HFEngine(tiny_model, dtype="float32", max_model_len=1024)
+    return prover.HFEngine(tiny_model, dtype="float32", max_model_len=1024, enforce_eager=True)
 
 
 @pytest.fixture(scope="session")

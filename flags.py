@@ -97,8 +97,10 @@ def add_engine(p, max_model_len=None, max_model_len_help=None):
                    help=max_model_len_help or "engine context length, prompt + generation (default: the model's own, "
                                               "at most 28672 = 4096 prompt + 24576 completion of Table 3)")
     p.add_argument("--enforce-eager", action="store_true",
-                   help="vLLM: run the model eagerly, without torch.compile and CUDA graphs: faster start-up "
-                        "(on CPU ~7-20 s less), slower decoding (on CPU ~30%% on a tiny model)")
+                   help="run the model eagerly, without torch.compile: vLLM without compilation and CUDA graphs "
+                        "(on CPU ~7-20 s less start-up, ~30%% slower decoding of a tiny model); the hf engine, "
+                        "which compiles its decode step only for a model under machine.OVERHEAD_BOUND_PARAMS on CPU, "
+                        "decodes eagerly")
     p.add_argument("--gpu-memory-utilization", type=probability, default=None,
                    help="vLLM's share of the GPU, per engine (default: a trainer's engine 0.7 in sleep mode, 0.3 "
                         "awake; an engine alone on its GPU 0.8 as in Table 3, halved for each of evaluate.py's two "

@@ -4,6 +4,7 @@ starts: where the model is, what the device computes, which dtype to run, how mu
     resolve_model                          a model folder, or a Hugging Face model id -> its local snapshot
     check_gpu_install, nvidia_gpus         a CPU-only install on a GPU machine, refused in one line
     cpu_capability, resolve_dtype          what the CPU computes natively; --dtype auto made concrete
+    parameter_count, overhead_bound        a model so small that a CPU decode step is framework overhead
     checkpoint_dtype, save_dtype           the dtype a checkpoint is stored in; --save-dtype auto
     default_memory_fraction, engine_memory_fraction   vLLM's share of the GPU per role
     quiet_vllm_logs                        vLLM's known-harmless lines kept off the console
@@ -149,12 +150,42 @@ def save_dtype(flag, start_model):
     return stored if stored in ("bfloat16", "float16") else "float32"
 
 
+def parameter_count(config):
+    """A decoder-only transformer's parameter count from its config (embeddings, attention, gated MLP;
+    norms and biases left out): what machine.overhead_bound compares, without loading any weights."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    inter = getattr(config, "intermediate_size", None) or 4 * h
+    embed = config.vocab_size * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    return embed + layers * (2 * h * heads * head_dim + 2 * h * kv_heads * head_dim + 3 * h * inter)
+
+
+# Below this many parameters a CPU decode step is mostly framework overhead (Python, dispatch, kernel
+# launches), not arithmetic: measured with `python bench.py decode` (README, Speed).
+OVERHEAD_BOUND_PARAMS = 20_000_000
+
+
+def overhead_bound(model):
+    """Whether `model` (a folder) is small enough that a CPU decode step is framework overhead
+    (OVERHEAD_BOUND_PARAMS). For such a model `--dtype auto` runs float32 on every CPU (bf16's conversions
+    cost more than its arithmetic saves) and the HF engine runs its decode step compiled."""
+    from transformers import AutoConfig
+    try:
+        return parameter_count(AutoConfig.from_pretrained(model)) < OVERHEAD_BOUND_PARAMS
+    except (AttributeError, TypeError):   # a config without a decoder's sizes: not a small decoder we know
+        return False
+
+
 def resolve_dtype(model, dtype="auto", on_gpu=None):
     """--dtype auto made concrete, per device; an explicit dtype is kept. Returns (dtype, why).
 
     GPU: a bf16 or fp16 checkpoint keeps its dtype, an fp32 one runs in bf16 (fp16 on a GPU without
-    bf16): what vLLM's own "auto" does. CPU with native bf16 (cpu_computes_bf16): bf16, as on GPU.
-    CPU without it: float32, whatever the checkpoint. vLLM's "auto" would run an fp32 checkpoint in
+    bf16): what vLLM's own "auto" does. CPU, a model small enough to be overhead-bound (overhead_bound: the
+    toy model, the tests' and benchmarks' tiny ones): float32, where bf16 was measured slower even with
+    native bf16. CPU with native bf16 (cpu_computes_bf16): bf16, as on GPU (SmolLM2-135M decodes 1.5x
+    faster than in fp32 on an AVX512-BF16 EPYC). CPU without it: float32, whatever the checkpoint. vLLM's "auto" would run an fp32 checkpoint in
     bf16 there too (vllm/config/model.py, _resolve_auto_dtype downcasts fp32 to the platform's first
     supported dtype, bf16 on x86), which such a CPU emulates: 1.5x (0.6M model) to 3.5x (135M) slower
     than fp32 on an AVX2-only EPYC. A bf16 or fp16 checkpoint is upcast there as well (the issue asked for
@@ -171,6 +202,8 @@ def resolve_dtype(model, dtype="auto", on_gpu=None):
     if on_gpu:
         half = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return (stored if stored in ("bfloat16", "float16") else half), f"GPU, checkpoint {stored}"
+    if overhead_bound(model):
+        return "float32", f"CPU, a model under {OVERHEAD_BOUND_PARAMS // 10**6}M parameters ({cpu_capability()}), checkpoint {stored}"
     if cpu_computes_bf16():
         return "bfloat16", f"CPU with native bf16 ({cpu_capability()}), checkpoint {stored}"
     return "float32", f"CPU without native bf16 ({cpu_capability()}), checkpoint {stored}"

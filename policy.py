@@ -171,7 +171,10 @@ def sample_seed(base, stream, index):
 
 
 def all_sum(*values):
-    """The sum over ranks of a few numbers (float64), as a list."""
+    """The sum over ranks of a few numbers (float64), as a list. A group of one skips the collective
+    (a gloo all-reduce costs ~0.5 ms even alone: four per step, 3 % of a tiny model's GRPO step)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(t)
     return t.tolist()

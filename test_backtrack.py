@@ -140,7 +140,7 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
                                 for i in range(4)))
     run_cli(["backtrack.py", "data", "--model", tiny_model, "--train", str(problems), "--out", str(tmp_path / "data"),
              "--num-problems", "2", "--beam-width", "1", "--rollouts", "2", "--max-depth", "1", "--max-tokens", "12",
-             "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024"], cwd=here)
+             "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024"], cwd=here)
     assert open(tmp_path / "data" / "done.txt").read().split() == ["p0", "p1"]
     # warm-start rows from the scripted search tree (the random model never answers right)
     nodes = backtrack.beam_search(FakeEngine(tokenizer, scripted_steps_respond), tokenizer, "What is 1+1?", "2",
@@ -152,7 +152,7 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
              "--thinking", "off", "--batch-size", "2", "--max-steps", "2", "--lr", "1e-4"], cwd=here)
     warm = tmp_path / "warm" / "checkpoints" / "step_2"
     run_cli(["backtrack.py", "rl", "--model", str(warm), "--train", str(problems), "--out", str(tmp_path / "rl"),
-             "--engine", "hf", "--dtype", "float32", "--batch-size", "4", "--num-generations", "2", "--max-prompt-length", "256",
+             "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--batch-size", "4", "--num-generations", "2", "--max-prompt-length", "256",
              "--max-completion-length", "16", "--max-model-len", "1024", "--max-steps", "1", "--beta", "0",
              "--prover-samples", "2", "--prover-max-tokens", "4"], cwd=here)
     (row,) = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
@@ -160,7 +160,7 @@ def test_backtrack_setting_end_to_end_warm_start_sft_then_an_mrt_rl_step(tiny_mo
     assert os.path.isfile(tmp_path / "rl" / "checkpoints" / "step_1" / "model.safetensors")
     # and one STaR-variant iteration: on-policy traces, mu, the progress filter (SFT only if any is kept)
     proc = run_cli(["backtrack.py", "star", "--model", str(warm), "--train", str(problems), "--out", str(tmp_path / "star"),
-                    "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024", "--num-problems", "2", "--rollouts", "2", "--max-tokens", "12",
+                    "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024", "--num-problems", "2", "--rollouts", "2", "--max-tokens", "12",
                     "--prover-samples", "2", "--prover-max-tokens", "4", "--progress-threshold", "0.25", "--batch-size", "2",
                     "--max-steps", "1"], cwd=here)
     kept = [json.loads(line) for line in open(tmp_path / "star" / "data.jsonl")]

@@ -255,7 +255,7 @@ def test_cli_rejects_bad_flags(tiny_model, capsys):
 def test_cli_torchrun_two_ranks_equals_one_process(tiny_model, tmp_path):
     # Data parallel: each rank its shard, rank 0 gathers. Greedy, so both runs sample the same.
     here = os.path.dirname(os.path.abspath(__file__))
-    common = ["evaluate.py", "--engine", "hf", "--dtype", "float32", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
+    common = ["evaluate.py", "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--model", tiny_model, "--benchmarks", "aime24,amc23", "--limit", "3",
               "--num-samples", "2", "--temperature", "0", "--max-tokens", "12", "--dtype", "float32",
               "--max-model-len", "1024", "--no-plots"]
     run_torchrun(2, common + ["--out", str(tmp_path / "two.json")], cwd=here)

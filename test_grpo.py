@@ -131,7 +131,7 @@ def _grpo_cfg(tiny_model, out, *extra):
     p = argparse.ArgumentParser()
     grpo.add_grpo_args(p)
     argv = ["--model", tiny_model, "--out", str(out), "--batch-size", "32", "--num-generations", "8",
-            "--max-prompt-length", "256", "--max-completion-length", "4", "--engine", "hf", "--dtype", "float32", "--temperature", "1.0",
+            "--max-prompt-length", "256", "--max-completion-length", "4", "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--temperature", "1.0",
             "--warmup-ratio", "0", "--max-model-len", "1024", "--beta", "0", *extra]  # beta > 0: the CLI tests
     return grpo.check_args(p, p.parse_args(argv))
 
@@ -256,7 +256,7 @@ def test_grpo_cli_under_torchrun_two_ranks(hf_cache, tmp_path):
     from conftest import TINY_MODEL_ID
     here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "run"
-    run_torchrun(2, ["grpo.py", "--model", TINY_MODEL_ID, "--out", str(out), "--engine", "hf", "--dtype", "float32", "--batch-size", "16",
+    run_torchrun(2, ["grpo.py", "--model", TINY_MODEL_ID, "--out", str(out), "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--batch-size", "16",
                     "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "8",
                     "--max-steps", "2", "--save-every", "1", "--lr", "1e-3", "--max-model-len", "1024"],
                  cwd=here, env=hf_cache)
@@ -268,7 +268,7 @@ def test_grpo_cli_under_torchrun_two_ranks(hf_cache, tmp_path):
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_1", "step_2"]
     AutoModelForCausalLM.from_pretrained(str(out / "checkpoints" / "step_2"))
     # resumed on 2 ranks: rank 0 reads the optimizer state and broadcasts it, rank 1 keeps its shard
-    run_torchrun(2, ["grpo.py", "--model", TINY_MODEL_ID, "--out", str(out), "--engine", "hf", "--dtype", "float32",
+    run_torchrun(2, ["grpo.py", "--model", TINY_MODEL_ID, "--out", str(out), "--engine", "hf", "--enforce-eager", "--dtype", "float32",
                      "--batch-size", "16", "--num-generations", "4", "--max-prompt-length", "256",
                      "--max-completion-length", "8", "--max-steps", "3", "--save-every", "1", "--lr", "1e-3",
                      "--max-model-len", "1024", "--resume"], cwd=here, env=hf_cache)

@@ -51,7 +51,7 @@ def _mrt_cfg(tiny_model, tmp_path, *extra):
                                                        {"id": "b", "problem": "p2", "answer": "5"}])
     return parse_rl(["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--batch-size", "8",
                               "--num-generations", "4", "--max-prompt-length", "256", "--max-completion-length", "64",
-                              "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024", "--warmup-ratio", "0", "--beta", "0",
+                              "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024", "--warmup-ratio", "0", "--beta", "0",
                               "--min-prefix-episodes", "1", "--prover-max-tokens", "8", *extra])
 
 
@@ -379,7 +379,7 @@ CLI_RUNS = [
 def test_cli_exits_cleanly(tiny_model, chatml_model, tmp_path, script, ranks, engine, model):
     here = os.path.dirname(os.path.abspath(__file__))
     path = tiny_model if model == "r1" else chatml_model
-    common = ["--model", path, "--engine", engine, "--dtype", "float32", "--max-model-len", "1024"] + (["--enforce-eager"] if engine == "vllm" else [])
+    common = ["--model", path, "--engine", engine, "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
     if script == "mrt.py --smoke":
         args = ["mrt.py", "--smoke", *common, "--num-problems", "2", "--max-tokens", "24", "--prover-max-tokens", "8"]
     elif script == "mrt.py":

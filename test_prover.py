@@ -77,37 +77,97 @@ def _capabilities(monkeypatch, **flags):
 
 def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, capsys):
     assert machine.checkpoint_dtype(tiny_model) == "float32"
+    config = json.load(open(os.path.join(tiny_model, "config.json")))
+    # a model of SmolLM2-135M's shape (a config is all the rule reads) is not overhead-bound; the tiny one is.
+    # By hand: 49152*576 + 30*(2*576*576 + 2*576*3*64 + 3*576*1536) = 134,479,872 (SmolLM2-135M less norms)
+    shape = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                 intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, layer_types=["full_attention"] * 30)
+    assert machine.parameter_count(types.SimpleNamespace(**shape)) == 134_479_872
+    assert machine.parameter_count(types.SimpleNamespace(**config)) < machine.OVERHEAD_BOUND_PARAMS
+    big = tmp_path / "135m"
+    big.mkdir()
+    json.dump({**config, **shape}, open(big / "config.json", "w"))
+    assert machine.overhead_bound(tiny_model) and not machine.overhead_bound(str(big))
     # a CPU without native bf16 (AVX2 only): float32, whatever the checkpoint
     _capabilities(monkeypatch)
     assert not machine.cpu_computes_bf16() and machine.cpu_capability() == "x86_64 avx2 (no native bf16)"
-    assert machine.resolve_dtype(tiny_model)[0] == "float32"
+    assert machine.resolve_dtype(str(big))[0] == "float32"
     half = tmp_path / "bf16"
     half.mkdir()
-    config = json.load(open(os.path.join(tiny_model, "config.json")))
-    json.dump({**config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}, open(half / "config.json", "w"))
+    json.dump({**config, **shape, "dtype": "bfloat16", "torch_dtype": "bfloat16"}, open(half / "config.json", "w"))
     assert machine.checkpoint_dtype(str(half)) == "bfloat16"
     assert machine.resolve_dtype(str(half))[0] == "float32"
     # an explicit dtype is kept; a bad one is an error naming the flag
     assert machine.resolve_dtype(tiny_model, "bfloat16") == ("bfloat16", "given")
     with pytest.raises(ValueError, match="--dtype"):
         machine.resolve_dtype(tiny_model, "fp8")
-    # AVX512-BF16 or AMX-BF16 (x86), BF16 (ARM): bf16
+    # AVX512-BF16 or AMX-BF16 (x86), BF16 (ARM): bf16, except for an overhead-bound model: float32
     for flag in ("avx512_bf16", "amx_bf16", "bf16"):
         _capabilities(monkeypatch, **{flag: True})
-        assert machine.cpu_computes_bf16() and machine.resolve_dtype(tiny_model)[0] == "bfloat16"
-    # GPU: a half checkpoint keeps its dtype, fp32 goes to bf16, or fp16 where the GPU has no bf16
+        assert machine.cpu_computes_bf16() and machine.resolve_dtype(str(big))[0] == "bfloat16"
+        assert machine.resolve_dtype(tiny_model)[0] == "float32"
+    assert machine.resolve_dtype(str(big)) == ("bfloat16", "CPU with native bf16 (x86_64 avx2 bf16), checkpoint float32")
+    assert machine.resolve_dtype(tiny_model)[1].startswith("CPU, a model under 20M parameters")
+    # GPU: a half checkpoint keeps its dtype, fp32 goes to bf16, or fp16 where the GPU has no bf16 (any size)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "float16"
     assert machine.resolve_dtype(str(half), on_gpu=True)[0] == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "bfloat16"
     # the engines follow the rule and say what they resolved
-    _capabilities(monkeypatch)
-    engine = prover.make_engine(tiny_model, engine="hf", max_model_len=256)
-    assert engine.dtype == "float32" and next(engine.model.parameters()).dtype == torch.float32
-    assert "engine hf: dtype float32 (CPU without native bf16" in capsys.readouterr().out
     _capabilities(monkeypatch, amx_bf16=True)
-    assert next(prover.HFEngine(tiny_model, max_model_len=256).model.parameters()).dtype == torch.bfloat16
+    engine = prover.make_engine(tiny_model, engine="hf", max_model_len=256, enforce_eager=True)
+    assert engine.dtype == "float32" and next(engine.model.parameters()).dtype == torch.float32
+    assert "engine hf: dtype float32 (CPU, a model under 20M parameters" in capsys.readouterr().out
+
+
+def test_race_noise_is_the_hash_written_out_and_samples_p():
+    """race_noise against the same hash in plain Python integers, and the race it drives samples from p."""
+    def mix(x):
+        for _ in range(2):
+            x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+    keys = [0, 7, 2**32 - 1]
+    noise = prover.race_noise(torch.tensor(keys), 5, 3)
+    for r, key in enumerate(keys):
+        start = mix((key + 5 * 0x2545F49) & 0xFFFFFFFF)
+        for v in range(3):
+            u = ((mix((start + v * 0x27D4EB3) & 0xFFFFFFFF) >> 8) + 0.5) / 2**24
+            assert noise[r, v].item() == pytest.approx(-__import__("math").log(u), rel=1e-6)
+    # a row's keys are a hash of (seed, j): distinct rows, and the same seed gives the same keys
+    assert len(set(prover.row_keys([3, 4], 50))) == 100 and prover.row_keys([4], 2) == prover.row_keys([3, 4], 2)[2:]
+    # the race argmax(p / E) picks token v with probability p_v: 40,000 rows, one step
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    keys = torch.tensor(prover.row_keys([1], 40_000))
+    counts = torch.bincount((p / prover.race_noise(keys, 0, 4)).argmax(-1), minlength=4).double() / 40_000
+    assert torch.allclose(counts, p.double(), atol=0.01)
+    # and the steps of one row are independent draws too
+    steps = torch.stack([(p / prover.race_noise(keys[:1], t, 4)).argmax(-1) for t in range(20_000)])
+    assert torch.allclose(torch.bincount(steps.flatten(), minlength=4).double() / 20_000, p.double(), atol=0.015)
+
+
+def test_compiled_hf_engine_decodes_as_the_eager_one(tiny_model, tokenizer, hf_engine, restore_engine_weights):
+    """The compiled decode step (a model under machine.OVERHEAD_BOUND_PARAMS on CPU) against the eager one
+    (the session's hf_engine, enforce_eager): the same greedy tokens and the same seeded samples, for
+    prompts of different lengths, budgets that end rows at different steps (the batch drops finished
+    rows), a stop string, and after a weight sync."""
+    compiled = prover.HFEngine(tiny_model, dtype="float32", max_model_len=256)
+    assert compiled.compiled and not hf_engine.compiled
+    prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS[:3]]
+
+    def ids(out):
+        return [[s.token_ids for s in row] for row in out]
+    for kwargs in (dict(n=1, temperature=0.0, max_tokens=16), dict(n=4, temperature=1.0, max_tokens=[12, 3, 20], seed=5),
+                   dict(n=2, temperature=0.7, top_p=0.9, max_tokens=10, seed=1, stop=["a"])):
+        assert ids(compiled.generate(prompts, **kwargs)) == ids(hf_engine.generate(prompts, **kwargs))
+    greedy = dict(n=1, temperature=0.0, max_tokens=16)
+    before = ids(compiled.generate(prompts, **greedy))
+    perturbed = {k: v.detach() * 1.5 for k, v in hf_engine.model.named_parameters()}
+    for engine in (compiled, hf_engine):
+        engine.update_weights(perturbed.items())
+    after = ids(compiled.generate(prompts, **greedy))
+    assert after != before and after == ids(hf_engine.generate(prompts, **greedy))
+    compiled.close()
 
 
 def test_vllm_engine_runs_the_dtype_it_reports(vllm_engine):

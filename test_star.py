@@ -121,7 +121,7 @@ def test_algorithm_1_iteration_writes_data_trains_and_resumes(tiny_model, tokeni
                                                        {"id": "b", "problem": "p2", "answer": "5"}])
     argv = ["--model", tiny_model, "--train", train, "--out", str(tmp_path / "run"), "--iterations", "1",
             "--prover-samples", "4", "--max-tokens", "64", "--prover-max-tokens", "16", "--batch-size", "2",
-            "--max-steps", "1", "--engine", "hf", "--dtype", "float32", "--max-model-len", "1024", "--progress-threshold", "0"]
+            "--max-steps", "1", "--engine", "hf", "--enforce-eager", "--dtype", "float32", "--max-model-len", "1024", "--progress-threshold", "0"]
     engine = FakeEngine(tokenizer, scripted_star_respond)
     history = star.run(star.parse_args(argv), engine=engine)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "iter_1" / "data.jsonl")]
