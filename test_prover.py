@@ -101,13 +101,15 @@ def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, ca
     assert machine.resolve_dtype(tiny_model, "bfloat16") == ("bfloat16", "given")
     with pytest.raises(ValueError, match="--dtype"):
         machine.resolve_dtype(tiny_model, "fp8")
-    # AVX512-BF16 or AMX-BF16 (x86), BF16 (ARM): bf16, except for an overhead-bound model: float32
+    # AVX512-BF16 or AMX-BF16 (x86), BF16 (ARM): bf16, except for the hf engine on an overhead-bound model
     for flag in ("avx512_bf16", "amx_bf16", "bf16"):
         _capabilities(monkeypatch, **{flag: True})
         assert machine.cpu_computes_bf16() and machine.resolve_dtype(str(big))[0] == "bfloat16"
-        assert machine.resolve_dtype(tiny_model)[0] == "float32"
+        assert machine.resolve_dtype(str(big), engine="hf")[0] == "bfloat16"
+        assert machine.resolve_dtype(tiny_model)[0] == "bfloat16"                     # vllm
+        assert machine.resolve_dtype(tiny_model, engine="hf")[0] == "float32"
     assert machine.resolve_dtype(str(big)) == ("bfloat16", "CPU with native bf16 (x86_64 avx2 bf16), checkpoint float32")
-    assert machine.resolve_dtype(tiny_model)[1].startswith("CPU, a model under 20M parameters")
+    assert machine.resolve_dtype(tiny_model, engine="hf")[1].startswith("CPU, hf engine, a model under 20M parameters")
     # GPU: a half checkpoint keeps its dtype, fp32 goes to bf16, or fp16 where the GPU has no bf16 (any size)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "float16"
@@ -118,7 +120,7 @@ def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, ca
     _capabilities(monkeypatch, amx_bf16=True)
     engine = prover.make_engine(tiny_model, engine="hf", max_model_len=256, enforce_eager=True)
     assert engine.dtype == "float32" and next(engine.model.parameters()).dtype == torch.float32
-    assert "engine hf: dtype float32 (CPU, a model under 20M parameters" in capsys.readouterr().out
+    assert "engine hf: dtype float32 (CPU, hf engine, a model under 20M parameters" in capsys.readouterr().out
 
 
 def test_race_noise_is_the_hash_written_out_and_samples_p():
@@ -168,6 +170,17 @@ def test_compiled_hf_engine_decodes_as_the_eager_one(tiny_model, tokenizer, hf_e
     after = ids(compiled.generate(prompts, **greedy))
     assert after != before and after == ids(hf_engine.generate(prompts, **greedy))
     compiled.close()
+
+
+def test_vllm_cpu_kv_cache_is_sized_to_the_run(tiny_model, vllm_engine):
+    """512 sequences of max_model_len tokens, keys and values of every layer, capped: by hand for the
+    tiny model (2 layers, 1 KV head of 64 dims): 2 * 2 * 1 * 64 * 4 bytes = 1 KiB per fp32 token."""
+    assert prover.cpu_kv_cache_bytes(tiny_model, "float32", 1024) == 1024 * 1024 * 512          # 512 MiB
+    assert prover.cpu_kv_cache_bytes(tiny_model, "bfloat16", 256) == 512 * 256 * 512            # 64 MiB
+    assert prover.cpu_kv_cache_bytes(tiny_model, "float32", 4096) == 2**30                      # the 1 GiB cap
+    assert prover.cpu_kv_cache_bytes(tiny_model, "float32", 4096, cap_gib=4) == 2**31
+    # the session's engine (fp32, max_model_len 1024) runs with that cache
+    assert vllm_engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == 1024 * 1024 * 512
 
 
 def test_vllm_engine_runs_the_dtype_it_reports(vllm_engine):
