@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 model_path, problems = sys.argv[2], json.loads(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 engine = prover.VLLMEngine(model_path, dtype="float32", max_model_len=1024, seed=0)   # compiled: the default
-hf = prover.HFEngine(model_path, dtype="float32", max_model_len=1024)
+hf = prover.HFEngine(model_path, dtype="float32", max_model_len=1024, enforce_eager=True)
 prompts = [prover.build_prompt(tokenizer, p) for p in problems]
 greedy = lambda e: [s[0].token_ids for s in e.generate(prompts, n=1, temperature=0.0, max_tokens=12)]  # noqa: E731
 result = {"eager": engine.llm.llm_engine.vllm_config.model_config.enforce_eager, "before": greedy(engine),

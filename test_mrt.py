@@ -295,7 +295,7 @@ def test_algorithm_2_prefixes_come_from_pi_ref_and_refresh(tiny_model, tmp_path)
     problems = grpo.training_problems(cfg, tok)[0]
 
     def resample(weights, iteration):
-        engine = prover.HFEngine(weights, dtype="float32", max_model_len=cfg.max_model_len)
+        engine = prover.HFEngine(weights, dtype="float32", max_model_len=cfg.max_model_len, enforce_eager=True)
         steps = range(2 * iteration, 2 * iteration + 2)
         return json.loads(json.dumps(mrt_rl.sample_partial_rollouts(engine, [(s, grpo.step_problems(problems, cfg, s)) for s in steps],
                                                          cfg, iteration)))
