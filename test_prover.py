@@ -109,7 +109,7 @@ def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, ca
         assert machine.resolve_dtype(tiny_model)[0] == "bfloat16"                     # vllm
         assert machine.resolve_dtype(tiny_model, engine="hf")[0] == "float32"
     assert machine.resolve_dtype(str(big)) == ("bfloat16", "CPU with native bf16 (x86_64 avx2 bf16), checkpoint float32")
-    assert machine.resolve_dtype(tiny_model, engine="hf")[1].startswith("CPU, hf engine, a model under 20M parameters")
+    assert machine.resolve_dtype(tiny_model, engine="hf")[1].startswith("CPU, hf engine, a model under 2M parameters")
     # GPU: a half checkpoint keeps its dtype, fp32 goes to bf16, or fp16 where the GPU has no bf16 (any size)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "float16"
@@ -120,7 +120,7 @@ def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, ca
     _capabilities(monkeypatch, amx_bf16=True)
     engine = prover.make_engine(tiny_model, engine="hf", max_model_len=256, enforce_eager=True)
     assert engine.dtype == "float32" and next(engine.model.parameters()).dtype == torch.float32
-    assert "engine hf: dtype float32 (CPU, hf engine, a model under 20M parameters" in capsys.readouterr().out
+    assert "engine hf: dtype float32 (CPU, hf engine, a model under 2M parameters" in capsys.readouterr().out
 
 
 def test_race_noise_is_the_hash_written_out_and_samples_p():
