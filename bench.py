@@ -4,7 +4,7 @@
     python bench.py reward       # the 0/1 grader on every math500 + minerva gold answer (Sec. 3)
     python bench.py prefix-cache # scoring all prefixes of one trace with mu (Eq. 4): vLLM cache on/off, HF
     python bench.py padding      # padded share of training tokens: padded vs packed rows (--pack-sequences)
-    python bench.py decode       # decode speed per engine, dtype and mode, random models 0.6M-86M: where a CPU
+    python bench.py decode       # decode speed per engine, dtype and mode, random models 0.6M-77M: where a CPU
                                  # decode step stops being overhead (machine.OVERHEAD_BOUND_PARAMS)
     python bench.py grpo         # GRPO steps on the tiny model under torchrun, 1 and 2 ranks: tokens/s;
                                  # then training FLOP/s of a 135M-shape model against fp32 matmul FLOP/s
@@ -212,8 +212,8 @@ def bench_prefix_cache(argv):
 
 
 DECODE_SHAPES = {   # hidden, layers, heads, kv heads, ffn: random Qwen2 models, vocab 2048, head_dim 64
-    "0.6M": (128, 2, 2, 1, 256), "3M": (256, 4, 4, 2, 768), "11M": (384, 6, 6, 2, 1024),
-    "28M": (512, 8, 8, 2, 1536), "86M": (768, 12, 12, 4, 2048)}
+    "0.6M": (128, 2, 2, 1, 256), "3.7M": (256, 4, 4, 2, 768), "10M": (384, 6, 6, 2, 1024),
+    "25M": (512, 8, 8, 2, 1536), "77M": (768, 12, 12, 4, 2048)}
 
 
 def bench_decode(argv):

@@ -93,7 +93,7 @@ def add_engine(p, max_model_len=None, max_model_len_help=None):
                    help="the engine's compute dtype. auto (default): on GPU the checkpoint's bf16/fp16, an fp32 "
                         "checkpoint in bf16; on a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16) bf16; on any "
                         "other CPU float32, where bf16 would be emulated and 1.5-3.5x slower; the hf engine on a model "
-                        "under machine.OVERHEAD_BOUND_PARAMS float32 on every CPU (faster there). Printed at start")
+                        "under machine.OVERHEAD_BOUND_PARAMS float32 on a CPU without AMX (faster there). Printed at start")
     p.add_argument("--max-model-len", type=positive_int, default=max_model_len,
                    help=max_model_len_help or "engine context length, prompt + generation (default: the model's own, "
                                               "at most 28672 = 4096 prompt + 24576 completion of Table 3)")

@@ -171,7 +171,7 @@ OVERHEAD_BOUND_PARAMS = 2_000_000
 
 def overhead_bound(model):
     """Whether `model` (a folder) is small enough that a CPU decode step is framework overhead
-    (OVERHEAD_BOUND_PARAMS). For such a model the hf engine runs float32 under `--dtype auto` on every CPU
+    (OVERHEAD_BOUND_PARAMS). For such a model the hf engine runs float32 under `--dtype auto` on a CPU without AMX
     (bf16's conversions cost more than its arithmetic saves) and its decode step compiled."""
     from transformers import AutoConfig
     try:
@@ -184,10 +184,11 @@ def resolve_dtype(model, dtype="auto", on_gpu=None, engine="vllm"):
     """--dtype auto made concrete, per device and engine; an explicit dtype is kept. Returns (dtype, why).
 
     GPU: a bf16 or fp16 checkpoint keeps its dtype, an fp32 one runs in bf16 (fp16 on a GPU without
-    bf16): what vLLM's own "auto" does. CPU, the hf engine and a model small enough to be overhead-bound
-    (overhead_bound: the toy model, the tests' and benchmarks' tiny ones): float32, measured faster even with
-    native bf16 (16 x 64 tokens of the side-by-side's tiny Qwen2 on an AVX512-BF16 EPYC: 54 vs 90 ms
-    compiled, 104 vs 151 ms eager). vLLM's bf16 kernels are not slower there (the default run on vLLM in
+    bf16): what vLLM's own "auto" does. CPU without AMX, the hf engine and a model small enough to be
+    overhead-bound (overhead_bound: the toy model, the tests' and benchmarks' tiny ones): float32, measured
+    faster even with native bf16 (16 x 64 tokens of the side-by-side's tiny Qwen2 on an AVX512-BF16 EPYC:
+    54 vs 90 ms compiled, 104 vs 151 ms eager); on an AMX Xeon the hf engine decoded the toy model faster
+    in bf16 (7,672 vs 6,021 tok/s, eager, 2026-12-01), so AMX keeps bf16. vLLM's bf16 kernels are not slower there (the default run on vLLM in
     fp32 took 26.7 min against 23.1 in bf16), so vLLM follows the next rules whatever the size. CPU with
     native bf16 (cpu_computes_bf16): bf16, as on GPU (SmolLM2-135M decodes 1.5x faster than in fp32 on that
     EPYC). CPU without it: float32, whatever the checkpoint. vLLM's "auto" would run an fp32 checkpoint in
@@ -207,7 +208,8 @@ def resolve_dtype(model, dtype="auto", on_gpu=None, engine="vllm"):
     if on_gpu:
         half = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return (stored if stored in ("bfloat16", "float16") else half), f"GPU, checkpoint {stored}"
-    if engine == "hf" and overhead_bound(model):
+    amx = bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    if engine == "hf" and overhead_bound(model) and not amx:
         return "float32", (f"CPU, hf engine, a model under {OVERHEAD_BOUND_PARAMS // 10**6}M parameters "
                            f"({cpu_capability()}), checkpoint {stored}")
     if cpu_computes_bf16():

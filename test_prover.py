@@ -107,7 +107,7 @@ def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, ca
         assert machine.cpu_computes_bf16() and machine.resolve_dtype(str(big))[0] == "bfloat16"
         assert machine.resolve_dtype(str(big), engine="hf")[0] == "bfloat16"
         assert machine.resolve_dtype(tiny_model)[0] == "bfloat16"                     # vllm
-        assert machine.resolve_dtype(tiny_model, engine="hf")[0] == "float32"
+        assert machine.resolve_dtype(tiny_model, engine="hf")[0] == ("bfloat16" if flag == "amx_bf16" else "float32")
     assert machine.resolve_dtype(str(big)) == ("bfloat16", "CPU with native bf16 (x86_64 avx2 bf16), checkpoint float32")
     assert machine.resolve_dtype(tiny_model, engine="hf")[1].startswith("CPU, hf engine, a model under 2M parameters")
     # GPU: a half checkpoint keeps its dtype, fp32 goes to bf16, or fp16 where the GPU has no bf16 (any size)
@@ -117,7 +117,7 @@ def test_dtype_auto_is_resolved_per_device(tiny_model, tmp_path, monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert machine.resolve_dtype(tiny_model, on_gpu=True)[0] == "bfloat16"
     # the engines follow the rule and say what they resolved
-    _capabilities(monkeypatch, amx_bf16=True)
+    _capabilities(monkeypatch, avx512_bf16=True)
     engine = prover.make_engine(tiny_model, engine="hf", max_model_len=256, enforce_eager=True)
     assert engine.dtype == "float32" and next(engine.model.parameters()).dtype == torch.float32
     assert "engine hf: dtype float32 (CPU, hf engine, a model under 2M parameters" in capsys.readouterr().out
@@ -181,6 +181,14 @@ def test_vllm_cpu_kv_cache_is_sized_to_the_run(tiny_model, vllm_engine):
     assert prover.cpu_kv_cache_bytes(tiny_model, "float32", 4096, cap_gib=4) == 2**31
     # the session's engine (fp32, max_model_len 1024) runs with that cache
     assert vllm_engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == 1024 * 1024 * 512
+
+
+def test_bench_decode_prints_a_row_per_variant():
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = run_cli(["bench.py", "decode", "--sizes", "0.6M", "--variants", "hf-eager", "--dtypes", "float32,bfloat16",
+                   "--repeats", "1", "--max-tokens", "4", "--prompts", "2", "--n", "2"], here).stdout
+    rows = [line for line in out.splitlines() if line.startswith("0.6M")]
+    assert len(rows) == 2 and "float32" in rows[0] and "bfloat16" in rows[1] and all(" tok/s), start " in r for r in rows)
 
 
 def test_vllm_engine_runs_the_dtype_it_reports(vllm_engine):
