@@ -9,7 +9,8 @@ Paper: Sec. 4.2 and Eq. 4 (meta-prover mu), Definition 6.1 (progress), App. D (F
     answer_prover, score_backtracks        mu and progress in the backtracking setting (App. A.1)
 
 Imports: episodes (thought prefixes, the backtracking format), grader (r(x, z) of mu's answers) and
-machine (model files, dtype, memory fraction: what an engine needs before it starts);
+machine (model files, dtype, memory fraction: what an engine needs before it starts), memory
+(the model's shape, for vLLM-CPU's KV cache size);
 torch, transformers and vLLM are imported where an engine is built, so that the text-only parts
 (prompts, problems) load without them.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import episodes
 import grader
 import machine
+import memory
 
 
 # ==============================================================================================
@@ -157,12 +159,9 @@ def cpu_kv_cache_bytes(model, dtype, max_model_len, cap_gib=1, sequences=512):
     per reset; 64 MiB, 0.4 ms. Bytes per token: keys and values of every layer."""
     import torch
     from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(model)
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    shape = memory.model_shape(AutoConfig.from_pretrained(model))
     itemsize = getattr(torch, machine.resolve_dtype(model, dtype, on_gpu=False, engine="vllm")[0]).itemsize
-    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize
+    per_token = 2 * shape.layers * shape.kv_dim * itemsize
     return min(int(cap_gib * 2**30), per_token * max_model_len * sequences)
 
 
@@ -455,8 +454,8 @@ class HFEngine:
     def _cache_length(self, width, budget):
         """The static cache's length for prompts of `width` tokens and `budget` new ones: the next power of
         two, at least 64 (the decode step's cost grows with it: a model with fewer KV heads than heads
-        copies the whole cache each step in transformers' SDPA path, repeat_kv). Compiled, each length is
-        its own graph (transformers' mask code reads it as a Python int): HFEngine builds them all at start."""
+        copies the whole cache each step in transformers' SDPA path, repeat_kv). Compiled, a second length makes
+        it symbolic (transformers' mask code reads it as a Python int): the warm-up in __init__ covers that."""
         need = width + budget
         return min(max(64, 1 << (need - 1).bit_length()), max(self.max_model_len, need))
 
@@ -527,9 +526,10 @@ class HFEngine:
                             del tensor._dynamo_static_input_type
             for t in range(T):
                 out[alive, t] = token
-                ends = (lengths[alive] == 0) & ((token == eos) | (t + 1 >= budget[alive]))
+                still = lengths[alive] == 0
+                ends = still & ((token == eos) | (t + 1 >= budget[alive]))
                 lengths[alive[ends]] = t + 1
-                going = lengths[alive] == 0
+                going = still & ~ends
                 count = int(going.sum())
                 if count == 0:
                     break
