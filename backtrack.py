@@ -264,10 +264,13 @@ def rl_step(alpha=1.0, m=4, prover_max_tokens=32, credit="trace"):
 
 class ToyStepPolicy:
     """A scripted base policy for the toy world (toy.py) in the Fig. 30 format, as an Engine: each
-    step tries a digit ("Try 4: g(4)=2, target 7. No."), re-trying one already tried with
-    world.p_redundant; after a failed try it stops with world.p_stop and guesses an untried digit;
-    a "Yes" is followed by its answer. Its success rate from a partial solution is therefore set by
-    how many digits are still untried: the beam search has real values to find."""
+    step tries a digit ("Try 4: g(4)=30, target 37. No."), re-trying one already tried with
+    P_REDUNDANT; after a failed try it stops with P_STOP and guesses an untried digit; a "Yes" is
+    followed by its answer. Its success rate from a partial solution is therefore set by how many
+    digits are still untried: the beam search has real values to find. (It reads only the world's
+    functions and problems: its search is its own, a blind one, not the warm start's.)"""
+
+    P_REDUNDANT, P_STOP = 0.25, 0.3
 
     def __init__(self, world, tokenizer, seed=0):
         self.world, self.tokenizer, self.seed = world, tokenizer, seed
@@ -291,9 +294,9 @@ class ToyStepPolicy:
             return f"Answer: {x}"
         while True:
             untried = [c for c in range(self.world.symbols) if c not in tried]
-            if tried and tried[-1] != x and rng.random() < self.world.p_stop and untried:
+            if tried and tried[-1] != x and rng.random() < self.P_STOP and untried:
                 return text + f"Answer: {rng.choice(untried)}"
-            c = rng.choice(tried) if tried and (rng.random() < self.world.p_redundant or not untried) else rng.choice(untried)
+            c = rng.choice(tried) if tried and (rng.random() < self.P_REDUNDANT or not untried) else rng.choice(untried)
             text += f"Step {step}: Try {c}: {q['function']}({c})={values[c]}, target {target}. {'Yes' if c == x else 'No'}.\n\n"
             tried.append(c)
             step += 1

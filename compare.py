@@ -43,18 +43,21 @@ from transformers import AutoTokenizer
 # The default run: MRT against outcome-reward RL in the toy world (toy.py), end to end on a CPU
 # ==============================================================================================
 
-TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "length-penalty", "star", "mrt-star")
-RL_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "length-penalty")
+TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty", "star", "mrt-star")
+RL_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty")
+DEFAULT_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty")
 TOY_LABELS = {"base": "the warm start", "grpo": "outcome-reward GRPO", "mrt-rl": "Algorithm 2 as written (trace bonus)",
-              "mrt-rl-episode": "Sec. 6.2 per-episode variant (not Algorithm 2)",
+              "mrt-rl-episode": "Sec. 6.2 per-episode variant (not Algorithm 2), mu with m = G",
+              "mrt-rl-episode-oracle": "the same with the exact J_r (toy.scripted_success_rate) in place of mu",
               "length-penalty": "GRPO + length penalty (Table 1)", "star": "STaR", "mrt-star": "Algorithm 1 (MRT-STaR)"}
 TOY_LEGEND = """
-pass@1, mean_tokens: evaluate.py accuracy (n samples per held-out problem at --eval-max-tokens); tokens_per_correct:
-mean_tokens / pass@1 (token efficiency, lower is better); mean_episodes: the episodes analysis; retry_share,
-double_check_share, gave_up, first_try_training_answer: toy.measure's scripted reading of the same kind of samples
-(episodes that re-try a digit before x is found; episodes that check x again once found; thoughts closed without
-finding x; first tries that are a training problem's answer, chance 0.8); regret@C0: normalized regret (Fig. 9,
-mu with m = 8 at every episode) at token budget C0, lower is better; scripted_regret: the same with the ideal mu."""
+pass@1, mean_tokens: evaluate.py accuracy (n samples per held-out problem at --eval-max-tokens); mean_episodes,
+episodes_per_correct (mean_episodes / pass@1, lower is better), uninformative_share, double_check_share, gave_up,
+truncated, statements_without_break: toy.measure's scripted reading of the same kind of samples (episodes before x
+is found whose check adds nothing: a try outside the interval or a re-try; episodes that check x again once found;
+closed thoughts without finding x; responses cut at the budget; statements not followed by the step break);
+regret@C0: normalized regret (Fig. 9, mu with m = 8 at every episode) at token budget C0, lower is better;
+scripted_regret: the same with the ideal mu."""
 
 
 def toy_train(method, seed, folder, warm, engine, paths, args):
@@ -62,7 +65,7 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
     checked configs; a killed run resumes. Returns the trained weights' folder; the engine holds them
     on return."""
     common = dict(model=warm, train=paths["train"], out=folder, seed=seed, max_model_len=args.max_model_len,
-                  thinking="on", engine=args.engine)
+                  thinking="on", engine=args.engine, episode_end=args.episode_end)
     if method in RL_TOY_METHODS:
         # a checkpoint at every step of the learning curve (all kept until toy_curve has measured them)
         every = math.gcd(args.steps, *args.curve_steps)
@@ -78,8 +81,9 @@ def toy_train(method, seed, folder, warm, engine, paths, args):
             policy.load_weights_into_engine(warm, engine)
         if method.startswith("mrt-rl"):
             cfg = mrt_rl.config(**rl, resume=bool(done), alpha=args.alpha, prover_max_tokens=16,
-                                progress_credit="episode" if method == "mrt-rl-episode" else "trace")
-            grpo.train(cfg, engine=engine, step_fn=mrt_rl.Algorithm2(cfg, AutoTokenizer.from_pretrained(warm)))
+                                progress_credit="episode" if method.startswith("mrt-rl-episode") else "trace")
+            oracle = toy.oracle_success_rate(toy.World()) if method == "mrt-rl-episode-oracle" else None
+            grpo.train(cfg, engine=engine, step_fn=mrt_rl.Algorithm2(cfg, AutoTokenizer.from_pretrained(warm), oracle))
         else:
             grpo.train(grpo.config(**rl, resume=bool(done), reward="length-penalty" if method == "length-penalty"
                                    else "outcome", length_penalty_alpha=args.length_penalty_alpha), engine=engine)
@@ -102,7 +106,8 @@ def toy_evaluate(weights, seed, folder, engine, paths, args):
                           out=os.path.join(folder, "eval.json"), n=args.eval_samples, max_tokens=args.eval_max_tokens,
                           traces=args.eval_traces, prover_samples=8, prover_max_tokens=16, maj_p=[1, 2, 4, 8],
                           direct_n=8, direct_max_tokens=16, budgets=args.budgets, buckets="1-2,3-4,5-20", seed=seed,
-                          no_plots=True, max_model_len=args.max_model_len, chunk_size=64, thinking="on", engine=args.engine)
+                          no_plots=True, max_model_len=args.max_model_len, chunk_size=64, thinking="on", engine=args.engine,
+                          episode_end=args.episode_end)
     return evaluate.run(cfg, engine=engine)
 
 
@@ -136,16 +141,23 @@ def toy_curve(method, seed, folder, engine, held_out, args):
     return curve
 
 
-CURVE_MEASURES = ("pass@1", "retry_share", "double_check_share", "gave_up")
+CURVE_MEASURES = ("pass@1", "uninformative_share", "double_check_share", "episodes_per_correct", "gave_up")
+
+
+def episodes_per_correct(traces):
+    """Episodes per correct answer of toy.measure's samples: mean_episodes / pass@1 (lower is better)."""
+    return traces["mean_episodes"] / max(traces["pass@1"], 1e-9)
 
 
 def curve_point(traces, budgets):
     """One point of a learning curve from toy.measure's output: CURVE_MEASURES and scripted regret."""
-    return {**{k: traces[k] for k in CURVE_MEASURES}, "scripted_regret": scripted_regret(traces["scripted_curves"], budgets)}
+    return {**{k: traces[k] for k in CURVE_MEASURES if k != "episodes_per_correct"},
+            "episodes_per_correct": episodes_per_correct(traces),
+            "scripted_regret": scripted_regret(traces["scripted_curves"], budgets)}
 
 
-TRACE_KEYS = ("unproductive_token_share", "gave_up", "retry_share", "double_check_share", "first_try_training_answer",
-              "verdicts_without_break", "scripted_curves")   # what toy_measures reads from toy.measure's output
+TRACE_KEYS = ("pass@1", "mean_episodes", "unproductive_token_share", "gave_up", "uninformative_share",
+              "double_check_share", "truncated", "statements_without_break", "scripted_curves")   # read from toy.measure
 
 
 def toy_measures(result, traces):
@@ -160,10 +172,8 @@ def toy_measures(result, traces):
             "cumulative_regret": reg["cumulative_regret"], "normalized_regret": reg["normalized_regret_by_tokens"],
             "tokens_per_correct": acc["mean_response_tokens"] / max(acc["pass@1"], 1e-9),
             "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]],
-            "unproductive_token_share": traces["unproductive_token_share"], "gave_up": traces["gave_up"],
-            "retry_share": traces["retry_share"], "double_check_share": traces["double_check_share"],
-            "first_try_training_answer": traces["first_try_training_answer"],
-            "verdicts_without_break": traces["verdicts_without_break"]}
+            "episodes_per_correct": episodes_per_correct(traces),
+            **{k: traces[k] for k in TRACE_KEYS if k not in ("pass@1", "mean_episodes", "scripted_curves")}}
 
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (df > 30: 1.96 would be too narrow; 2.042 is df = 30's)
@@ -217,13 +227,13 @@ def paired_difference(per_seed, reference):
     return {**_over_seeds(pairs, leaf), "seeds": seeds}
 
 
-TABLE_COLUMNS = ["pass@1", "mean_tokens", "tokens_per_correct", "mean_episodes", "retry_share", "double_check_share",
-                 "gave_up", "first_try_training_answer"]
+TABLE_COLUMNS = ["pass@1", "mean_tokens", "episodes_per_correct", "uninformative_share", "double_check_share", "gave_up",
+                 "truncated", "statements_without_break"]
 
 
 def _cell(m, c, key):
     v = m["normalized_regret"][c.split("@")[1]] if c.startswith("regret@") else m[c]
-    digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if c.startswith(("regret", "retry", "double")) else 2
+    digits = 0 if c in ("mean_tokens", "tokens_per_correct") else 3 if c.startswith(("regret", "uninformative", "double")) else 2
     sign = "+" if key == "ci" else ""
     return f"{v['mean']:{sign}.{digits}f} ± {v[key]:.{digits}f}"
 
@@ -245,8 +255,9 @@ def curve_table(methods, differences, budget):
     """Learning curves: per RL method and step, mean ± s.e. of CURVE_MEASURES and scripted regret at the
     budget, then the difference from GRPO at the same step (95 % interval, paired by seed)."""
     cols = list(CURVE_MEASURES) + [f"scripted_regret@{budget}"]
-    lines = ["| method | step | " + " | ".join(cols) + " | Δpass@1 vs grpo | Δretry_share vs grpo | Δregret vs grpo |",
-             "|---" * (len(cols) + 5) + "|"]
+    deltas_of = ("pass@1", "uninformative_share", "episodes_per_correct", "scripted_regret")
+    lines = ["| method | step | " + " | ".join(cols) + " | " + " | ".join(f"Δ{c} vs grpo" for c in deltas_of) + " |",
+             "|---" * (len(cols) + 2 + len(deltas_of)) + "|"]
 
     def value(p, c):
         return p["scripted_regret"][str(budget)] if c.startswith("scripted_regret") else p[c]
@@ -256,8 +267,8 @@ def curve_table(methods, differences, budget):
         for i, p in enumerate(m["curve"]):
             cells = [f"{value(p, c)['mean']:.3f} ± {value(p, c)['se']:.3f}" for c in cols]
             d = differences.get(name, {}).get("curve")
-            deltas = ([f"{value(d[i], c)['mean']:+.3f} ± {value(d[i], c)['ci']:.3f}"
-                       for c in ("pass@1", "retry_share", "scripted_regret")] if d else ["", "", ""])
+            deltas = ([f"{value(d[i], c)['mean']:+.3f} ± {value(d[i], c)['ci']:.3f}" for c in deltas_of]
+                      if d else [""] * len(deltas_of))
             lines.append(f"| {name} | {p['step']['mean']:.0f} | " + " | ".join(cells + deltas) + " |")
     return "\n".join(lines)
 
@@ -361,7 +372,9 @@ def add_toy_args(p):
                    help="one seed, 10 RL steps, one STaR iteration, 8 eval samples and 4 traces (other flags still apply)")
     p.add_argument("--seeds", type=flags.positive_int, default=5, help="seeds per method (default 5)")
     flags.add_seed(p, help="first seed (default 0): seeds are seed .. seed + seeds - 1")
-    p.add_argument("--methods", default=",".join(TOY_METHODS), help=f"comma-separated, from {','.join(TOY_METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_TOY_METHODS),
+                   help=f"comma-separated, from {','.join(TOY_METHODS)} (default {','.join(DEFAULT_TOY_METHODS)}: the RL "
+                        f"methods; STaR and MRT-STaR are asked for by name)")
     p.add_argument("--steps", type=flags.positive_int, default=50, help="RL steps of the RL methods (default 50)")
     p.add_argument("--curve-steps", type=flags.int_list(1), default=None,
                    help="steps of the RL learning curves, each <= --steps (default: a fifth, a half and all of --steps: "
@@ -371,7 +384,11 @@ def add_toy_args(p):
     p.add_argument("--batch-size", type=flags.positive_int, default=64, help="RL completions per step (default 64)")
     p.add_argument("--num-generations", type=flags.positive_int, default=4, help="G, completions per prompt (default 4)")
     p.add_argument("--max-completion-length", type=flags.positive_int, default=toy.TRAINING_BUDGET,
-                   help=f"the training token budget of rollouts, RL and STaR (default {toy.TRAINING_BUDGET})")
+                   help=f"the training token budget of rollouts, RL and STaR (default {toy.TRAINING_BUDGET}: the warm start "
+                        f"is truncated < 2 %% of the time, a budget that does not bind)")
+    p.add_argument("--binding-budget", action="store_true",
+                   help=f"the second configuration: train and evaluate at {toy.BINDING_BUDGET} tokens (about 4 episodes "
+                        f"and the answer), a budget that binds; sets --max-completion-length and --eval-max-tokens")
     p.add_argument("--temperature", type=flags.nonnegative_float, default=0.9, help="rollout temperature (Table 3: 0.9)")
     p.add_argument("--lr", type=flags.positive_float, default=2e-4, help="RL learning rate (default 2e-4)")
     p.add_argument("--alpha", type=flags.nonnegative_float, default=1.0, help="MRT-RL progress weight alpha (default 1.0)")
@@ -384,13 +401,16 @@ def add_toy_args(p):
                    help="evaluation samples per held-out problem, also at each learning-curve step (default 16)")
     p.add_argument("--eval-traces", type=flags.positive_int, default=4,
                    help="evaluation traces per held-out problem scored by mu at every episode (default 4)")
-    p.add_argument("--eval-max-tokens", type=flags.positive_int, default=192, help="evaluation budget in tokens (default 192)")
-    p.add_argument("--budgets", type=flags.int_list(1), default=[48, 96, 144, 192],
-                   help="token budgets C0 of normalized regret (default 48,96,144,192)")
+    p.add_argument("--eval-max-tokens", type=flags.positive_int, default=toy.TRAINING_BUDGET,
+                   help=f"evaluation budget in tokens (default {toy.TRAINING_BUDGET}, the training budget)")
+    p.add_argument("--budgets", type=flags.int_list(1), default=None,
+                   help="token budgets C0 of normalized regret (default: a quarter, a half, three quarters and all of "
+                        "--eval-max-tokens: 64,128,192,256)")
     p.add_argument("--warm-start", default=toy.WARM_START_DIR, help="the shipped warm start folder (default toy_warm_start/)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~15 min) into --out")
     p.add_argument("--no-plots", action="store_true", help="skip results.png (python plots.py results.json draws it later)")
     flags.add_engine(p, max_model_len=512, max_model_len_help="engine context (default 512)")
+    p.set_defaults(episode_end=toy.EPISODE_END)   # the toy world's episodes end at its interval statement
 
 
 def check_toy_args(p, args):
@@ -399,6 +419,10 @@ def check_toy_args(p, args):
     bad = [m for m in args.methods if m not in TOY_METHODS]
     if bad or not args.methods:
         p.error(f"--methods: unknown {bad}; choose from {', '.join(TOY_METHODS)}")
+    if args.binding_budget:
+        args.max_completion_length = args.eval_max_tokens = toy.BINDING_BUDGET
+    if args.budgets is None:
+        args.budgets = [args.eval_max_tokens * i // 4 for i in (1, 2, 3, 4)]
     if args.eval_max_tokens + 128 > args.max_model_len:
         p.error(f"--max-model-len {args.max_model_len} must hold a prompt (< 64 tokens), --eval-max-tokens "
                 f"{args.eval_max_tokens} and mu's suffix and answer (< 64): use at least {args.eval_max_tokens + 128}")

@@ -87,25 +87,59 @@ def reasoning_stream(response, thinking=True, finished=True):
 # endings count as one break. We take runs as one break so that "\n\n\n" does not make empty steps.
 _STEP_BREAK = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
 
+# The end of a sentence, with the whitespace after it through its last newline: where split_steps'
+# second cut falls. Spaces and tabs after the last newline go with the phrase, as the step break leaves
+# them with the next step: a byte-level BPE (Qwen2's split) writes " Wait" as one token and ".\n" as
+# another, so the cut falls between tokens and the phrase's token is in the episode it opens.
+_SENTENCE_END = re.compile(r"[.!?](?:\s*\n)?")
+_SPACES = re.compile(r"\s*")
+_LINE_ENDS = re.compile(r"(?:\s*\n)?")   # whitespace through its last newline
 
-def split_steps(thought):
+
+def _sentence_phrase_starts(thought, phrases):
+    """The positions in `thought` where a step opened by one of `phrases` starts a sentence: right
+    after ".", "!" or "?" (and the newlines after it), when the text from there is whitespace and the
+    phrase, matched as whole words as starts_with_phrase does ("Waiting" is not "Wait"). "I Wait" or
+    "4Wait" do not start a sentence."""
+    if not phrases:
+        return []
+    width = max(map(len, phrases)) + 1   # enough text to decide a match, without copying the rest
+    starts = []
+    for m in _SENTENCE_END.finditer(thought):
+        word = _SPACES.match(thought, m.end()).end()
+        if word < len(thought) and starts_with_phrase(thought[word:word + width], phrases):
+            starts.append(m.end())
+    return starts
+
+
+def split_steps(thought, phrases=EPISODE_PHRASES):
     """Cut a thought into steps, App. D: "each step is an entry separated by the delimiter \\n\\n".
 
-    Each step keeps the break that follows it, and blank text at the very start stays with the
-    first step, so "".join(split_steps(t)) == t for every t. An empty thought has no steps.
+    We also cut before a Fig. 21 phrase (one of `phrases`) that starts a sentence, wherever it
+    stands: "No.Wait, try 4." is two steps, "No." and "Wait, try 4."; "No. Wait, try 4." is "No."
+    and " Wait, try 4." (spaces go with the phrase, newlines with the sentence before, as at a
+    break: see _SENTENCE_END). Why: App. D cuts only at "\\n\\n", so a policy that drops the one
+    break before a phrase merges two episodes (split_episodes says what that does to the credit).
+    With this cut a dropped break moves no episode boundary; only the break's characters are
+    absent. phrases=() gives App. D's rule alone.
+
+    Each step keeps the break (or the newlines before the phrase) that follows it, and blank text
+    at the very start stays with the first step, so "".join(split_steps(t)) == t for every t. An
+    empty thought has no steps.
     """
-    steps, start = [], 0
-    for m in _STEP_BREAK.finditer(thought):
-        piece = thought[start:m.end()]
-        if steps or thought[start:m.start()].strip():
-            steps.append(piece)
-            start = m.end()
-        # else: only blank text so far; keep extending the first step
-    if start < len(thought):
-        if steps and not thought[start:].strip():
-            steps[-1] += thought[start:]
+    cuts = {m.end() for m in _STEP_BREAK.finditer(thought)} | set(_sentence_phrase_starts(thought, phrases))
+    bounds = [0] + sorted(c for c in cuts if 0 < c < len(thought)) + [len(thought)]
+    steps, pending = [], ""
+    for a, b in zip(bounds, bounds[1:]):
+        pending += thought[a:b]
+        if pending.strip():   # blank text (at the very start, or a stray "\r" between breaks) joins the next step
+            steps.append(pending)
+            pending = ""
+    if pending:   # blank text at the very end stays with the last step
+        if steps:
+            steps[-1] += pending
         else:
-            steps.append(thought[start:])
+            steps.append(pending)
     return steps
 
 
@@ -124,27 +158,67 @@ def starts_with_phrase(step, phrases=EPISODE_PHRASES):
     return False
 
 
-def split_episodes(thought, phrases=EPISODE_PHRASES, min_steps=3, max_episodes=None):
+def _split_at_ends(thought, ends):
+    """split_episodes' `ends` rule: an episode ends after each match of the pattern and the
+    whitespace that follows it through its last newline (spaces before the next word go with it, as
+    in split_steps); the text after the last match is one more episode, or joins the last one when
+    it is only whitespace."""
+    pattern = re.compile(ends)
+    if pattern.search("") is not None:
+        raise ValueError(f"split_episodes: ends={pattern.pattern!r} can match the empty string; "
+                         f"an episode end must match at least one character")
+    eps, start = [], 0
+    for m in pattern.finditer(thought):
+        if m.end() == m.start():   # a zero-width match the check above cannot see (e.g. r"\b")
+            raise ValueError(f"split_episodes: ends={pattern.pattern!r} can match the empty string "
+                             f"(at character {m.start()}); an episode end must match at least one character")
+        stop = _LINE_ENDS.match(thought, m.end()).end()
+        if stop > start:   # a match inside the whitespace already taken adds nothing
+            eps.append(thought[start:stop])
+            start = stop
+    tail = thought[start:]
+    if eps and not tail.strip():
+        eps[-1] += tail
+    elif tail:
+        eps.append(tail)
+    return eps
+
+
+def split_episodes(thought, phrases=EPISODE_PHRASES, min_steps=3, max_episodes=None, ends=None):
     """Segment a thought into episodes z_0, ..., z_{k-1} (Sec. 5, App. D, Fig. 21).
 
-    A step that begins with one of `phrases` opens a new episode, unless the current episode has
-    fewer than `min_steps` steps (App. D: "at least three steps ... to avoid consecutive trivial
-    episodes"), in which case it stays in the current one. `max_episodes` merges the last l - k
-    episodes into one (footnote 1). Lossless: "".join(episodes) == thought. An empty thought has
-    no episodes.
+    A step (split_steps) that begins with one of `phrases` opens a new episode, unless the current
+    episode has fewer than `min_steps` steps (App. D: "at least three steps ... to avoid consecutive
+    trivial episodes"), in which case it stays in the current one. App. D's steps end at "\\n\\n";
+    split_steps also ends one before a phrase that starts a sentence ("No. Wait, ..."), so that
+    dropping one break cannot merge two episodes. A merge would hand the next episode's progress to
+    the merged episode's tokens, so the one token where the break was dropped would be paid for the
+    next episode's progress, and the policy would learn to drop breaks for credit.
+
+    `ends` (a regex, string or compiled) replaces the phrase rule and min_steps, for text whose
+    episodes end with a known statement (toy.py's "...: x in 5..9."): an episode ends right after
+    each match of `ends` and the whitespace that follows it (through its last newline), whether or
+    not a break follows; text after the last match is one more episode. A pattern that can match
+    the empty string is a ValueError.
+
+    `max_episodes` merges the last l - k episodes into one (footnote 1). Lossless:
+    "".join(episodes) == thought. An empty thought has no episodes.
     """
     if min_steps < 1:
         raise ValueError(f"split_episodes: min_steps must be >= 1, got {min_steps}")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"split_episodes: max_episodes must be >= 1 or None, got {max_episodes}")
-    episodes, current = [], []  # current: the steps of the episode being built
-    for step in split_steps(thought):
-        if current and len(current) >= min_steps and starts_with_phrase(step, phrases):
+    if ends is not None:
+        episodes = _split_at_ends(thought, ends)
+    else:
+        episodes, current = [], []  # current: the steps of the episode being built
+        for step in split_steps(thought, phrases):
+            if current and len(current) >= min_steps and starts_with_phrase(step, phrases):
+                episodes.append("".join(current))
+                current = []
+            current.append(step)
+        if current:
             episodes.append("".join(current))
-            current = []
-        current.append(step)
-    if current:
-        episodes.append("".join(current))
     if max_episodes is not None and len(episodes) > max_episodes:
         episodes = episodes[:max_episodes - 1] + ["".join(episodes[max_episodes - 1:])]
     return episodes

@@ -222,7 +222,7 @@ def score_episodes(engine, direct_engine, problems, cfg):
     for q, samples in zip(problems, outputs):
         for s in samples:
             thought, closed = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
-            eps = episodes.split_episodes(thought)
+            eps = episodes.split_episodes(thought, ends=cfg.episode_end)
             prefixes = episodes.thought_prefixes(episodes.group_episodes(eps, cfg.group_size))
             traces.append((q["problem"], q["answer"], prefixes, s.token_ids))
             meta.append({"k": len(eps), "closed": closed, "num_tokens": s.num_tokens,
@@ -270,7 +270,7 @@ def budget_forcing(engine, problems, cfg):
     for q, samples in zip(problems, outputs):
         for s in samples:
             thought, closed = episodes.reasoning_stream(s.text, True, finished=s.finish_reason == "stop")
-            prefixes = episodes.thought_prefixes(episodes.group_episodes(episodes.split_episodes(thought),
+            prefixes = episodes.thought_prefixes(episodes.group_episodes(episodes.split_episodes(thought, ends=cfg.episode_end),
                                                                          cfg.group_size))
             states.append({"q": q, "ids": s.token_ids, "thought": thought, "closed": closed,
                            "prefixes": prefixes, "forced_at": {0: len(prefixes) - 1}})
@@ -859,7 +859,8 @@ def smoke(args, model):
     for (x, gold), samples in zip(problems, outputs):
         for sample in samples:
             thought, closed = episodes.reasoning_stream(sample.text, thinking, finished=sample.finish_reason == "stop")
-            traces.append((x, gold, sample, closed, episodes.split_episodes(thought, min_steps=args.min_steps)))
+            traces.append((x, gold, sample, closed, episodes.split_episodes(thought, min_steps=args.min_steps,
+                                                                              ends=args.episode_end)))
 
     # ---- score: J_r(mu | x, z_{0:j}) for every prefix (Eq. 4), progress (Def. 6.1) ----------------
     scores = mu.score([(x, gold, episodes.thought_prefixes(eps), s.token_ids) for x, gold, s, _, eps in traces])

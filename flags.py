@@ -17,6 +17,7 @@ groups and adds only the flags that are its own; a flag means the same thing whe
 import argparse
 import importlib.util
 import os
+import re
 
 import memory
 import policy
@@ -82,6 +83,10 @@ def add_thinking(p):
                         "from the thought, only the text after </think> is graded; off (instruct models with no "
                         "thought block, App. A): the whole response is segmented and graded; auto (default): on "
                         "when the chat template opens <think> or the tokenizer knows <think>")
+    p.add_argument("--episode-end", default=None, metavar="REGEX",
+                   help="cut an episode right after every match of this regular expression (a statement of the "
+                        "search state; the toy world's is its interval statement) instead of at Fig. 21's phrases "
+                        "(default: Fig. 21's phrases at a step or sentence start, App. D's >= 3 steps)")
 
 
 def add_engine(p, max_model_len=None, max_model_len_help=None):
@@ -214,6 +219,13 @@ def check_engine(p, args):
     """An engine that cannot be imported is an error before anything starts."""
     if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         p.error("--engine vllm: the vllm module cannot be imported (install requirements.txt, or use --engine hf)")
+    if getattr(args, "episode_end", None) is not None:
+        try:
+            pattern = re.compile(args.episode_end)
+        except re.error as e:
+            p.error(f"--episode-end {args.episode_end!r}: not a regular expression ({e})")
+        if pattern.match(""):
+            p.error(f"--episode-end {args.episode_end!r} matches the empty text: every position would end an episode")
 
 
 def resolve_memory_flags(p, args, on_gpu):

@@ -60,7 +60,7 @@ def sample_partial_rollouts(engine, per_step, cfg, iteration):
     out = {s: [] for s, _ in per_step}
     for (s, i, q), (sample,) in zip(flat, outputs):
         stream, _ = episodes.reasoning_stream(sample.text, cfg.thinking, finished=sample.finish_reason == "stop")
-        eps = episodes.split_episodes(stream)
+        eps = episodes.split_episodes(stream, ends=cfg.episode_end)
         rng = random.Random(f"{cfg.seed}-{iteration}-{dist.get_rank()}-{s}-{i}")
         j = draw_prefix_episodes(len(eps), rng, cfg.min_prefix_episodes)
         prefix = "".join(eps[:j])
@@ -73,6 +73,13 @@ def sample_partial_rollouts(engine, per_step, cfg, iteration):
 # ==============================================================================================
 # Lines 8-9: continuations and forced terminations on one context q + z_{0:j}
 # ==============================================================================================
+
+def termination_seeds(cfg, step, prompts):
+    """The seed of each prompt's G forced terminations at a step (vLLM seeds a request's G samples with
+    consecutive seeds from it): given per prompt, so that both engines and mu's boundaries can share them."""
+    base = policy.sample_seed(cfg.seed, "terminations", step + 1)
+    return [base + i * cfg.num_generations for i in range(prompts)]
+
 
 def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, step):
     """Alg. 2 lines 8-9 on one context q + z_{0:j} per prompt: G continuations z_{j:} ~ pi_theta(.|q, z_{0:j})
@@ -93,7 +100,7 @@ def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, step):
     t1 = time.time()
     terminations = engine.generate([c + s for c, s in zip(contexts, suffixes)], n=cfg.num_generations,
                                    temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_tokens=cfg.prover_max_tokens, seed=policy.sample_seed(cfg.seed, "terminations", step + 1))
+                                   max_tokens=cfg.prover_max_tokens, seed=termination_seeds(cfg, step, len(contexts)))
     metrics = {"seconds_continuations": (t1 - t0, 1), "seconds_terminations": (time.time() - t1, 1)}
     if cached_before is not None:
         after = engine.prompt_stats()
@@ -166,7 +173,7 @@ def joint_advantages(continuation_rewards, termination_rewards, scale="std"):
 #                 tiny differences (a simulation of the toy world learned never to stop).
 #     truncation  no progress credit at all in a response cut at the budget (mu is not even asked).
 
-def continuation_episodes(tokenizer, sample, prefix, thinking):
+def continuation_episodes(tokenizer, sample, prefix, thinking, episode_end=None):
     """The episodes z_j .. z_{k-1} a continuation wrote after the partial rollout z_{0:j} = `prefix`
     (episodes.py's segmentation of its thought), with the token where each one ends.
 
@@ -180,7 +187,7 @@ def continuation_episodes(tokenizer, sample, prefix, thinking):
     start = full.find(stream) if stream else len(full)   # where the stream starts in prefix + text
     ends, thought_prefixes, text = [], [], kept
     offset = start + len(kept) - len(prefix)             # where the continuation's episodes start in sample.text
-    for ep in episodes.split_episodes(stream[len(kept):]):
+    for ep in episodes.split_episodes(stream[len(kept):], ends=episode_end):
         text += ep
         offset += len(ep)
         thought_prefixes.append(text)
@@ -228,36 +235,50 @@ def episode_advantages(continuation_rewards, bonuses, token_ends, lengths, alpha
             for a, b, e, n in zip(outcome, bonuses, token_ends, lengths)]
 
 
-def mu_at_episode_ends(engine, problems, partial, continuations, continuation_rewards, termination_rewards, cfg, step):
+def mu_at_episode_ends(engine, problems, partial, continuations, continuation_rewards, termination_rewards, cfg, step,
+                       oracle=None):
     """--progress-credit episode: mu (Eq. 4: the model's own forced termination, m = G samples at the
     rollout temperature, as the G terminations behind J_r(mu | q, z_{0:j})) at the end of every episode
     of every continuation that was not truncated, in one MetaProver call (each continuation's prompts
-    share q + z_{0:j} + its own tokens: vLLM's prefix cache computes them once). Returns
-    (bonuses, token ends, metrics): per continuation, episode_bonuses and continuation_episodes' ends."""
+    share q + z_{0:j} + its own tokens: vLLM's prefix cache computes them once). Common random numbers:
+    every boundary of every continuation of prompt i is sampled with the seed of prompt i's terminations,
+    so sample k at each boundary and the k-th termination share their random draws, and a difference of
+    J_r (an episode's progress) carries less of mu's sampling noise.
+    oracle(q, thought prefix) -> J_r, when given, replaces mu (and the terminations' J_r at z_{0:j}) with
+    an exact success rate (the toy world's scripted one): the same credit without the estimator's noise.
+    Returns (bonuses, token ends, metrics): per continuation, episode_bonuses and continuation_episodes' ends."""
     tok = engine.tokenizer
     t0 = time.time()
     flat_r = [r for group in continuation_rewards for r in group]
-    start_rates = [prover.success_rate(t) for t, group in zip(termination_rewards, continuation_rewards)
-                   for _ in group]                                                  # J_r(mu | q, z_{0:j})
-    items, traces = [], []   # items: per continuation (thought prefixes, token ends, truncated, index in traces)
-    for q, p, group in zip(problems, partial, continuations):
+    if oracle is None:
+        start_rates = [prover.success_rate(t) for t, group in zip(termination_rewards, continuation_rewards)
+                       for _ in group]                                              # J_r(mu | q, z_{0:j})
+    else:
+        start_rates = [oracle(q, p["prefix"]) for q, p, group in zip(problems, partial, continuations) for _ in group]
+    items, traces, seeds = [], [], []   # items: per continuation (thought prefixes, token ends, truncated, index in traces)
+    for i, (q, p, group) in enumerate(zip(problems, partial, continuations)):
         for s in group:
-            thought_prefixes, ends, _ = continuation_episodes(tok, s, p["prefix"], cfg.thinking)
+            thought_prefixes, ends, _ = continuation_episodes(tok, s, p["prefix"], cfg.thinking, cfg.episode_end)
             cut = s.finish_reason == "length"
             asked = bool(thought_prefixes) and not cut   # a truncated continuation earns no progress: mu is not asked
             items.append((thought_prefixes, ends, cut, len(traces) if asked else None))
             if asked:
-                traces.append((q["problem"], q["answer"], thought_prefixes, p["prefix_ids"] + list(s.token_ids)))
-    mu = prover.MetaProver(engine, m=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
-                           max_tokens=cfg.prover_max_tokens, seed=policy.sample_seed(cfg.seed, "mu", step + 1),
-                           thinking=cfg.thinking)
-    scores = mu.score(traces)
+                traces.append((q, thought_prefixes, p["prefix_ids"] + list(s.token_ids)))
+                seeds.append(termination_seeds(cfg, step, len(problems))[i])
+    if oracle is None:
+        mu = prover.MetaProver(engine, m=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
+                               max_tokens=cfg.prover_max_tokens, thinking=cfg.thinking)
+        scores = mu.score([(q["problem"], q["answer"], tp, ids) for q, tp, ids in traces], seeds=seeds)
+        rates_of = [score.success_rates for score in scores]
+        mu_tokens = sum(n for score in scores for row in score.num_tokens for n in row)
+    else:
+        rates_of = [[oracle(q, tp) for tp in thought_prefixes] for q, thought_prefixes, _ in traces]
+        mu_tokens = 0
     bonuses, ends = [], []
     for (thought_prefixes, e, cut, trace), r, start_rate in zip(items, flat_r, start_rates):
-        rates = scores[trace].success_rates if trace is not None else [start_rate] * len(thought_prefixes)
+        rates = rates_of[trace] if trace is not None else [start_rate] * len(thought_prefixes)
         bonuses.append(episode_bonuses(start_rate, rates, r, cut))
         ends.append(e)
-    mu_tokens = sum(n for score in scores for row in score.num_tokens for n in row)
     per_episode = [b for (_, _, cut, _), bs in zip(items, bonuses) if not cut for b in bs[:-1]]
     metrics = {"mu_prefixes": (sum(len(t[2]) for t in traces), 1), "mu_tokens": (mu_tokens, 1),
                "seconds_mu": (time.time() - t0, 1),
@@ -297,8 +318,9 @@ class Algorithm2:
     """Algorithm 2 (MRT-RL, App. B.1) as grpo.train's step function: algorithm(engine, problems, cfg, step)
     -> grpo.Rollout, with `problems` this rank's prompts at `step`. It holds the current Iteration."""
 
-    def __init__(self, cfg, tokenizer):
+    def __init__(self, cfg, tokenizer, oracle=None):
         self.problems, self.total_steps = grpo.training_problems(cfg, tokenizer)
+        self.oracle = oracle   # --progress-credit episode: an exact J_r(q, thought prefix) in place of mu (toy world)
         self.steps_per_iteration = cfg.steps_per_iteration or self.total_steps
         self.iteration = None
 
@@ -349,7 +371,8 @@ class Algorithm2:
         # ---- lines 10-11: advantages, one of Eq. 3's forms (or Sec. 6.2's per-episode credit) --------------
         if cfg.progress_credit == "episode":
             bonuses, ends, credit_metrics = mu_at_episode_ends(engine, problems, partial, continuations,
-                                                               continuation_rewards, termination_rewards, cfg, step)
+                                                               continuation_rewards, termination_rewards, cfg, step,
+                                                               self.oracle)
             advantages = episode_advantages(continuation_rewards, bonuses, ends,
                                             [s.num_tokens for g in continuations for s in g], cfg.alpha, cfg.scale_rewards)
             metrics.update(credit_metrics)

@@ -170,8 +170,9 @@ def toy_figure(results, path):
     methods = need(results, "methods")
     names = list(methods)
     seeds = len(need(methods[names[0]], "seeds", where=names[0]))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    (a_acc, a_tok, a_reg), (a_jr, a_curve, a_unprod) = axes
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    (a_acc, a_tok, a_reg, a_jr), (a_curve, a_uninf, a_unprod, a_spare) = axes
+    a_spare.axis("off")
     x = range(len(names))
     colours = [METHOD_COLOURS.get(n, "black") for n in names]
 
@@ -181,7 +182,7 @@ def toy_figure(results, path):
         ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
         ax.set(ylabel=ylabel, title=title)
     bars(a_acc, "pass@1", "pass@1 (held-out)", "accuracy")
-    bars(a_tok, "tokens_per_correct", "tokens per correct answer", "token efficiency (lower is better)")
+    bars(a_tok, "episodes_per_correct", "episodes per correct answer", "search efficiency (lower is better)")
     for n, c in zip(names, colours):
         reg = need(methods[n], "normalized_regret", where=n)
         budgets = sorted(reg, key=int)
@@ -192,21 +193,27 @@ def toy_figure(results, path):
                       label=n, capsize=2, ms=3)
         if "curve" in methods[n] and n != "base":
             curve = methods[n]["curve"]
-            a_curve.errorbar([p["step"]["mean"] for p in curve], [p["pass@1"]["mean"] for p in curve],
+            steps = [p["step"]["mean"] for p in curve]
+            a_curve.errorbar(steps, [p["pass@1"]["mean"] for p in curve],
                              yerr=[p["pass@1"]["se"] for p in curve], fmt="o-", color=c, label=n, capsize=2)
+            a_uninf.errorbar(steps, [need(p, "uninformative_share", where=n)["mean"] for p in curve],
+                             yerr=[p["uninformative_share"]["se"] for p in curve], fmt="o-", color=c, label=n, capsize=2)
     a_reg.set(title="normalized regret (Fig. 9)", xlabel="token budget C0", ylabel="normalized regret (lower is better)")
     a_jr.set(title="J_r(mu | x, z_0:j) against episode", xlabel="episode j (0: empty thought)",
              ylabel="J_r over the traces that reach j")
     a_curve.set(title="learning curves", xlabel="RL step", ylabel="pass@1 (held-out)")
-    retry = [need(methods[n], "retry_share", where=n) for n in names]
+    a_uninf.set(title="uninformative tries over training", xlabel="RL step",
+                ylabel="share of episodes adding nothing before x is found")
+    uninformative = [need(methods[n], "uninformative_share", where=n) for n in names]
     check = [need(methods[n], "double_check_share", where=n) for n in names]
-    a_unprod.bar(x, [v["mean"] for v in retry], yerr=[v["se"] for v in retry], color=colours, capsize=3, label="re-tries")
-    a_unprod.bar(x, [v["mean"] for v in check], bottom=[v["mean"] for v in retry], yerr=[v["se"] for v in check],
+    a_unprod.bar(x, [v["mean"] for v in uninformative], yerr=[v["se"] for v in uninformative], color=colours, capsize=3,
+                 label="uninformative tries")
+    a_unprod.bar(x, [v["mean"] for v in check], bottom=[v["mean"] for v in uninformative], yerr=[v["se"] for v in check],
                  color=colours, alpha=0.45, hatch="//", capsize=3, label="double-checks (hatched)")
     a_unprod.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
     a_unprod.set(title="episodes without progress", ylabel="share of episodes")
     a_unprod.legend(fontsize=8)
-    for ax in (a_reg, a_jr, a_curve):
+    for ax in (a_reg, a_jr, a_curve, a_uninf):
         ax.legend(fontsize=7)
     fig.suptitle(f"MRT against outcome-reward RL in the toy world: {seeds} seeds, mean ± 1 s.e.")
     return _save(fig, path)

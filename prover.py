@@ -226,7 +226,12 @@ class Engine(typing.Protocol):
     strings are tokenized without added special tokens (build_prompt already wrote the BOS)."""
     tokenizer: typing.Any
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None) -> list: ...
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None) -> list:
+        """n Samples per prompt (a list per prompt). seed: None (the engine's own), an int (each
+        prompt gets its own seed derived from it, per_prompt_seeds), or a list of one int per prompt
+        (prompt i gets exactly seeds[i]: equal seeds, equal random numbers; MetaProver's
+        common_random_numbers)."""
+        ...
 
     def update_weights(self, named_tensors) -> None: ...
 
@@ -258,6 +263,22 @@ def _prompt_ids(tokenizer, prompt, max_model_len, index):
     return ids
 
 
+def per_prompt_seeds(seed, count, step):
+    """The seed of each of `count` prompts: seed + i * step for an int seed (the engines' rule since
+    before lists: vLLM steps by n, its n samples taking consecutive seeds; HF by 1), seeds[i] for a list
+    of one int per prompt, None for every prompt when seed is None."""
+    import operator
+    if seed is None:
+        return [None] * count
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != count:
+            raise ValueError(f"generate: seed is a list of {len(seed)} seeds for {count} prompts; "
+                             f"give one seed per prompt (or one int for all)")
+        return [operator.index(s) for s in seed]
+    seed = operator.index(seed)
+    return [seed + i * step for i in range(count)]
+
+
 def _budget(max_tokens, i):
     """Prompt i's token budget: max_tokens is one number for all prompts, or a list."""
     return max(1, max_tokens[i] if isinstance(max_tokens, (list, tuple)) else max_tokens)
@@ -285,19 +306,22 @@ class VLLMEngine:
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
         """n samples per prompt; generation also ends at any string in `stop` (left out of the text).
-        max_tokens: one budget for all prompts, or a list with one per prompt."""
+        max_tokens: one budget for all prompts, or a list with one per prompt. seed: None, an int (prompt
+        i is seeded seed + i * n) or a list of one int per prompt (prompt i is seeded seeds[i]); a
+        prompt's n samples take consecutive seeds from its own (vLLM's parallel sampling)."""
         from vllm import SamplingParams
         if self.asleep:
             raise RuntimeError("generate: the engine is asleep and its weights were discarded (level 2): "
                                "update_weights first (policy.sync_weights)")
         ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
+        seeds = per_prompt_seeds(seed, len(ids), n)   # an int: seed + i * n, as always
         copies = n if temperature == 0 else 1  # vLLM allows n = 1 only when greedy: copy the one sample
         # without stop strings vLLM need not detokenize every step (~5 % of a CPU decode step): the
         # texts are decoded once at the end instead
         detokenize = bool(stop)
         params = [SamplingParams(n=n // copies, temperature=temperature, top_p=top_p,
                                  max_tokens=min(_budget(max_tokens, i), self.max_model_len - len(p)),
-                                 seed=None if seed is None else seed + i * n, stop=stop, detokenize=detokenize)
+                                 seed=seeds[i], stop=stop, detokenize=detokenize)
                   for i, p in enumerate(ids)]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         samples = []
@@ -400,9 +424,10 @@ class HFEngine:
     finish decode on (their tokens discarded) until half of the batch is done; then they leave it and its cache.
 
     Sampling is the exponential race (argmax of p / E with E ~ Exp(1), the same draw as sampling from p)
-    with counter-based noise (race_noise): row j of prompt i draws from a key of (seed + i, j), so a prompt's
-    samples do not depend on which other prompts share its batch, up to float rounding of the padded forward,
-    and a batch's noise is a few vectorised integer ops per step, not one generator call per prompt.
+    with counter-based noise (race_noise): row j of prompt i draws from a key of (seed + i, j) ((seeds[i], j)
+    for a list of seeds), so a prompt's samples do not depend on which other prompts share its batch, up to
+    float rounding of the padded forward, and a batch's noise is a few vectorised integer ops per step, not
+    one generator call per prompt.
     """
 
     def __init__(self, model, dtype="auto", max_model_len=4096, device=None, seed=0, max_batch_tokens=65536,
@@ -432,10 +457,12 @@ class HFEngine:
 
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_tokens=256, seed=None, stop=None):
         """n samples per prompt; a string in `stop` ends a sample (cut after generation, left out of the text).
-        max_tokens: one budget for all prompts, or a list with one per prompt."""
+        max_tokens: one budget for all prompts, or a list with one per prompt. seed: None (the engine's
+        seed), an int (prompt i draws from row_keys of seed + i) or a list of one int per prompt (prompt i
+        draws from row_keys of seeds[i])."""
         ids = [_prompt_ids(self.tokenizer, p, self.max_model_len, i) for i, p in enumerate(prompts)]
         budgets = [min(_budget(max_tokens, i), self.max_model_len - len(p)) for i, p in enumerate(ids)]
-        base = self.seed if seed is None else seed
+        seeds = per_prompt_seeds(self.seed if seed is None else seed, len(ids), 1)   # an int: seed + i, as always
         samples = []
         # whole prompts per batch (a prompt's n rows share its seed), bounded in cache tokens
         batch = []
@@ -443,7 +470,7 @@ class HFEngine:
             grown = batch + [i] if i < len(ids) else batch
             if batch and (i == len(ids) or n * len(grown) * self._cache_length(
                     max(len(ids[j]) for j in grown), max(budgets[j] for j in grown)) > self.max_batch_tokens):
-                rows = self._decode([ids[j] for j in batch], [budgets[j] for j in batch], [base + j for j in batch],
+                rows = self._decode([ids[j] for j in batch], [budgets[j] for j in batch], [seeds[j] for j in batch],
                                     n, temperature, top_p)
                 samples.extend(self._samples(rows[k * n:(k + 1) * n], stop) for k in range(len(batch)))
                 batch = []
@@ -669,13 +696,23 @@ class MetaProver:
     is the start of the response itself and the suffix is TIME_IS_UP_NO_THOUGHT. `suffix` replaces
     the forcing text for other formats (the backtracking setting forces "Answer:", App. A), with
     `stop` strings that end its samples; a sample is graded after the suffix.
+
+    common_random_numbers=True samples all k + 1 prefixes of one trace with ONE seed (trace t of a
+    score call, counted over all its traces: seed + t * m; the engines' list seed), so the m samples
+    at every boundary share their random numbers and a difference of J_r between two boundaries
+    (Def. 6.1's progress) keeps less sampling noise: in a simulation the sd of such a difference was
+    ~3x lower, at no cost (as many samples as before, only their seeds change). Off by default: the old seeds
+    (prompt i of a generate call: seed + i * m), so existing results do not change.
     """
 
     def __init__(self, engine, m=8, temperature=0.7, top_p=1.0, max_tokens=4096, seed=0, batch_prompts=256,
-                 thinking=True, suffix=None, stop=None):
+                 thinking=True, suffix=None, stop=None, common_random_numbers=False):
+        if common_random_numbers and seed is None:
+            raise ValueError("MetaProver: common_random_numbers needs an int seed (the traces' seeds derive from it)")
         self.engine, self.tokenizer, self.thinking = engine, engine.tokenizer, thinking
         self.m, self.temperature, self.top_p, self.max_tokens, self.seed = m, temperature, top_p, max_tokens, seed
         self.batch_prompts, self.suffix, self.stop = batch_prompts, suffix, stop
+        self.common_random_numbers = common_random_numbers
 
     def prompts(self, problem, thought_prefixes, response_ids=None):
         """Token ids of x, z_{0:j}, TIME_IS_UP for every prefix: shared heads, so one prefix cache."""
@@ -685,13 +722,20 @@ class MetaProver:
                                         else paragraph_break(prefix) + self.suffix, add_special_tokens=False)
                 for prefix in thought_prefixes]
 
-    def score(self, traces, m=None, max_tokens=None, progress_bar=False):
+    def score(self, traces, m=None, max_tokens=None, progress_bar=False, seeds=None):
         """PrefixScores for many traces: (problem, gold, thought_prefixes[, response_ids]) tuples.
 
         Traces are packed into generate calls of about batch_prompts prompts; a trace's prefixes
         always go into the same call, so the engine (vLLM prefix caching) computes their shared
         prefix once (bench.py prefix-cache counts the prompt tokens actually computed).
+        With common_random_numbers, trace t (t counted over all of `traces`) seeds every one of its
+        prompts with self.seed + t * m: its m samples take seeds self.seed + t * m + 0 .. m - 1 (vLLM) or the
+        same row keys (HF), so traces never share seeds, prefixes of one trace always do.
+        seeds: one seed per trace, given by the caller (common random numbers whatever the option says):
+        mrt_rl.py gives a continuation's boundaries the seed of its prompt's forced terminations.
         """
+        if seeds is not None and len(seeds) != len(traces):
+            raise ValueError(f"MetaProver.score: {len(seeds)} seeds for {len(traces)} traces")
         from tqdm import tqdm
         m, max_tokens = m or self.m, max_tokens or self.max_tokens
         results, batch, size = [], [], 0
@@ -699,8 +743,14 @@ class MetaProver:
 
         def flush():
             prompts = [q for _, ps in batch for q in ps]
+            seed = self.seed
+            first = len(results)             # traces already scored: t of this batch's first trace
+            if seeds is not None:            # the caller's seed per trace, repeated over its prefixes
+                seed = [seeds[first + k] for k, (_, ps) in enumerate(batch) for _ in ps]
+            elif self.common_random_numbers:   # one seed per trace, repeated over its prefixes
+                seed = [self.seed + (first + k) * m for k, (_, ps) in enumerate(batch) for _ in ps]
             samples = self.engine.generate(prompts, n=m, temperature=self.temperature, top_p=self.top_p,
-                                           max_tokens=max_tokens, seed=self.seed, stop=self.stop)
+                                           max_tokens=max_tokens, seed=seed, stop=self.stop)
             at = 0
             for gold, ps in batch:
                 rows = samples[at:at + len(ps)]  # rows[j]: the m samples of mu at prefix z_{0:j}

@@ -301,7 +301,7 @@ def build_examples(engine, problems, cfg, iteration):
     segmented = []
     for q, s in traces:
         stream, _ = episodes.reasoning_stream(s.text, cfg.thinking, finished=s.finish_reason == "stop")
-        segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream)))
+        segmented.append(episodes.thought_prefixes(episodes.split_episodes(stream, ends=cfg.episode_end)))
     t1 = time.time()
     # mu draws from the rollouts' stream, as it always has here (a stream of its own would change the
     # MRT-STaR results this reading-only change must keep; its prompts differ from the rollouts' anyway)

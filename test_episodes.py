@@ -4,6 +4,7 @@ render_backtrack, App. A, Fig. 30). No fixtures from conftest; the helper _para 
 """
 
 import random
+import re
 
 import pytest
 
@@ -89,7 +90,8 @@ def test_phrase_matching_is_whole_words():
                         ("But waiting", False), ("  \tWait.", True), ("Wait", True), ("Wait\nmore", True),
                         ("Alternatively,", True), ("Alternatives exist.", False), ("But hold on.", True),
                         ("But holding", False), ("Is there another way to think about this? Yes.", True),
-                        ("The answer. Wait, no.", False)]:
+                        ("The answer. Wait, no.", True),   # a sentence-initial phrase opens a step (split_steps)
+                        ("The answer, I Wait, no.", False), ("The answer.Waiting", False)]:
         got = len(split_episodes(_para(*base, step))) == 2
         assert got == opens, step
 
@@ -181,6 +183,147 @@ def test_bad_arguments_raise():
         split_episodes("a", max_episodes=0)
     with pytest.raises(ValueError, match="size"):
         group_episodes(["a"], 0)
+
+
+# ==============================================================================================
+# episodes.py: a phrase that starts a sentence opens a step; the `ends` rule
+# ==============================================================================================
+
+def test_sentence_initial_phrase_opens_a_step():
+    # With or without a break before it; spaces go with the phrase, newlines with the sentence before.
+    assert split_steps("No.Wait, try 4.") == ["No.", "Wait, try 4."]
+    assert split_steps("No. Wait, try 4.") == ["No.", " Wait, try 4."]
+    assert split_steps("No.\nWait, try 4.") == ["No.\n", "Wait, try 4."]
+    assert split_steps("No!  But wait, x.") == ["No!", "  But wait, x."]
+    assert split_steps("Hm? Alternatively, y.") == ["Hm?", " Alternatively, y."]
+    assert split_steps("So. Wait. Wait") == ["So.", " Wait.", " Wait"]
+    assert split_steps("Is there another way to think about this? Wait") == [
+        "Is there another way to think about this?", " Wait"]
+    assert split_steps("a.\n\n  Wait") == ["a.\n\n", "  Wait"]   # at a break: the same one cut
+    # not at a sentence start, or not the whole phrase: no cut
+    for text in ["I Wait, no.", "No4Wait, try 4.", "No, Wait.", "No. Waiting.", "No. wait, no.", "No. But waiting."]:
+        assert split_steps(text) == [text], text
+    assert split_steps("No. Wait, try 4.", phrases=()) == ["No. Wait, try 4."]   # App. D's rule alone
+
+
+def test_dropped_break_before_a_phrase_moves_no_episode_boundary():
+    full = _para("Try 4.", "g(4) is low.", "So x > 4.", "Wait, try 7.", "g(7) is high.", "So x < 7.",
+                 "Alternatively, try 5.", "g(5) fits.", "So x = 5.")
+    eps = ["Try 4.\n\ng(4) is low.\n\nSo x > 4.\n\n", "Wait, try 7.\n\ng(7) is high.\n\nSo x < 7.\n\n",
+           "Alternatively, try 5.\n\ng(5) fits.\n\nSo x = 5."]
+    assert split_episodes(full) == eps
+    dropped = full.replace("4.\n\nWait", "4.Wait")
+    assert split_steps(dropped)[2:4] == ["So x > 4.", "Wait, try 7.\n\n"]
+    assert split_episodes(dropped) == ["Try 4.\n\ng(4) is low.\n\nSo x > 4.", eps[1], eps[2]]
+    spaced = full.replace("4.\n\nWait", "4. Wait")
+    assert split_episodes(spaced) == ["Try 4.\n\ng(4) is low.\n\nSo x > 4.", " " + eps[1], eps[2]]
+    both = dropped.replace("7.\n\nAlternatively", "7.Alternatively")
+    assert split_episodes(both) == ["Try 4.\n\ng(4) is low.\n\nSo x > 4.", "Wait, try 7.\n\ng(7) is high.\n\nSo x < 7.",
+                                    eps[2]]
+    # The rule's limit: a phrase glued to a word or digit starts no sentence, and the two episodes merge.
+    glued = full.replace("4.\n\nWait", "4Wait")
+    assert split_episodes(glued) == ["Try 4.\n\ng(4) is low.\n\nSo x > 4Wait, try 7.\n\ng(7) is high.\n\nSo x < 7.\n\n",
+                                     eps[2]]
+
+
+def test_sentence_cut_counts_for_min_steps():
+    thought = _para("a1", "a2. Wait, b.", "c")
+    assert split_steps(thought) == ["a1\n\n", "a2.", " Wait, b.\n\n", "c"]
+    assert split_episodes(thought) == [thought]   # at " Wait" the episode has 2 steps, fewer than 3
+    assert split_episodes(thought, min_steps=2) == ["a1\n\na2.", " Wait, b.\n\nc"]
+    # two phrases in one paragraph: the first opens an episode, the second stays (its episode has 1 step)
+    assert split_episodes("a1\n\na2\n\na3. Wait, b. Wait, c.") == ["a1\n\na2\n\na3.", " Wait, b. Wait, c."]
+
+
+def test_dropping_a_break_before_a_phrase_keeps_the_episodes_seeded():
+    # Thoughts of sentences joined by breaks; one break before a phrase is dropped, or written as a space
+    # or one newline: the episodes are the same, only the break's characters differ.
+    rng = random.Random(7)
+    sentences = ["Try 4.", "g(4) is low.", "So x > 4.", "Hmm, 3 + 4 = 7!", "Is it 5?", "Wait, try 7.",
+                 "But wait, x = 3.", "Alternatively, try 5.", "But hold on, check it.", "Waiting helps.", "I Wait.",
+                 "Is there another way to think about this?", "Done. Wait, no.", "But let me double-check."]
+    checked = 0
+    for _ in range(300):
+        parts = [rng.choice(sentences) for _ in range(rng.randint(2, 14))]
+        thought = "\n\n".join(parts) + rng.choice(["", "\n\n"])
+        where = [i for i in range(1, len(parts)) if episodes.starts_with_phrase(parts[i])]
+        if not where:
+            continue
+        at = len("\n\n".join(parts[:rng.choice(where)]))   # the dropped break is thought[at:at + 2]
+        cuts = [len(p) for p in thought_prefixes(split_episodes(thought))[1:-1]]
+        for glue, keep in (("", 0), (" ", 0), ("\n", 1)):   # keep: the glue characters the sentence before keeps
+            broken = thought[:at] + glue + thought[at + 2:]
+            moved = [c if c <= at else at + keep if c == at + 2 else c - 2 + len(glue) for c in cuts]
+            bounds = [0] + moved + [len(broken)]
+            assert split_episodes(broken) == [broken[a:b] for a, b in zip(bounds, bounds[1:])], (thought, glue)
+        checked += 1
+    assert checked > 200
+
+
+def test_lossless_with_sentence_ends_random_seeded():
+    rng = random.Random(4321)
+    atoms = ["Wait", "But wait", "Alternatively", "But hold on", ". ", ".", "!", "?", "?\n", ", ", " ", "x = 3",
+             "\n", "\n\n", "\t", "Waiting", "wait", "I Wait", "4", "é"]
+    for _ in range(500):
+        thought = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 40)))
+        min_steps = rng.randint(1, 4)
+        eps = split_episodes(thought, min_steps=min_steps)
+        steps = split_steps(thought)
+        assert "".join(eps) == thought and "".join(steps) == thought and all(eps) and all(steps)
+        # the episodes hold whole steps, which they cut into again the same way
+        assert [s for e in eps for s in split_steps(e)] == steps
+        assert all(len(split_steps(e)) >= min_steps for e in eps[:-1])
+        assert all(episodes.starts_with_phrase(e) for e in eps[1:])
+
+
+TOY_ENDS = r": x (?:in \d+\.\.\d+|= \d+)\."   # toy.py's statements: the interval left, or x found
+
+
+def test_ends_pattern_cuts_after_each_statement():
+    first = "Try 4.\n\ng(4)=30, target 37, too low: x in 5..9.\n\n"
+    second = "Wait, try 7.\n\ng(7)=56, target 37, too high: x in 5..6.\n\n"
+    assert split_episodes(first + second, ends=TOY_ENDS) == [first, second]
+    assert split_episodes(first[:-2] + second, ends=TOY_ENDS) == [first[:-2], second]   # the break dropped
+    assert split_episodes(first + second, ends=re.compile(TOY_ENDS)) == [first, second]
+    # spaces after a statement go with the next episode (where a BPE writes " Wait"), newlines with it
+    assert split_episodes(first[:-2] + " " + second, ends=TOY_ENDS) == [first[:-2], " " + second]
+    assert split_episodes(first[:-1] + "  " + second, ends=TOY_ENDS) == [first[:-1], "  " + second]
+    # the text after the last statement is one more episode; whitespace alone joins the last one
+    third = "But let me double-check.\n\ng(5)"
+    assert split_episodes(first + second + third, ends=TOY_ENDS) == [first, second, third]
+    assert split_episodes(first + second[:-2] + " \t", ends=TOY_ENDS) == [first, second[:-2] + " \t"]
+    # neither the phrase rule nor min_steps: a phrase inside an episode does not cut, one step is enough
+    found = "Alternatively, try 5.\n\nWait, g(5)=37, target 37, found: x = 5.\n\n"
+    assert split_episodes(first + found, ends=TOY_ENDS, min_steps=3) == [first, found]
+    assert split_episodes("g(9)=9: x = 9.", ends=TOY_ENDS) == ["g(9)=9: x = 9."]
+    assert split_episodes("Try 4.\n\nWait, try 5.", ends=TOY_ENDS) == ["Try 4.\n\nWait, try 5."]
+    assert split_episodes("", ends=TOY_ENDS) == []
+    assert split_episodes(first + second + third, ends=TOY_ENDS, max_episodes=2) == [first, second + third]
+
+
+def test_ends_lossless_random_seeded():
+    rng = random.Random(99)
+    atoms = [": x in 5..9.", ": x = 5.", ": x in 1..2.  ", "\n\n", "\n", " ", "\t", "Wait", "Try 4.", "x", ":"]
+    for _ in range(500):
+        thought = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 30)))
+        eps = split_episodes(thought, ends=TOY_ENDS)
+        assert "".join(eps) == thought and all(eps)
+        matches = list(re.finditer(TOY_ENDS, thought))
+        tail = thought[matches[-1].end():] if matches else thought
+        assert len(eps) == len(matches) + (1 if tail.strip() or (thought and not matches) else 0)
+        # an episode ends with its statement and the whitespace through the newline after it; the last one
+        # also keeps a tail of blank text
+        for e in eps[:-1]:
+            assert re.fullmatch(r"(?s).*" + TOY_ENDS + r"(?:\s*\n)?", e), e
+        if matches and not tail.strip():
+            assert re.fullmatch(r"(?s).*" + TOY_ENDS + r"\s*", eps[-1]), eps[-1]
+
+
+@pytest.mark.parametrize("bad", ["", r"x*", r"(?:: x = \d+\.)?", re.compile(r"^"), r"\b"])
+def test_ends_pattern_that_can_match_empty_raises(bad):
+    pattern = bad if isinstance(bad, str) else bad.pattern
+    with pytest.raises(ValueError, match=re.escape(f"split_episodes: ends={pattern!r} can match the empty string")):
+        split_episodes("g(5)=37: x = 5.", ends=bad)
 
 
 def test_forcing_phrases_cycle_in_order():

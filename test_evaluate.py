@@ -107,7 +107,7 @@ def forcing_respond(text, n, stop):
 def test_extrapolation_continues_the_in_budget_curve_by_hand(tokenizer):
     cfg = types.SimpleNamespace(extrapolate_n=1, trace_temperature=0.7, top_p=1.0, max_tokens=64, seed=0,
                                 forcings=[0, 2, 4], force_tokens=16, prover_max_tokens=16, prover_samples=2,
-                                prover_temperature=0.7, group_size=1)
+                                prover_temperature=0.7, group_size=1, episode_end=None)
     problems = [{"id": "a", "problem": "2?", "answer": "2"}, {"id": "b", "problem": "5?", "answer": "5"}]
     (ra, rb) = evaluate.budget_forcing(FakeEngine(tokenizer, forcing_respond), problems, cfg)
     a, b = ra["traces"][0], rb["traces"][0]
@@ -142,7 +142,8 @@ def test_direct_baseline_uses_its_own_template_without_thought(tokenizer, tiny_m
     direct = FakeEngine(chatml, lambda text, n, stop: ["So the answer is $\\boxed{4}$."] * n)
     cfg = types.SimpleNamespace(traces=1, trace_temperature=0.7, top_p=1.0, max_tokens=32, seed=0, group_size=1,
                                 prover_samples=2, prover_temperature=0.7, prover_max_tokens=8, maj_p=[1, 2], thinking=True,
-                                direct_thinking=False, direct_n=2, direct_max_tokens=8)
+                                direct_thinking=False, direct_n=2, direct_max_tokens=8,
+                                episode_end=None)
     (record,) = evaluate.score_episodes(trace, direct, [{"id": "q", "problem": "2+2?", "answer": "4"}], cfg)
     assert direct.prompts == [chatml.decode(prover.build_prompt(chatml, "2+2?", thinking=False))]
     assert "think>" not in direct.prompts[0] and record["direct_correct"] == [True, True]

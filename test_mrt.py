@@ -114,24 +114,31 @@ def test_per_episode_credit_by_hand(tiny_model, tokenizer, tmp_path):
         _mrt_cfg(tiny_model, tmp_path, "--progress-credit", "episode", "--advantage", "joint")
 
 
-def test_per_episode_credit_on_vllm_with_the_toy_model(toy_engine, tmp_path):
+@pytest.mark.parametrize("oracle", [False, True])
+def test_per_episode_credit_on_vllm_with_the_toy_model(toy_engine, tmp_path, oracle):
     """One --progress-credit episode step on vLLM with the toy warm start and mu for real: each token's
     credit (its advantage minus GRPO's outcome advantage) is constant within an episode and changes
-    only at the episode ends continuation_episodes finds; a bonus is a difference of J_r's estimated
-    from G = 4 samples (a multiple of 1/4); a truncated continuation gets none."""
+    only at the episode ends continuation_episodes finds (the toy world's statements); a bonus is a
+    difference of J_r's estimated from G = 4 samples (a multiple of 1/4); a truncated continuation gets
+    none. With the oracle (the toy run's mrt-rl-episode-oracle) each episode's credit is exactly the
+    scripted J_r's difference across it, and the answer's is r - J_r at the end of the thought."""
     policy.setup_distributed()
     policy.load_weights_into_engine(toy.WARM_START_DIR, toy_engine)
-    path = _write_problems(tmp_path / "train.jsonl", toy.make_problems(toy.World())[0][:8])
+    world = toy.World()
+    path = _write_problems(tmp_path / "train.jsonl", toy.make_problems(world)[0][:8])
     cfg = mrt_rl.config(model=toy.WARM_START_DIR, train=path, out=str(tmp_path / "run"), batch_size=32, num_generations=4,
-                        max_prompt_length=64, max_completion_length=128, max_model_len=512, beta=0.0, engine="vllm",
-                        dtype="float32", progress_credit="episode", prover_max_tokens=16, thinking="on", alpha=2.0)
+                        max_prompt_length=64, max_completion_length=160, max_model_len=512, beta=0.0, engine="vllm",
+                        dtype="float32", progress_credit="episode", prover_max_tokens=16, thinking="on", alpha=2.0,
+                        episode_end=toy.EPISODE_END)
     tok = toy_engine.tokenizer
     mine = grpo.step_problems(grpo.training_problems(cfg, tok)[0], cfg, 0)
-    rollout = mrt_rl.Algorithm2(cfg, tok)(toy_engine, mine, cfg, 0)
+    rollout = mrt_rl.Algorithm2(cfg, tok, toy.oracle_success_rate(world) if oracle else None)(toy_engine, mine, cfg, 0)
     with open(tmp_path / "run" / "prefixes" / "iter_0.rank0.json") as f:
         prefixes = json.load(f)["0"]
     outcome = grpo.group_advantages(rollout.rewards, 4).tolist()
-    assert rollout.metrics["mu_prefixes"][0] > 0 and rollout.metrics["mu_tokens"][0] > 0
+    assert (rollout.metrics["mu_tokens"][0] == 0) if oracle else (rollout.metrics["mu_prefixes"][0] > 0
+                                                                 and rollout.metrics["mu_tokens"][0] > 0)
+    j_r = toy.oracle_success_rate(world)
     segments = 0
     for i, (ids, adv, cut) in enumerate(zip(rollout.completions, rollout.advantages, rollout.truncated)):
         credit = [(a - outcome[i]) / cfg.alpha for a in adv]
@@ -139,11 +146,18 @@ def test_per_episode_credit_on_vllm_with_the_toy_model(toy_engine, tmp_path):
             assert credit == pytest.approx([0.0] * len(ids), abs=1e-6)
             continue
         sample = prover.Sample(tok.decode(ids, skip_special_tokens=True), ids, "stop")
-        _, ends, _ = mrt_rl.continuation_episodes(tok, sample, prefixes[i // 4]["prefix"], thinking=True)
+        start = prefixes[i // 4]["prefix"]
+        thought_prefixes, ends, _ = mrt_rl.continuation_episodes(tok, sample, start, True, toy.EPISODE_END)
         bounds = [0] + [e for e in ends if 0 < e < len(ids)] + [len(ids)]
         for a, b in zip(bounds, bounds[1:]):
             assert max(credit[a:b]) - min(credit[a:b]) < 1e-6             # one value per episode
-            assert credit[a] * 4 == pytest.approx(round(credit[a] * 4), abs=1e-5)
+            if not oracle:
+                assert credit[a] * 4 == pytest.approx(round(credit[a] * 4), abs=1e-5)
+        if oracle:   # exact progress: J_r after each episode minus J_r before it, then r - J_r(z_{0:k})
+            q = mine[i // 4]
+            rates = [j_r(q, start)] + [j_r(q, p) for p in thought_prefixes]
+            expected = [b - a for a, b in zip(rates, rates[1:])] + [rollout.rewards[i] - rates[-1]]
+            assert [credit[a] for a in bounds[:-1]] == pytest.approx(expected[:len(bounds) - 1], abs=1e-6)
         segments += len(bounds) - 1
     assert segments > len(rollout.completions)   # the continuations do have episodes
 
@@ -468,13 +482,16 @@ def test_mrt_rl_on_four_ranks_with_vllm_and_a_resume(tiny_model, tmp_path):
 
 def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
     argv = ["--quick", "--out", str(tmp_path), "--steps", "2", "--batch-size", "16", "--star-rollouts", "1",
-            "--eval-samples", "2", "--eval-traces", "1", "--engine", "vllm", "--dtype", "float32", "--no-plots"]
+            "--eval-samples", "2", "--eval-traces", "1", "--engine", "vllm", "--dtype", "float32", "--no-plots",
+            "--methods", ",".join(compare.TOY_METHODS), "--max-completion-length", "160", "--eval-max-tokens", "192"]
     args = compare.parse_toy_args(argv)
     assert (args.seeds, args.iterations, args.steps) == (1, 1, 2)           # --quick, then explicit flags
+    assert args.episode_end == toy.EPISODE_END and args.budgets == [48, 96, 144, 192]
     compare.toy_run(args, engine=toy_engine)
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
-    assert set(results["methods"]) == {"base", "grpo", "mrt-rl", "mrt-rl-episode", "length-penalty", "star", "mrt-star"}
+    assert set(results["methods"]) == {"base", "grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle",
+                                       "length-penalty", "star", "mrt-star"}
     assert set(results["differences_from_grpo"]) == set(results["methods"]) - {"base", "grpo"}
     for name, d in results["differences_from_grpo"].items():   # one seed: the difference itself, no interval
         per_seed = results["per_seed"]
@@ -531,3 +548,64 @@ def test_toy_args_errors():
     with pytest.raises(SystemExit):
         compare.parse_toy_args(["--steps", "20", "--curve-steps", "10,30"])   # a curve step after the last step
     assert compare.parse_toy_args(["--steps", "20"]).curve_steps == [4, 10, 20]
+    with pytest.raises(SystemExit):
+        compare.parse_toy_args(["--episode-end", "(unclosed"])      # not a regular expression
+    with pytest.raises(SystemExit):
+        compare.parse_toy_args(["--episode-end", "x*"])             # matches the empty text
+    args = compare.parse_toy_args([])
+    assert (args.max_completion_length, args.eval_max_tokens, args.budgets) == (256, 256, [64, 128, 192, 256])
+    assert args.methods == list(compare.DEFAULT_TOY_METHODS) and args.episode_end == toy.EPISODE_END
+    args = compare.parse_toy_args(["--binding-budget"])
+    assert (args.max_completion_length, args.eval_max_tokens, args.budgets) == (128, 128, [32, 64, 96, 128])
+
+
+def test_per_episode_credit_is_the_same_when_a_break_before_a_phrase_is_dropped(tokenizer):
+    """episodes.split_steps also cuts before a Fig. 21 phrase that starts a sentence, so a continuation that
+    drops the "\\n\\n" before its second episode's "Wait" (or writes a space there) keeps its 3 episodes: the
+    same bonuses (mu's J_r is scripted from the text, not its whitespace) and, on every character the two
+    texts share, the same credit (a character's credit is its token's). Glued to a digit ("4Wait") the phrase
+    starts no sentence and the episodes merge, the rule's limit: the first episode's tokens are then paid the
+    second one's progress too, which is what would teach a policy to drop breaks."""
+    import re   # (imported here: the file's imports are not this test's to change)
+
+    parts = ["Try 4.\n\ng(4) is too low.\n\nSo x is above 4.\n\n",
+             "Wait, try 7.\n\ng(7) is too high.\n\nSo x is below 7.\n\n",
+             "Alternatively, try 5.\n\ng(5) is right.\n\nSo x is 5.\n\n"]
+    full = "".join(parts) + "</think>\n\n\\boxed{5}"
+    at = len(parts[0]) - 2   # full[at:at + 2] is the break before "Wait"
+
+    def rate(thought_prefix):
+        # toy.scripted_success_rate's rule with x = 5: found once 5 is tried, else 1 / (untried digits)
+        tried = set(re.findall(r"[Tt]ry (\d)", thought_prefix))
+        return 1.0 if "5" in tried else 1.0 / (10 - len(tried))
+
+    def credit_per_character(text):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ids) == text
+        prefixes, ends, closed = mrt_rl.continuation_episodes(tokenizer, prover.Sample(text, ids, "stop"), "",
+                                                              thinking=True)
+        bonuses = mrt_rl.episode_bonuses(rate(""), [rate(p) for p in prefixes], 1.0, truncated=not closed)
+        credit = mrt_rl.episode_token_credit(bonuses, ends, len(ids))
+        chars, start = [], 0
+        for i, c in enumerate(credit):   # a character's credit is that of the token that wrote it
+            end = len(tokenizer.decode(ids[:i + 1]))
+            chars += [c] * (end - start)
+            start = end
+        assert len(chars) == len(text)
+        return len(prefixes), bonuses, chars
+
+    k, bonuses, credit = credit_per_character(full)
+    assert k == 3 and bonuses == pytest.approx([1 / 9 - 1 / 10, 1 / 8 - 1 / 9, 1 - 1 / 8, 0.0])
+    shared = [i for i in range(len(full)) if not at <= i < at + 2]
+    for glue in ("", " "):
+        broken = full[:at] + glue + full[at + 2:]
+        assert broken[at - 2:at + len(glue) + 4] == "4." + glue + "Wait"
+        k_broken, bonuses_broken, credit_broken = credit_per_character(broken)
+        assert k_broken == 3 and bonuses_broken == bonuses
+        moved = [i if i < at else i - 2 + len(glue) for i in shared]
+        assert [credit[i] for i in shared] == [credit_broken[j] for j in moved], repr(glue)
+    # the limit: "4Wait" is no sentence start, and the first two episodes merge
+    glued = full[:at - 1] + full[at + 2:]
+    k_glued, bonuses_glued, credit_glued = credit_per_character(glued)
+    assert k_glued == 2 and bonuses_glued == pytest.approx([1 / 8 - 1 / 10, 1 - 1 / 8, 0.0])
+    assert credit[0] == pytest.approx(bonuses[0]) and credit_glued[0] == pytest.approx(bonuses[0] + bonuses[1])

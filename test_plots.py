@@ -26,10 +26,11 @@ def evaluation_results():
 
 def toy_results():
     def run(seed, good):
-        return {"pass@1": 0.3 + good + 0.01 * seed, "tokens_per_correct": 200.0 - 50 * good,
+        return {"pass@1": 0.3 + good + 0.01 * seed, "episodes_per_correct": 5.0 - good,
                 "normalized_regret": {"48": 0.9 - good, "96": 0.8 - good}, "J_r": [0.1, 0.2 + good, 0.3],
-                "retry_share": 0.2 - good / 2, "double_check_share": 0.05,
-                "curve": [{"step": 0, "pass@1": 0.3}, {"step": 10, "pass@1": 0.3 + good + 0.02 * seed}]}
+                "uninformative_share": 0.2 - good / 2, "double_check_share": 0.05,
+                "curve": [{"step": 0, "pass@1": 0.3, "uninformative_share": 0.2},
+                          {"step": 10, "pass@1": 0.3 + good + 0.02 * seed, "uninformative_share": 0.2 - good / 2}]}
     per_method = {m: {s: run(s, g) for s in range(3)} for m, g in (("base", 0.0), ("grpo", 0.2), ("mrt-rl", 0.25))}
     return {"methods": {m: compare.toy_summary(runs) for m, runs in per_method.items()}}
 
@@ -52,7 +53,7 @@ def test_the_toy_figure_and_the_cli_redraw(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(toy_results()))
     plots.main([str(path), "--out", str(tmp_path / "figs")])
-    check_png(tmp_path / "figs" / "results.png", 1500, 850)
+    check_png(tmp_path / "figs" / "results.png", 2000, 850)
     (tmp_path / "eval.json").write_text(json.dumps(evaluation_results()))
     assert len(plots.draw(str(tmp_path / "eval.json"))) == 5
     assert plots.model_name("runs/a/seed_0/checkpoints/step_5") == "a/seed_0 step_5"
@@ -64,8 +65,8 @@ def test_missing_fields_and_bad_files_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="missing field 'normalized_regret_by_tokens'"):
         plots.evaluation_figures(results, str(tmp_path / "r"))
     toy = toy_results()
-    del toy["methods"]["grpo"]["retry_share"]
-    with pytest.raises(ValueError, match="grpo: missing field 'retry_share'"):
+    del toy["methods"]["grpo"]["uninformative_share"]
+    with pytest.raises(ValueError, match="grpo: missing field 'uninformative_share'"):
         plots.toy_figure(toy, str(tmp_path / "t.png"))
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(SystemExit, match="x.json: not JSON"):

@@ -252,6 +252,29 @@ def test_sampling_is_reproducible_per_seed(tokenizer, vllm_engine, hf_engine):
         assert len({tuple(s.token_ids) for row in a for s in row}) == 6  # six distinct random streams
 
 
+@pytest.mark.parametrize("engine_name, step", [("vllm_engine", 3), ("hf_engine", 1)])
+def test_list_seed_gives_each_prompt_its_own_seed(request, tokenizer, engine_name, step):
+    """seed=[s0, s1]: prompt i is sampled exactly as alone with seed s_i; an int seed is the list of
+    the old per-prompt seeds (vLLM: seed + i * n, HF: seed + i); a list of the wrong length is an error."""
+    engine = request.getfixturevalue(engine_name)
+    prompts = [prover.build_prompt(tokenizer, p) for p in PROBLEMS[:2]]
+    kw = dict(n=3, temperature=1.0, max_tokens=8)
+
+    def ids(out):
+        return [[s.token_ids for s in row] for row in out]
+
+    together = ids(engine.generate(prompts, seed=[5, 100], **kw))
+    alone = ids(engine.generate(prompts[:1], seed=5, **kw)) + ids(engine.generate(prompts[1:], seed=100, **kw))
+    assert together == alone
+    assert ids(engine.generate(prompts, seed=[100, 5], **kw)) != together   # the list is used, in order
+    assert ids(engine.generate(prompts, seed=11, **kw)) == ids(engine.generate(prompts, seed=[11, 11 + step], **kw))
+    # equal seeds for equal prompts: equal samples (what MetaProver's common_random_numbers relies on)
+    same = ids(engine.generate([prompts[0], prompts[0]], seed=[9, 9], **kw))
+    assert same[0] == same[1]
+    with pytest.raises(ValueError, match="1 seeds for 2 prompts"):
+        engine.generate(prompts, seed=[5], **kw)
+
+
 def test_hf_engine_batch_composition_does_not_change_samples(tokenizer, hf_engine):
     """One batched decode loop for all prompts: prompt 0's samples are the same alone, beside other
     prompts (of other lengths, so it is left padded), or split across batches by the token bound."""
@@ -325,6 +348,51 @@ def test_meta_prover_score_batches_whole_traces(tokenizer):
     results = mu.score(traces)
     assert [len(r.success_rates) for r in results] == [2, 3, 2, 3, 2]
     assert engine.calls == [5, 5, 2]  # 2+3 | 2+3 | 2: traces are never split across calls
+
+
+def test_meta_prover_common_random_numbers_seeds_one_per_trace(tokenizer):
+    """common_random_numbers: every prefix of trace t gets seed + t * m, t counted over the whole score
+    call (across generate calls); off, the engine gets the one int seed as before."""
+    seeds = []
+    engine = scripted_mu(tokenizer)
+    generate = engine.generate
+    engine.generate = lambda prompts, **kw: seeds.append(kw["seed"]) or generate(prompts, **kw)
+    traces = [(PROBLEMS[i % 3], "7", thought_prefixes(["a\n\n", "Wait, b\n\n"][: 1 + i % 2])) for i in range(5)]
+    crn = prover.MetaProver(engine, m=2, batch_prompts=5, seed=10, common_random_numbers=True).score(traces)
+    assert engine.calls == [5, 5, 2]
+    assert seeds == [[10, 10, 12, 12, 12], [14, 14, 16, 16, 16], [18, 18]]
+    seeds.clear()
+    old = prover.MetaProver(engine, m=2, batch_prompts=5, seed=10).score(traces)
+    assert seeds == [10, 10, 10]
+    assert [r.success_rates for r in crn] == [r.success_rates for r in old]   # the scripted engine ignores seeds
+    with pytest.raises(ValueError, match="needs an int seed"):
+        prover.MetaProver(engine, seed=None, common_random_numbers=True)
+    seeds.clear()   # the caller's seeds, one per trace (mrt_rl.py: the seed of the prompt's terminations)
+    prover.MetaProver(engine, m=2, batch_prompts=5, seed=10).score(traces, seeds=[3, 3, 9, 9, 40])
+    assert seeds == [[3, 3, 3, 3, 3], [9, 9, 9, 9, 9], [40, 40]]
+    with pytest.raises(ValueError, match="2 seeds for 5 traces"):
+        prover.MetaProver(engine, m=2).score(traces, seeds=[1, 2])
+
+
+@pytest.mark.parametrize("engine_name", ["vllm_engine", "hf_engine"])
+def test_meta_prover_common_random_numbers_equal_prefixes_equal_answers(request, engine_name):
+    """Two equal thought prefixes give the same prompt: with common random numbers mu's m samples at
+    both are the same; without, they were drawn with other seeds (seed + i * m) and differ."""
+    engine = request.getfixturevalue(engine_name)
+    prefixes = ["", "Let x = 3.\n\n", "Let x = 3.\n\n", "Let x = 3.\n\nSo 2x = 6.\n\n"]
+    trace = (PROBLEMS[1], "3", prefixes)
+
+    def run(crn):
+        mu = prover.MetaProver(engine, m=4, temperature=1.0, max_tokens=8, seed=0, common_random_numbers=crn)
+        return mu.score([trace, trace])
+
+    crn, old = run(True), run(False)
+    for scores in crn:
+        assert scores.texts[1] == scores.texts[2] and scores.answers[1] == scores.answers[2]
+        assert scores.num_tokens[1] == scores.num_tokens[2]
+    assert crn[0].texts != crn[1].texts             # equal traces, but trace 1 has its own seed
+    for scores in old:
+        assert scores.texts[1] != scores.texts[2]   # 4 samples of 8 tokens at temperature 1: never all equal
 
 
 def test_prefix_token_ids_reuse_the_response_tokens(tokenizer):

@@ -83,7 +83,8 @@ def scripted_star_respond(text, n, stop):
 def _star_cfg(**kw):
     base = dict(thinking=True, rollouts=1, temperature=0.7, top_p=1.0, max_tokens=64, seed=0, prover_samples=4,
                 prover_temperature=0.7, prover_max_tokens=16, variant="mrt", keep_time_is_up=False,
-                weight_by_progress=False, progress_threshold=0.0, answer_source="mu")
+                weight_by_progress=False, progress_threshold=0.0, answer_source="mu",
+                episode_end=None)
     return types.SimpleNamespace(**{**base, **kw})
 
 

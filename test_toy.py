@@ -71,14 +71,44 @@ def test_toy_problems_are_correct_by_construction():
     assert len(held_out) == len(world.functions) * world.eval_per_function
     assert not {q["id"] for q in train} & {q["id"] for q in held_out}
     for q in train + held_out:
-        assert sorted(functions[q["function"]]) == list(range(world.symbols))       # a permutation
-        assert functions[q["function"]][int(q["answer"])] == q["target"]             # f(answer) = y
-        assert q["problem"] == f"Find x with {q['function']}(x)={q['target']}."
+        values = functions[q["function"]]
+        assert all(10 <= a < b <= 99 for a, b in zip(values, values[1:]))           # increasing, two digits
+        assert values[int(q["answer"])] == q["target"]                               # g(answer) = y
+        assert q["problem"] == f"Find x in 0..9 with {q['function']}(x)={q['target']}."
         assert grader.reward(f"</think>\n\nThe answer is \\boxed{{{q['answer']}}}.", q["answer"]) == 1.0
     assert toy.make_problems(world) == (train, held_out)                             # seeded
 
 
-def test_toy_traces_segment_into_their_episodes_and_scripted_j_r_counts():
+# "Find x in 0..9 with f(x)=15." of the seeded world: f = 14, 15, 22, 43, 48, 49, 51, 57, 75, 84, so x = 1
+F_PROBLEM = {"id": "toy-f-15", "problem": "Find x in 0..9 with f(x)=15.", "answer": "1", "function": "f", "target": 15}
+FOUND = ["Try 5.\n\nf(5)=49, target 15, too high: x in 0..4.\n\n",               # J_r 1/10 -> 1/5
+         "Wait, try 7.\n\nf(7)=57, target 15, too high: x in 0..4.\n\n",          # outside 0..4: 1/5, uninformative
+         "Alternatively, try 1.\n\nf(1)=15, target 15, found: x = 1.\n\n",        # found: 1
+         "But let me double-check.\n\nf(1)=15, target 15, found: x = 1.\n\n"]     # a double-check: 1
+GAVE_UP = ["Try 0.\n\nf(0)=14, target 15, too low: x in 1..9.\n\n",               # 1/10 -> 1/9
+           "Wait, try 5.\n\nf(5)=49, target 15, too high: x in 1..3.\n\n",        # a wrong interval (1..4): 1/4
+           "Wait, try 3.\n\nf(3)=44, target 15, too high: x in 1..2.\n\n"]        # a wrong value (43), right interval: 1/2
+
+
+def test_toy_world_is_the_seeded_one_of_the_hand_examples():
+    assert toy.hidden_functions(toy.World())["f"] == [14, 15, 22, 43, 48, 49, 51, 57, 75, 84]
+    assert F_PROBLEM in toy.make_problems(toy.World())[1]
+
+
+def test_toy_scripted_j_r_is_one_over_the_implied_interval_by_hand():
+    world = toy.World()
+    rates = [toy.scripted_success_rate(world, F_PROBLEM, p) for p in episodes.thought_prefixes(FOUND)]
+    assert rates == [1 / 10, 1 / 5, 1 / 5, 1.0, 1.0]
+    # the true checks count, not what the thought wrote: GAVE_UP's wrong interval and value change nothing
+    rates = [toy.scripted_success_rate(world, F_PROBLEM, p) for p in episodes.thought_prefixes(GAVE_UP)]
+    assert rates == [1 / 10, 1 / 9, 1 / 4, 1 / 2]
+    oracle = toy.oracle_success_rate(world)
+    assert oracle({"problem": F_PROBLEM["problem"], "answer": "1"}, "".join(FOUND[:2])) == 1 / 5
+    with pytest.raises(ValueError, match="not a toy-world problem"):
+        oracle({"problem": "What is 1+1?", "answer": "2"}, "")
+
+
+def test_toy_traces_segment_at_their_statements_and_progress_is_the_information_added():
     world = toy.World()
     functions = toy.hidden_functions(world)
     train, _ = toy.make_problems(world)
@@ -89,22 +119,22 @@ def test_toy_traces_segment_into_their_episodes_and_scripted_j_r_counts():
         trace = toy.sample_trace(world, functions, q, rng)
         completion = "".join(trace["episodes"]) + toy.final_answer(trace["answer"])
         thought, _, closed = episodes.split_think(completion)
-        assert closed and episodes.split_episodes(thought) == trace["episodes"]      # App. D's cut, min_steps 3
+        assert closed and toy.split_toy_episodes(thought) == trace["episodes"]
+        # the cut does not depend on the step break after a statement: dropping every one keeps the episodes
+        dropped = re.sub(r"\.\n\n(?=Wait|Alternatively|But)", ".", thought)
+        assert [e.replace("\n\n", "") for e in toy.split_toy_episodes(dropped)] == \
+            [e.replace("\n\n", "") for e in trace["episodes"]]
         assert grader.reward(completion, q["answer"]) == float(trace["answer"] == int(q["answer"]))
-        x = int(q["answer"])
-        for j, prefix in enumerate(episodes.thought_prefixes(trace["episodes"])):
-            tried = set(trace["tried"][:j])          # what the generator knows it tried, counted
-            expected = 1.0 if x in tried else 1.0 / (world.symbols - len(tried))
-            assert toy.scripted_success_rate(world, q, prefix) == expected
-        per_episode, _ = prover.progress([toy.scripted_success_rate(world, q, p)
-                                          for p in episodes.thought_prefixes(trace["episodes"])])
-        for j, (ep, c, r) in enumerate(zip(trace["episodes"], trace["tried"], per_episode)):
-            # a re-try or the double-check of a found x adds nothing; a new digit does, unless the
-            # untried digits were down to one (then x was known by elimination: J_r was 1 already)
-            redundant = c in trace["tried"][:j] or len(set(trace["tried"][:j])) == world.symbols - 1
-            kinds.add("unproductive" if redundant else "productive")
-            assert (r == 0) if redundant else (r > 0)
-    assert kinds == {"productive", "unproductive"}
+        rates = [toy.scripted_success_rate(world, q, p) for p in episodes.thought_prefixes(trace["episodes"])]
+        # the warm start states the true interval: J_r is one over the stated interval's size
+        assert rates[1:] == [1 / (hi - lo + 1) for lo, hi in trace["intervals"]]
+        per_episode, _ = prover.progress(rates)
+        for j, r in enumerate(per_episode):
+            before = trace["intervals"][j - 1] if j else (0, world.symbols - 1)
+            informative = trace["intervals"][j] != before
+            kinds.add("informative" if informative else "uninformative")
+            assert (r > 0) if informative else (r == 0)
+    assert kinds == {"informative", "uninformative"}
 
 
 def test_toy_warm_start_rows_train_only_the_answer_after_the_suffix(tokenizer):
@@ -118,13 +148,9 @@ def test_toy_warm_start_rows_train_only_the_answer_after_the_suffix(tokenizer):
         q = next(p for p in train if p["problem"] == r["problem"])
         assert r["context"].endswith(prover.TIME_IS_UP)
         answer = int(re.search(r"boxed\{(\d)\}", r["completion"]).group(1))
-        prefix = r["context"][:-len(prover.TIME_IS_UP)]
-        tried = toy.tried_digits(world, q, prefix)
-        if int(q["answer"]) in tried:
-            assert answer == int(q["answer"])                       # found: mu answers x
-        else:
-            assert answer not in tried                              # else a guess among the untried
-        assert all(functions[q["function"]][int(c)] == int(v) for _, c, v in toy.CHECK.findall(prefix))
+        lo, hi = toy.implied_interval(world, q, r["context"][:-len(prover.TIME_IS_UP)])
+        assert lo <= answer <= hi                                   # x once found, else a guess inside the interval
+        assert all(functions[q["function"]][int(c)] == int(v) for _, c, v in toy.CHECK.findall(r["context"]))
     path = os.path.join(os.path.dirname(tokenizer.name_or_path), "toy_rows.jsonl")
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in forced[:5])
@@ -141,6 +167,7 @@ def test_toy_shipped_warm_start_is_todays_world_and_met_its_gates():
     assert record["world"] == dataclasses.asdict(toy.World())     # else mrt.py would rebuild it
     assert record["command"].startswith(toy.BUILD_COMMAND)
     assert record["gates_met"] and all(record["gates_met"].values()), record["gates"]
+    assert set(record["gates_met"]) == set(toy.GATES)
     assert toy.warm_start() == toy.WARM_START_DIR
 
 
@@ -149,50 +176,39 @@ def test_toy_warm_start_checks_and_answers_the_forced_suffix(toy_engine):
     _, held_out = toy.make_problems(world)
     gates = toy.measure(toy_engine, world, held_out, n=8, max_tokens=toy.TRAINING_BUDGET, m=2, seed=1)
     assert gates["mu_extractable"] >= 0.9          # mu's answers are extractable on >= 90 % of prefixes
-    assert gates["check_accuracy"] >= 0.9 and gates["format_valid"] >= 0.85   # (a few traces hit the budget)
+    assert gates["check_accuracy"] >= 0.9 and gates["interval_accuracy"] >= 0.9
+    assert gates["format_valid"] >= 0.9 and gates["truncated"] <= 0.05
     assert gates["mu_found"] >= 0.8                 # mu answers x once a prefix has found it
 
 
 def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
     world = toy.World()
-    functions = toy.hidden_functions(world)
-    _, held_out = toy.make_problems(world)
-    q = held_out[0]
-    values, x, y = functions[q["function"]], int(q["answer"]), q["target"]
-    a, b = [d for d in range(world.symbols) if d != x][:2]
-    g = q["function"]
-    found = [f"Try {a}.\n\n{g}({a})={values[a]}, target {y}.\n\nNo.\n\n",
-             f"Wait, try {x}.\n\n{g}({x})={y}, target {y}.\n\nYes.\n\n"]
-    wrong_value = (values[a] + 1) % world.symbols
-    gave_up = [f"Try {a}.\n\n{g}({a})={wrong_value}, target {y}.\n\nNo.\n\n",       # a wrong check
-               f"But wait, try {a}.\n\n{g}({a})={values[a]}, target {y}.\n\nNo.\n\n"]  # a re-try: no progress
-    responses = ["".join(found) + toy.final_answer(x), "".join(gave_up) + toy.final_answer(b)]
+    q = F_PROBLEM
+    responses = ["".join(FOUND) + toy.final_answer(1), "".join(GAVE_UP) + toy.final_answer(2)]
 
     def respond(text, n, stop):
-        if text.endswith(prover.TIME_IS_UP):      # mu: x once a prefix says Yes, else b
-            return [f"Answer:** \\boxed{{{x if 'Yes' in text.split('<think>')[1] else b}}}."] * n
+        if text.endswith(prover.TIME_IS_UP):      # mu: x once a prefix says found, else 3
+            return [f"Answer:** \\boxed{{{1 if 'found' in text.split('<think>')[1] else 3}}}."] * n
         return responses[:n]
     got = toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, m=3)
-    assert got["pass@1"] == 0.5 and got["format_valid"] == 1.0 and got["gave_up"] == 0.5
-    assert got["check_accuracy"] == 3 / 4 and got["checks"] == 4
-    assert got["mu_found"] == 1.0            # the one prefix with a right Yes at x
-    assert got["mu_vs_ideal"] == 0.0         # 5 open prefixes (x untried), mu always answers b
-    assert got["prefixes"] == 6 and got["prefixes_after_a_wrong_check"] == 0 and got["mean_episodes"] == 2
-    sizes = [len(tokenizer.encode(e, add_special_tokens=False)) for e in found + gave_up]
-    assert got["unproductive_token_share"] == pytest.approx(sizes[3] / sum(sizes))
-    # 4 episodes: one re-try before x is found, no double-check; the first tries are both a, and a is the
-    # answer of a training problem of g unless it is the other held-out target's answer
-    assert got["retry_share"] == 0.25 and got["double_check_share"] == 0.0
-    trained = {int(t["answer"]) for t in toy.make_problems(world)[0] if t["function"] == g}
-    assert got["first_try_training_answer"] == float(a in trained)
-    # the found trace: J_r 1/10 before any try, 1/9 after a, 1 after x
-    assert got["scripted_curves"][0] == [[0, sizes[0], sizes[0] + sizes[1]], [1 / 10, 1 / 9, 1.0]]
-    assert got["scripted_curves"][1] == [[0, sizes[2], sizes[2] + sizes[3]], [1 / 10, 1 / 9, 1 / 9]]
+    assert got["pass@1"] == 0.5 and got["format_valid"] == 1.0 and got["gave_up"] == 0.5 and got["truncated"] == 0.0
+    assert got["checks"] == 7 and got["check_accuracy"] == 6 / 7 and got["interval_accuracy"] == 6 / 7
+    assert got["mu_found"] == 1.0            # the two prefixes after "found: x = 1"
+    assert got["mu_vs_ideal"] == 0.0         # 7 open prefixes (x untried), mu always answers 3
+    assert got["prefixes"] == 9 and got["prefixes_after_a_wrong_check"] == 0 and got["mean_episodes"] == 3.5
+    sizes = [len(tokenizer.encode(e, add_special_tokens=False)) for e in FOUND + GAVE_UP]
+    assert got["unproductive_token_share"] == pytest.approx((sizes[1] + sizes[3]) / sum(sizes))
+    # 7 episodes: one outside try before x is found, one double-check after
+    assert got["uninformative_share"] == 1 / 7 and got["double_check_share"] == 1 / 7
+    cumulative = [sum(sizes[:i]) for i in range(5)]
+    assert got["scripted_curves"][0] == [cumulative, [1 / 10, 1 / 5, 1 / 5, 1.0, 1.0]]
+    assert got["scripted_curves"][1] == [[0, sizes[4], sizes[4] + sizes[5], sum(sizes[4:])], [1 / 10, 1 / 9, 1 / 4, 1 / 2]]
     assert set(toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, mu=False)) == {
-        "pass@1", "check_accuracy", "format_valid", "unproductive_token_share", "gave_up", "mean_episodes", "samples",
-        "checks", "retry_share", "double_check_share", "first_try_training_answer", "scripted_curves",
-        "verdicts_without_break"}
-    assert got["verdicts_without_break"] == 0.0
-    drifted = [responses[0].replace("No.\n\nWait", "No4Wait")]   # the format collapse of some RL runs
-    assert toy.measure(FakeEngine(tokenizer, lambda text, n, stop: drifted * n), world, [q], n=1,
-                       mu=False)["verdicts_without_break"] == 0.5
+        "pass@1", "check_accuracy", "interval_accuracy", "format_valid", "truncated", "unproductive_token_share",
+        "gave_up", "mean_episodes", "samples", "checks", "uninformative_share", "double_check_share",
+        "scripted_curves", "statements_without_break"}
+    assert got["statements_without_break"] == 0.0
+    drifted = [responses[0].replace("0..4.\n\nAlternatively", "0..4.Alternatively")]   # a dropped break
+    got = toy.measure(FakeEngine(tokenizer, lambda text, n, stop: drifted * n), world, [q], n=1, mu=False)
+    assert got["statements_without_break"] == 0.25 and got["mean_episodes"] == 4   # the cut holds without it
+    assert got["uninformative_share"] == 0.25 and got["double_check_share"] == 0.25

@@ -3,9 +3,10 @@
     build_tiny_model     a random-weight Qwen2 with a byte-level BPE tokenizer trained on the fly:
                          R1-style (its generation prompt opens <think>) or, with thinking=False, an
                          instruct model with a ChatML template and no thought block
-    World ... measure    the toy world: "Find x with g(x)=7." for hidden permutations g of the digits,
-                         solved by thinking in episodes (one try of a digit each), its scripted J_r,
-                         the warm-start SFT data (App. A.2) and its quality gates
+    World ... measure    the toy world: "Find x in 0..9 with g(x)=37." for hidden increasing functions g,
+                         solved by thinking in episodes (one higher/lower check each, which restates the
+                         interval of x), its scripted J_r, the warm-start SFT data (App. A.2) and its
+                         quality gates
     python toy.py build  train the warm start from scratch (star.py's SFT loop; ~12 min on 2 cores)
                          and write toy_warm_start/, which `python mrt.py` trains from
 
@@ -140,97 +141,123 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 
 
 # ==============================================================================================
-# The toy world: find x with f(x) = y, for hidden functions f learned into the weights
+# The toy world: find x with g(x) = y by higher/lower checks, for hidden monotone g learned into the weights
 # ==============================================================================================
 #
-# A problem names one of a few hidden permutations f of the digits (never shown) and a target y:
-# "Find x with g(x)=7.". The model thinks in episodes of three steps (App. D cuts at >= 3 steps):
+# A problem names one of a few hidden increasing functions g of the digits (never shown; two-digit
+# values) and a target y: "Find x in 0..9 with g(x)=37.". The model thinks in episodes, one try each.
+# A try checks g at a digit, compares it with the target and restates what the checks so far imply:
 #
-#     Try 4.\n\ng(4)=2, target 7.\n\nNo.\n\n                 z_0: a new digit, J_r rises
-#     Wait, try 4.\n\ng(4)=2, target 7.\n\nNo.\n\n           z_1: a re-try: nothing new, progress 0
-#     Alternatively, try 9.\n\ng(9)=7, target 7.\n\nYes.\n\n z_2: found: J_r = 1
-#     But let me double-check.\n\ng(9)=7, target 7.\n\nYes.\n\n  z_3: checking what is known: progress 0
-#     </think>\n\nThe answer is \boxed{9}.
+#     Try 4.\n\ng(4)=30, target 37, too low: x in 5..9.\n\n             z_0: inside the interval: J_r 1/10 -> 1/5
+#     Alternatively, try 1.\n\ng(1)=11, target 37, too low: x in 5..9.\n\n   z_1: outside: the interval copied, progress 0
+#     Wait, try 7.\n\ng(7)=56, target 37, too high: x in 5..6.\n\n           z_2: J_r -> 1/2
+#     Wait, try 5.\n\ng(5)=37, target 37, found: x = 5.\n\n                  z_3: found: J_r = 1
+#     But let me double-check.\n\ng(5)=37, target 37, found: x = 5.\n\n      z_4: checking what is known: progress 0
+#     </think>\n\nThe answer is \boxed{5}.
 #
-# Each check is local (the model recalls f at the digit it just wrote and compares it with the
-# target it restated), so a 2-layer model learns it in minutes; the search over candidates is what RL can improve. The best answer after z_{0:j}
-# is the found x, or a guess among the untried digits, so J_r(mu | x, z_{0:j}) = 1 once x is found
-# and 1 / #untried before (scripted_success_rate): it rises only when an episode tries a new digit.
+# Every decision is local: the next try needs only the last stated interval, and each statement is
+# computed from the try, g's value there, the target it restates and the interval before. The best
+# answer after z_{0:j} is the found x or a guess inside the interval the true checks imply, so
+# J_r(mu | x, z_{0:j}) = 1 once x is tried and 1 / |interval| before (scripted_success_rate): an episode's
+# progress is the information its check adds, which is what per-episode credit (Sec. 6.2) can pay for and the
+# outcome cannot tell apart. (In the world this replaced, checks of a hidden permutation said only "Yes" or
+# "No", so the only progress was "found x", which the outcome reward already pays: the README's contrast.)
+#
+# Episodes end at the statement (EPISODE_END, split_episodes' `ends`): merging two episodes would mean not
+# writing the state that mu and the next try read, so no free token (a dropped step break) decides the cut.
 
-TRAINING_BUDGET = 128   # tokens per response in the warm start's gates and mrt.py's training runs: 6 episodes and the answer
-# (17 + 5 x 18.3 + 11 = 120 tokens by the toy tokenizer; 7 need 138), so a search that has not found x
-# after 6 tries must stop and guess or be cut off: the budget binds.
+TRAINING_BUDGET = 256   # tokens per response in the warm start's gates and mrt.py's training runs (see the README:
+# the warm start's traces are truncated < 2 % of the time here; a "loose" budget, where the outcome cannot pay for
+# a shorter search and only per-episode progress can)
+BINDING_BUDGET = 128    # the second configuration: a budget that binds (4 episodes and the answer; the warm start
+# needs more in about a quarter of its traces)
 
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
-CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=2" in a thought
-VERDICT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+)\.\n\n(Yes|No)\.")   # with its target and verdict
-VERDICT_END = re.compile(r", target \d+\.\n\n(?:Yes|No)(.?)")   # a verdict and the character after it ("." in format)
+EPISODE_END = r": x (?:in \d+\.\.\d+|= \d+)\."        # the state statement that ends every episode
+CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=30" in a thought
+STATEMENT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+), (too low|too high|found): x (?:in (\d+)\.\.(\d+)|= (\d+))\.")
+PROBLEM = re.compile(r"Find x in 0\.\.\d+ with ([a-z])\(x\)=(\d+)\.")
+STATEMENT_END = re.compile(EPISODE_END + r"(\s?)")     # a statement and the character after it ("\n" in format)
 
 
 @dataclass
 class World:
     """The task and the warm start's behaviour: everything the shipped checkpoint depends on."""
-    task_version: int = 2          # bump when the task's text changes (the shipped warm start is then rebuilt)
+    task_version: int = 3          # bump when the task's text changes (the shipped warm start is then rebuilt)
     seed: int = 0
     functions: str = "fghpqr"      # one letter per hidden function
-    symbols: int = 10              # each function permutes the digits 0 .. symbols-1
+    symbols: int = 10              # x in 0 .. symbols-1
+    value_low: int = 10            # each function takes increasing two-digit values in value_low..value_high
+    value_high: int = 99
     eval_per_function: int = 2     # targets per function held out for evaluation (never trained on)
-    p_redundant: float = 0.25      # a try re-tries a digit already tried (an unproductive episode)
-    p_stop: float = 0.3            # after a failed episode, stop and guess among the untried digits
+    # the warm start's search (the issue's simulation): the first try is the midpoint with p_first_midpoint,
+    # else uniform inside; after a miss: the midpoint, a uniform try inside, a try outside the interval (an
+    # uninformative episode, re-tries included) or stop and guess inside, with these probabilities
+    p_first_midpoint: float = 1 / 3
+    p_midpoint: float = 0.20
+    p_inside: float = 0.40
+    p_outside: float = 0.25        # the rest, 0.15, stops
     p_double_check: float = 0.35   # after finding x, one more check of it (an unproductive episode)
     forced_fraction: float = 0.2   # share of warm-start examples that answer after the "time is up" suffix
     # the model (a Qwen2 trained from scratch) and its warm-start SFT
     vocab_size: int = 512
     hidden_size: int = 128
-    num_layers: int = 2
+    num_layers: int = 3            # 2 learned the permutation world's checks; an interval update is a max/min more
     num_heads: int = 2
     intermediate_size: int = 512
     max_position_embeddings: int = 1024
-    examples: int = 100_000        # warm-start SFT rows, one epoch
+    examples: int = 80_000         # warm-start SFT rows, one epoch
     batch_size: int = 32
-    lr: float = 1e-3               # 3e-3 stalled for 1800 steps on one data order; 1e-3 learns checks by ~300
+    lr: float = 1e-3
     warmup_ratio: float = 0.02
 
 
 def hidden_functions(world):
-    """{name: [f(0), ..., f(symbols-1)]}: the seeded permutations the model must learn."""
+    """{name: [g(0), ..., g(symbols-1)]}: seeded increasing functions with distinct two-digit values."""
     rng = random.Random(f"toy-functions-{world.seed}")
-    out = {}
-    for name in world.functions:
-        values = list(range(world.symbols))
-        rng.shuffle(values)
-        out[name] = values
-    return out
+    return {name: sorted(rng.sample(range(world.value_low, world.value_high + 1), world.symbols))
+            for name in world.functions}
 
 
 def make_problems(world):
-    """(train, eval) problems {"id", "problem", "answer", "function", "target"}: every (f, y) pair,
-    eval_per_function targets of each function held out. Answers are f^-1(y) by construction."""
+    """(train, eval) problems {"id", "problem", "answer", "function", "target"}: every (g, y) pair with y a
+    value of g, eval_per_function targets of each function held out. Answers are g^-1(y) by construction."""
     functions = hidden_functions(world)
     rng = random.Random(f"toy-split-{world.seed}")
     train, held_out = [], []
     for name, values in functions.items():
-        targets = list(range(world.symbols))
+        targets = list(values)
         rng.shuffle(targets)
         for i, y in enumerate(targets):
-            q = {"id": f"toy-{name}-{y}", "problem": f"Find x with {name}(x)={y}.", "answer": str(values.index(y)),
-                 "function": name, "target": y}
+            q = {"id": f"toy-{name}-{y}", "problem": f"Find x in 0..{world.symbols - 1} with {name}(x)={y}.",
+                 "answer": str(values.index(y)), "function": name, "target": y}
             (held_out if i < world.eval_per_function else train).append(q)
     return sorted(train, key=lambda q: q["id"]), sorted(held_out, key=lambda q: q["id"])
 
 
-def episode_text(name, candidate, value, target, first, rng):
-    """One try: three steps (App. D's minimum), the first episode without a Fig. 21 phrase."""
+def narrow(interval, candidate, value, target):
+    """The interval after one true check: (lo, hi), or (c, c) once g(c) = target."""
+    lo, hi = interval
+    if value == target:
+        return candidate, candidate
+    return (max(lo, candidate + 1), hi) if value < target else (lo, min(hi, candidate - 1))
+
+
+def statement_text(name, candidate, value, target, interval):
+    """The check step: g's value, the target restated (copied from the prompt: a copy the model learns
+    fast, where comparing with the prompt's value 30-70 tokens back was not learned), the verdict, and the
+    interval all checks so far imply (the state the next try reads)."""
+    lo, hi = interval
+    verdict = "found" if value == target else "too low" if value < target else "too high"
+    state = f"x = {candidate}" if value == target else f"x in {lo}..{hi}"
+    return f"{name}({candidate})={value}, target {target}, {verdict}: {state}.\n\n"
+
+
+def episode_text(name, candidate, value, target, interval, first, rng):
+    """One try (two steps: the try and its statement), the first episode without a Fig. 21 phrase."""
     head = "Try" if first else f"{rng.choice(TOY_PHRASES)}, try"
-    return f"{head} {candidate}.\n\n{check_text(name, candidate, value, target)}{'Yes' if value == target else 'No'}.\n\n"
-
-
-def check_text(name, candidate, value, target):
-    """The check step. It restates the target: the model copies it from the prompt (a copy it learns
-    fast) and then compares two nearby digits; comparing with the prompt's digit directly, 30-70
-    tokens back, was not learned in 8M tokens (Yes/No at chance while every value was right)."""
-    return f"{name}({candidate})={value}, target {target}.\n\n"
+    return f"{head} {candidate}.\n\n{statement_text(name, candidate, value, target, interval)}"
 
 
 def final_answer(candidate):
@@ -243,42 +270,68 @@ def forced_answer(candidate):
 
 
 def sample_trace(world, functions, q, rng):
-    """A warm-start trace of the behaviour policy: {"episodes", "tried" (the digit of each episode),
-    "answer", "found_at" (episode index or None)}. New digits in random order, re-tries with
-    p_redundant, a stop after a failed episode with p_stop, a double-check after finding with
-    p_double_check."""
-    values, target, x = functions[q["function"]], q["target"], int(q["answer"])
-    eps, tried = [], []
+    """A warm-start trace of the behaviour policy (World's probabilities): {"episodes", "tried" (the digit of
+    each episode), "intervals" (the interval stated after each), "answer", "found_at" (episode index or None)}."""
+    values, target, x, name = functions[q["function"]], q["target"], int(q["answer"]), q["function"]
+    interval = (0, world.symbols - 1)
+    eps, tried, intervals = [], [], []
+    r = rng.random()
+    c = sum(interval) // 2 if r < world.p_first_midpoint else rng.randint(*interval)
     while True:
-        untried = [c for c in range(world.symbols) if c not in tried]
-        if tried and rng.random() < world.p_redundant:
-            c = rng.choice(tried)
-        else:
-            c = rng.choice(untried)
-        eps.append(episode_text(q["function"], c, values[c], target, not eps, rng))
+        interval = narrow(interval, c, values[c], target)
+        eps.append(episode_text(name, c, values[c], target, interval, not eps, rng))
         tried.append(c)
+        intervals.append(interval)
         if c == x:
+            found_at = len(eps) - 1
             if rng.random() < world.p_double_check:
-                eps.append(f"{DOUBLE_CHECK}.\n\n{check_text(q['function'], x, target, target)}Yes.\n\n")
+                eps.append(f"{DOUBLE_CHECK}.\n\n{statement_text(name, x, target, target, interval)}")
                 tried.append(x)
-            return {"episodes": eps, "tried": tried, "answer": x, "found_at": tried.index(x)}
-        if rng.random() < world.p_stop:
-            guess = rng.choice([d for d in range(world.symbols) if d not in tried])
-            return {"episodes": eps, "tried": tried, "answer": guess, "found_at": None}
+                intervals.append(interval)
+            return {"episodes": eps, "tried": tried, "intervals": intervals, "answer": x, "found_at": found_at}
+        lo, hi = interval
+        r = rng.random()
+        if r < world.p_midpoint:
+            c = (lo + hi) // 2
+        elif r < world.p_midpoint + world.p_inside:
+            c = rng.randint(lo, hi)
+        elif r < world.p_midpoint + world.p_inside + world.p_outside:
+            c = rng.choice([d for d in range(world.symbols) if not lo <= d <= hi])
+        else:
+            return {"episodes": eps, "tried": tried, "intervals": intervals, "answer": rng.randint(lo, hi),
+                    "found_at": None}
 
 
-def tried_digits(world, q, thought):
-    """The digits a thought prefix has checked for this problem's function (read from its text)."""
-    return {int(c) for name, c, _ in CHECK.findall(thought)
-            if name == q["function"] and int(c) < world.symbols}
+def implied_interval(world, q, thought):
+    """The interval of x that the thought prefix's checks imply with g's true values (whatever the thought
+    wrote about them): (lo, hi), (x, x) once x has been tried."""
+    values = hidden_functions(world)[q["function"]]
+    interval = (0, world.symbols - 1)
+    for name, c, _ in CHECK.findall(thought):
+        c = int(c)
+        if name == q["function"] and c < world.symbols:
+            interval = narrow(interval, c, values[c], q["target"])
+    return interval
 
 
 def scripted_success_rate(world, q, thought):
-    """The ideal J_r(mu | x, z_{0:j}) of Eq. 4 for a thought prefix: 1 when it has tried x (the answer
-    is known), else a uniform guess among the untried digits, 1 / #untried. Its differences are the
-    ideal progress of Definition 6.1."""
-    tried = tried_digits(world, q, thought)
-    return 1.0 if int(q["answer"]) in tried else 1.0 / (world.symbols - len(tried))
+    """The ideal J_r(mu | x, z_{0:j}) of Eq. 4 for a thought prefix: 1 when it has tried x (the answer is
+    known), else a uniform guess inside the interval the true checks imply, 1 / |interval|. Its differences
+    are the ideal progress of Definition 6.1: the information an episode's check adds."""
+    lo, hi = implied_interval(world, q, thought)
+    return 1.0 / (hi - lo + 1)
+
+
+def oracle_success_rate(world):
+    """scripted_success_rate as mrt_rl.Algorithm2's oracle(q, thought prefix): q holds only "problem" and
+    "answer" there, so the function and target are read from the problem's text."""
+    def oracle(q, thought):
+        found = PROBLEM.fullmatch(q["problem"])
+        if found is None:
+            raise ValueError(f"toy oracle: {q['problem']!r} is not a toy-world problem")
+        return scripted_success_rate(world, {"function": found.group(1), "target": int(found.group(2)),
+                                             "answer": q["answer"]}, thought)
+    return oracle
 
 
 def warm_start_rows(world, problems, count, seed):
@@ -294,11 +347,9 @@ def warm_start_rows(world, problems, count, seed):
         if rng.random() < world.forced_fraction:
             j = rng.randint(0, len(trace["episodes"]))
             prefix = "".join(trace["episodes"][:j])
-            tried = trace["tried"][:j]
-            x = int(q["answer"])
-            best = x if x in tried else rng.choice([d for d in range(world.symbols) if d not in tried])
+            lo, hi = trace["intervals"][j - 1] if j else (0, world.symbols - 1)
             rows.append({"problem": q["problem"], "context": prefix + prover.time_is_up_suffix(prefix),
-                         "completion": forced_answer(best)})
+                         "completion": forced_answer(rng.randint(lo, hi))})
         else:
             rows.append({"problem": q["problem"], "completion": "".join(trace["episodes"]) + final_answer(trace["answer"])})
     return rows
@@ -350,54 +401,68 @@ def build_warm_start(out_dir, world=None, work_dir=None):
     return out_dir
 
 
-def read_checks(thought):
-    """The checks a thought wrote: (function, digit, value, restated target, verdict "Yes"/"No")."""
-    return [(name, int(c), int(v), int(t), verdict) for name, c, v, t, verdict in VERDICT.findall(thought)]
+def read_statements(thought):
+    """The statements a thought wrote: (function, digit, value, restated target, verdict, (lo, hi)), with
+    (c, c) for "x = c"."""
+    out = []
+    for name, c, v, t, verdict, lo, hi, eq in STATEMENT.findall(thought):
+        out.append((name, int(c), int(v), int(t), verdict, (int(eq), int(eq)) if eq else (int(lo), int(hi))))
+    return out
+
+
+def split_toy_episodes(thought):
+    """The toy world's episodes: cut after every state statement (EPISODE_END), whatever follows it."""
+    return episodes.split_episodes(thought, ends=EPISODE_END)
 
 
 def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperature=0.9, m=4, seed=0, mu=True):
     """The warm start's quality gates (and the toy world's own view of any checkpoint in `engine`):
 
     pass@1            mean 0/1 reward of n samples per problem at the budget
-    check_accuracy    share of the checks in the thoughts that are right in full: f's value at the
-                      digit, the problem's target restated, and the verdict (Yes iff they are equal)
+    check_accuracy    share of the statements in the thoughts whose check is right in full: g's value at
+                      the digit, the problem's target restated, and the verdict (too low / too high / found)
+    interval_accuracy share of the statements whose interval (or "x = c") is the one all checks so far
+                      imply with g's true values
     format_valid      share of samples that close the thought and box an answer
-    mu_found          J_r(mu | x, z_{0:j}) on prefixes holding a right "Yes" check of x (ideal 1)
+    truncated         share of samples cut at the budget
+    mu_found          J_r(mu | x, z_{0:j}) on prefixes holding a right "found" statement of x (ideal 1)
     mu_vs_ideal       mean J_r on prefixes that have not tried x, over the mean of the ideal
-                      1 / #untried (1 is ideal; prefixes after a wrong check are left out of both)
+                      1 / |interval| (1 is ideal; prefixes where x was tried and misjudged are left out)
     mu_extractable    share of mu's answers with a boxed answer, over every prefix
-    unproductive_token_share  tokens of episodes without progress under the scripted J_r (re-tries,
-                      checks after x is found), over all thought tokens
-    retry_share       share of episodes that re-try a digit before x is found (progress 0)
+    unproductive_token_share  tokens of episodes without progress under the scripted J_r, over all thought tokens
+    uninformative_share  share of episodes before x is found that add nothing (a try outside the implied
+                      interval, a re-try): progress 0 under the scripted J_r
     double_check_share  share of episodes that check again once x is found (progress 0)
-    first_try_training_answer  share of thoughts whose first try is the answer of a training problem
-                      of the same function (chance: 0.8 on a held-out problem, whose x never is one)
+    mean_episodes     episodes per sample (split_toy_episodes)
     scripted_curves   per sample [thought tokens at each prefix, scripted J_r there]: Fig. 9's scaling
                       curve under the ideal mu
-    verdicts_without_break  share of verdicts ("No", "Yes") not followed by "." and the step break: a
-                      format drift that merges episodes (seen in RL runs; the episode-based shares above
-                      then misread the trace)
-    gave_up           share of closed thoughts that end without a right "Yes" at x (a guess follows)
+    statements_without_break  share of statements not followed by the step break: a format drift that the
+                      segmentation ignores (it cuts at the statement), measured per run
+    gave_up           share of closed thoughts that end without a right "found" at x (a guess follows)
     With mu=False only the sampled traces are measured (no mu keys).
     """
     tok = engine.tokenizer
     functions = hidden_functions(world)
-    train_answers = {}   # per function, the digits that are the answer of a training problem
-    for q in make_problems(world)[0]:
-        train_answers.setdefault(q["function"], set()).add(int(q["answer"]))
     prompts = [prover.build_prompt(tok, q["problem"]) for q in problems]
     outputs = engine.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    rewards, checks, valid, traces, unproductive, thought_tokens, num_episodes, gave_up = [], [], [], [], 0, 0, [], []
-    retries, double_checks, first_try_trained, curves, verdicts, broken = 0, 0, [], [], 0, 0
+    rewards, checks, intervals, valid, truncated, traces, gave_up, num_episodes, curves = [], [], [], [], [], [], [], [], []
+    unproductive, thought_tokens, uninformative, double_checks, statements, broken = 0, 0, 0, 0, 0, 0
     for q, samples in zip(problems, outputs):
-        values, x = functions[q["function"]], int(q["answer"])
+        values, x, target = functions[q["function"]], int(q["answer"]), q["target"]
         for s in samples:
             rewards.append(grader.reward(s.text, q["answer"]))
+            truncated.append(s.finish_reason == "length")
             thought, _, closed = episodes.split_think(s.text)
             valid.append(closed and grader.extract_answer(s.text) is not None)
-            checks += [name == q["function"] and c < world.symbols and v == values[c] and t == q["target"]
-                       and (verdict == "Yes") == (v == t) for name, c, v, t, verdict in read_checks(thought)]
-            eps = episodes.split_episodes(thought)
+            state = (0, world.symbols - 1)   # the interval the true checks imply so far
+            for name, c, v, t, verdict, stated in read_statements(thought):
+                ok = name == q["function"] and c < world.symbols
+                right_verdict = ok and verdict == ("found" if v == t else "too low" if v < t else "too high")
+                checks.append(ok and v == values[c] and t == target and right_verdict)
+                if ok:
+                    state = narrow(state, c, values[c], target)
+                intervals.append(ok and stated == state)
+            eps = split_toy_episodes(thought)
             num_episodes.append(len(eps))
             prefixes = episodes.thought_prefixes(eps)
             ideal = [scripted_success_rate(world, q, p) for p in prefixes]
@@ -407,32 +472,31 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
                 thought_tokens += size
                 tokens_at.append(tokens_at[-1] + size)
                 unproductive += size if b <= a else 0
-                retries += b <= a < 1.0          # x not found yet, and nothing new tried
+                uninformative += b <= a < 1.0    # x not found yet, and the check added nothing
                 double_checks += b <= a == 1.0   # x already found: a check of what is known
             curves.append([tokens_at, ideal])
-            ends = VERDICT_END.findall(thought)
-            verdicts += len(ends)
-            broken += sum(e != "." for e in ends)   # the step break dropped: episodes no longer split there
-            tries = [c for name, c, _ in CHECK.findall(thought) if name == q["function"]]
-            if tries:
-                first_try_trained.append(int(tries[0]) in train_answers.get(q["function"], ()))
-            kinds = []   # per prefix: "found" (a right Yes at x), "open" (x untried), or "wrong" (x tried, judged No)
+            ends = STATEMENT_END.findall(thought)
+            statements += len(ends)
+            broken += sum(e != "\n" for e in ends)
+            kinds = []   # per prefix: "found" (a right found statement at x), "open" (x untried), or "wrong"
             for p in prefixes:
-                at_x = [r for r in read_checks(p) if r[0] == q["function"] and r[1] == x]
-                kinds.append("open" if not at_x and x not in tried_digits(world, q, p) else
-                             "found" if any(r[2] == r[3] == q["target"] and r[4] == "Yes" for r in at_x) else "wrong")
+                at_x = [r for r in read_statements(p) if r[0] == q["function"] and r[1] == x]
+                tried_x = any(int(c) == x for name, c, _ in CHECK.findall(p) if name == q["function"])
+                kinds.append("open" if not tried_x else
+                             "found" if any(r[2] == r[3] == target and r[4] == "found" for r in at_x) else "wrong")
             traces.append((q, prefixes, ideal, kinds, s.token_ids))
             if closed:
                 gave_up.append(not kinds or kinds[-1] != "found")
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else float("nan")
-    out = {"pass@1": mean(rewards), "check_accuracy": mean(checks), "format_valid": mean(valid),
+    out = {"pass@1": mean(rewards), "check_accuracy": mean(checks), "interval_accuracy": mean(intervals),
+           "format_valid": mean(valid), "truncated": mean(truncated),
            "unproductive_token_share": unproductive / max(thought_tokens, 1), "gave_up": mean(gave_up),
            "mean_episodes": mean(num_episodes), "samples": len(rewards), "checks": len(checks),
-           "retry_share": retries / max(sum(num_episodes), 1), "double_check_share": double_checks / max(sum(num_episodes), 1),
-           "first_try_training_answer": mean(first_try_trained), "scripted_curves": curves,
-           "verdicts_without_break": broken / max(verdicts, 1)}
+           "uninformative_share": uninformative / max(sum(num_episodes), 1),
+           "double_check_share": double_checks / max(sum(num_episodes), 1), "scripted_curves": curves,
+           "statements_without_break": broken / max(statements, 1)}
     if not mu:
         return out
     meta_prover = prover.MetaProver(engine, m=m, temperature=0.7, max_tokens=16, seed=seed + 1)
@@ -453,11 +517,13 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
             "mu_extractable": mean(extractable), "prefixes": len(extractable) // m, "prefixes_after_a_wrong_check": wrong}
 
 
-GATES = {"check_accuracy >= 0.9": lambda g: g["check_accuracy"] >= 0.9,
+GATES = {"check_accuracy >= 0.95": lambda g: g["check_accuracy"] >= 0.95,
+         "interval_accuracy >= 0.95": lambda g: g["interval_accuracy"] >= 0.95,
+         "truncated < 0.02": lambda g: g["truncated"] < 0.02,
          "mu_found >= 0.9": lambda g: g["mu_found"] >= 0.9,
          "mu_vs_ideal in [0.8, 1.2]": lambda g: 0.8 <= g["mu_vs_ideal"] <= 1.2,
          "mu_extractable >= 0.9": lambda g: g["mu_extractable"] >= 0.9,
-         "pass@1 in [0.2, 0.7]": lambda g: 0.2 <= g["pass@1"] <= 0.7}
+         "pass@1 in [0.3, 0.9]": lambda g: 0.3 <= g["pass@1"] <= 0.9}
 
 
 def check_gates(out_dir, world, engine_name=None, record=None):
