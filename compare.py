@@ -3,8 +3,9 @@
     python mrt.py [--quick]          # the same as python compare.py [--quick]: mrt.py's default mode
 
 From the toy world's warm start (toy.py), every method of Table 1 that the toy world can run (GRPO,
-MRT-RL, the length penalty, STaR, MRT-STaR) and Sec. 6.2's per-episode variant of MRT-RL train with the
-same steps, prompts and samples for several seeds; the RL methods' checkpoints along the way give
+MRT-RL, the length penalty, STaR, MRT-STaR) and Sec. 6.2's per-episode variant of MRT-RL (with mu, and with
+the exact J_r as an oracle mu, which separates the mechanism from its estimator) train with the same steps,
+prompts and samples for several seeds (by default the RL methods; STaR and MRT-STaR by --methods); the RL methods' checkpoints along the way give
 learning curves (toy.measure's scripted reading); evaluate.py measures every result and the warm start
 on held-out problems. Tables of mean ± standard error over seeds and of each method minus GRPO paired
 by seed (95 % t-intervals), results.json, results.png (plots.toy_figure).
@@ -45,7 +46,8 @@ from transformers import AutoTokenizer
 
 TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty", "star", "mrt-star")
 RL_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty")
-DEFAULT_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty")
+# what `python mrt.py` runs (the question the toy world asks, in about half an hour on 2 cores); the rest by --methods
+DEFAULT_TOY_METHODS = ("grpo", "mrt-rl-episode", "mrt-rl-episode-oracle")
 TOY_LABELS = {"base": "the warm start", "grpo": "outcome-reward GRPO", "mrt-rl": "Algorithm 2 as written (trace bonus)",
               "mrt-rl-episode": "Sec. 6.2 per-episode variant (not Algorithm 2), mu with m = G",
               "mrt-rl-episode-oracle": "the same with the exact J_r (toy.scripted_success_rate) in place of mu",
@@ -373,8 +375,8 @@ def add_toy_args(p):
     p.add_argument("--seeds", type=flags.positive_int, default=5, help="seeds per method (default 5)")
     flags.add_seed(p, help="first seed (default 0): seeds are seed .. seed + seeds - 1")
     p.add_argument("--methods", default=",".join(DEFAULT_TOY_METHODS),
-                   help=f"comma-separated, from {','.join(TOY_METHODS)} (default {','.join(DEFAULT_TOY_METHODS)}: the RL "
-                        f"methods; STaR and MRT-STaR are asked for by name)")
+                   help=f"comma-separated, from {','.join(TOY_METHODS)} (default {','.join(DEFAULT_TOY_METHODS)}: "
+                        f"GRPO and the per-episode credit with mu and with the exact J_r; the others by name)")
     p.add_argument("--steps", type=flags.positive_int, default=50, help="RL steps of the RL methods (default 50)")
     p.add_argument("--curve-steps", type=flags.int_list(1), default=None,
                    help="steps of the RL learning curves, each <= --steps (default: a fifth, a half and all of --steps: "
@@ -405,9 +407,9 @@ def add_toy_args(p):
                    help=f"evaluation budget in tokens (default {toy.TRAINING_BUDGET}, the training budget)")
     p.add_argument("--budgets", type=flags.int_list(1), default=None,
                    help="token budgets C0 of normalized regret (default: a quarter, a half, three quarters and all of "
-                        "--eval-max-tokens: 64,128,192,256)")
+                        "--eval-max-tokens: 80,160,240,320)")
     p.add_argument("--warm-start", default=toy.WARM_START_DIR, help="the shipped warm start folder (default toy_warm_start/)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~15 min) into --out")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~25 min) into --out")
     p.add_argument("--no-plots", action="store_true", help="skip results.png (python plots.py results.json draws it later)")
     flags.add_engine(p, max_model_len=512, max_model_len_help="engine context (default 512)")
     p.set_defaults(episode_end=toy.EPISODE_END)   # the toy world's episodes end at its interval statement

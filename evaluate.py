@@ -270,8 +270,8 @@ def budget_forcing(engine, problems, cfg):
     for q, samples in zip(problems, outputs):
         for s in samples:
             thought, closed = episodes.reasoning_stream(s.text, True, finished=s.finish_reason == "stop")
-            prefixes = episodes.thought_prefixes(episodes.group_episodes(episodes.split_episodes(thought, ends=cfg.episode_end),
-                                                                         cfg.group_size))
+            eps = episodes.split_episodes(thought, ends=cfg.episode_end)
+            prefixes = episodes.thought_prefixes(episodes.group_episodes(eps, cfg.group_size))
             states.append({"q": q, "ids": s.token_ids, "thought": thought, "closed": closed,
                            "prefixes": prefixes, "forced_at": {0: len(prefixes) - 1}})
     # ---- force: F extensions of every closed thought; each F in cfg.forcings adds a prefix -------

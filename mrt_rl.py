@@ -10,7 +10,8 @@ The paper in the file's order (App. B.1, Algorithm 2; Sec. 6.2):
     lines 10-11  A_i from r_i and r_prg,i = r_i - J_r(mu|q, z_{0:j})  progress_advantages (Eq. 3, --advantage
                                                                       progress), termination_baseline, joint_advantages
     Sec. 6.2     per-episode progress credit (--progress-credit      continuation_episodes, episode_bonuses,
-                 episode): each episode's tokens get its progress     mu_at_episode_ends, episode_advantages
+                 episode): each episode's tokens get its progress     mu_at_episode_ends (mu with common random
+                 (or an exact J_r: Algorithm2's oracle, the toy run)  numbers, or the oracle), episode_advantages
     one step     lines 3-11 in order                                  Algorithm2.__call__
 The loss covers the sampled tokens only: z_{0:j} is context (Eq. 3's c_{j-1} ~ pi_old), never trained on.
 Why every trace-level form updates as outcome GRPO does in expectation, and what per-episode credit changes:
@@ -256,6 +257,7 @@ def mu_at_episode_ends(engine, problems, partial, continuations, continuation_re
     else:
         start_rates = [oracle(q, p["prefix"]) for q, p, group in zip(problems, partial, continuations) for _ in group]
     items, traces, seeds = [], [], []   # items: per continuation (thought prefixes, token ends, truncated, index in traces)
+    prompt_seeds = termination_seeds(cfg, step, len(problems))
     for i, (q, p, group) in enumerate(zip(problems, partial, continuations)):
         for s in group:
             thought_prefixes, ends, _ = continuation_episodes(tok, s, p["prefix"], cfg.thinking, cfg.episode_end)
@@ -264,7 +266,7 @@ def mu_at_episode_ends(engine, problems, partial, continuations, continuation_re
             items.append((thought_prefixes, ends, cut, len(traces) if asked else None))
             if asked:
                 traces.append((q, thought_prefixes, p["prefix_ids"] + list(s.token_ids)))
-                seeds.append(termination_seeds(cfg, step, len(problems))[i])
+                seeds.append(prompt_seeds[i])
     if oracle is None:
         mu = prover.MetaProver(engine, m=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
                                max_tokens=cfg.prover_max_tokens, thinking=cfg.thinking)

