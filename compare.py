@@ -5,9 +5,9 @@
 From the toy world's warm start (toy.py), every method of Table 1 that the toy world can run (GRPO,
 MRT-RL, the length penalty, STaR, MRT-STaR) and Sec. 6.2's per-episode variant of MRT-RL (with mu, and with
 the exact J_r as an oracle mu, which separates the mechanism from its estimator) train with the same steps,
-prompts and samples for several seeds (by default the RL methods; STaR and MRT-STaR by --methods); the RL methods' checkpoints along the way give
-learning curves (toy.measure's scripted reading); evaluate.py measures every result and the warm start
-on held-out problems. Tables of mean ± standard error over seeds and of each method minus GRPO paired
+prompts and samples for several seeds (by default GRPO and the per-episode variant with mu and with the
+oracle; the others by --methods); the RL methods' checkpoints along the way give learning curves
+(toy.measure's scripted reading); evaluate.py measures every result and the warm start on held-out problems. Tables of mean ± standard error over seeds and of each method minus GRPO paired
 by seed (95 % t-intervals), results.json, results.png (plots.toy_figure).
 
 Imports: policy (the process group, weight loads), prover (the engine), toy (the world, its warm start
@@ -46,7 +46,7 @@ from transformers import AutoTokenizer
 
 TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty", "star", "mrt-star")
 RL_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty")
-# what `python mrt.py` runs (the question the toy world asks, in about half an hour on 2 cores); the rest by --methods
+# what `python mrt.py` runs (the question the toy world asks; ~35 min for 5 seeds on 2 cores); the rest by --methods
 DEFAULT_TOY_METHODS = ("grpo", "mrt-rl-episode", "mrt-rl-episode-oracle")
 TOY_LABELS = {"base": "the warm start", "grpo": "outcome-reward GRPO", "mrt-rl": "Algorithm 2 as written (trace bonus)",
               "mrt-rl-episode": "Sec. 6.2 per-episode variant (not Algorithm 2), mu with m = G",
