@@ -16,6 +16,7 @@ torch, transformers and vLLM are imported where an engine is built, so that the 
 """
 
 import json
+import operator
 import os
 import re
 import typing
@@ -267,7 +268,6 @@ def per_prompt_seeds(seed, count, step):
     """The seed of each of `count` prompts: seed + i * step for an int seed (the engines' rule since
     before lists: vLLM steps by n, its n samples taking consecutive seeds; HF by 1), seeds[i] for a list
     of one int per prompt, None for every prompt when seed is None."""
-    import operator
     if seed is None:
         return [None] * count
     if isinstance(seed, (list, tuple)):
