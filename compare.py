@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 
@@ -123,24 +124,26 @@ def scripted_regret(curves, budgets):
 def toy_curve(method, seed, folder, engine, held_out, args):
     """The learning curve of one RL run: toy.measure's reading of held-out samples (scripted, no mu) at the
     checkpoints of args.curve_steps, the same samples and seed as the final measurement. Written to
-    folder/curve.json; then every checkpoint but the last is removed. Returns the curve."""
+    folder/curve.json; then every checkpoint but the last is removed. Returns the curve and toy.measure's
+    output at the last step when the curve measured it (the final measurement itself), else None."""
     path = os.path.join(folder, "curve.json")
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
-    curve = []
+            return json.load(f), None
+    curve, last = [], None
     for step in args.curve_steps:
         policy.load_weights_into_engine(os.path.join(folder, "checkpoints", f"step_{step}"), engine)
         m = toy.measure(engine, toy.World(), held_out, n=args.eval_samples, max_tokens=args.eval_max_tokens,
                         seed=seed, mu=False)
         curve.append({"step": step, **curve_point(m, args.budgets)})
+        last = m if step == args.steps else None
     policy.write_atomic(path, json.dumps(curve))
     final = policy.latest_checkpoint(folder)
     for d in os.listdir(os.path.join(folder, "checkpoints")):
         if d.startswith("step_") and os.path.join(folder, "checkpoints", d) != final:
             shutil.rmtree(os.path.join(folder, "checkpoints", d), ignore_errors=True)
     policy.load_weights_into_engine(final, engine)
-    return curve
+    return curve, last
 
 
 CURVE_MEASURES = ("pass@1", "uninformative_share", "double_check_share", "episodes_per_correct", "gave_up")
@@ -275,6 +278,90 @@ def curve_table(methods, differences, budget):
     return "\n".join(lines)
 
 
+def toy_runs(args):
+    """The (method, seed) runs of one comparison in the order they are computed, the warm start's first."""
+    return [("base", s) for s in args.seed_list] + [(m, s) for m in args.methods for s in args.seed_list]
+
+
+def run_folder(args, method, seed, *name):
+    return os.path.join(args.out, method, f"seed_{seed}", *name)
+
+
+def compute_run(method, seed, warm, engine, paths, held_out, args, seconds):
+    """Train (method, seed) from the warm start (nothing for "base"), measure its learning curve and its
+    traces (toy.measure, rank 0) and evaluate it (evaluate.py): the run's folder gets curve.json,
+    toy_measures.json and, last, eval.json, which marks the run done."""
+    rank = dist.get_rank()
+    folder = run_folder(args, method, seed)
+    if rank == 0:
+        print(f"== {method}, seed {seed}" + (f" (pid {os.getpid()})" if args.worker else ""), flush=True)
+    t0 = time.time()
+    if method == "base":
+        weights = warm
+        policy.load_weights_into_engine(warm, engine)
+    else:
+        weights = toy_train(method, seed, folder, warm, engine, paths, args)
+        seconds[f"train {method}"] = seconds.get(f"train {method}", 0.0) + time.time() - t0
+    t1 = time.time()
+    # the toy world's own reading of the traces (scripted J_r): what the training changed
+    if rank == 0:
+        traces = None
+        if method in RL_TOY_METHODS:   # the learning curve first: it loads the earlier checkpoints
+            _, traces = toy_curve(method, seed, folder, engine, held_out, args)
+        if traces is None:   # the curve's last point is this measurement (same weights, samples, seed)
+            traces = toy.measure(engine, toy.World(), held_out, n=args.eval_samples,
+                                 max_tokens=args.eval_max_tokens, seed=seed, mu=False)
+        policy.write_atomic(os.path.join(folder, "toy_measures.json"), json.dumps(traces))
+    toy_evaluate(weights, seed, folder, engine, paths, args)
+    seconds[f"evaluate {method}"] = seconds.get(f"evaluate {method}", 0.0) + time.time() - t1
+
+
+def claim(claims, method, seed):
+    """True for the one worker that creates claims/<method>-seed_<seed> first (O_EXCL: atomic on a local file
+    system), so every run of a --jobs comparison is computed by exactly one worker."""
+    try:
+        os.close(os.open(os.path.join(claims, f"{method}-seed_{seed}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def run_workers(args, pending):
+    """--jobs N: N processes of this comparison (`compare.py <the same flags> --worker CLAIMS`) share the
+    pending runs, each taking the next one no worker has claimed, with the CPU's threads split between them
+    (OMP_NUM_THREADS). Why: a toy step is mostly Python (vLLM's scheduler, the sampling loop, mu's
+    bookkeeping) on one core, so two single-threaded workers keep both cores of a 2-core machine busy where
+    one process with two threads does not (measured in the README). Each run's result does not depend on
+    the worker: its seeds are its own. Returns when every worker has exited; a failed worker stops the
+    comparison with its exit code (the runs that finished are kept, and a rerun resumes)."""
+    if not pending:
+        return
+    jobs = min(args.jobs, len(pending))
+    claims = os.path.join(args.out, "claims", f"{os.getpid()}-{time.time_ns()}")   # fresh per invocation
+    os.makedirs(claims)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // jobs)), "TQDM_DISABLE": "1"}
+    # the warm start is resolved here once (a --rebuild is not repeated by every worker)
+    argv = [a for a in args.argv if a != "--rebuild"] + ["--warm-start", args.warm_start_path, "--worker", claims]
+    command = [sys.executable, os.path.abspath(__file__), *argv]
+    print(f"{len(pending)} runs on {jobs} workers of {env['OMP_NUM_THREADS']} thread(s) each", flush=True)
+    workers = [subprocess.Popen(command, env=env, preexec_fn=_die_with_parent) for _ in range(jobs)]
+    failed = [(w.pid, code) for w, code in ((w, w.wait()) for w in workers) if code != 0]
+    shutil.rmtree(claims, ignore_errors=True)
+    if failed:
+        raise SystemExit(f"compare.py --jobs {args.jobs}: worker(s) {failed} (pid, exit code) failed; the runs "
+                         f"they finished are kept in {args.out}: run again to resume")
+
+
+def _die_with_parent():
+    """A worker gets SIGTERM when the comparison that started it dies (Linux prctl PR_SET_PDEATHSIG), so a
+    killed comparison leaves no worker behind to race the one that resumes it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
 def toy_run(args, engine=None):
     """`python mrt.py`: warm start -> GRPO, MRT-RL, STaR, MRT-STaR from it (several seeds) -> evaluate.py
     on held-out problems -> one table, results.json (+ results.png). A killed run resumes: a run with
@@ -282,7 +369,8 @@ def toy_run(args, engine=None):
     owns (the tests), holding the warm start's architecture; its weights are replaced here."""
     rank, world_size = policy.setup_distributed()
     t_start = time.time()
-    warm = toy.warm_start(args.warm_start, rebuild=args.rebuild, build_dir=os.path.join(args.out, "warm_start"))
+    warm = args.warm_start_path = toy.warm_start(args.warm_start, rebuild=args.rebuild,
+                                                 build_dir=os.path.join(args.out, "warm_start"))
     train, held_out = toy.make_problems(toy.World())
     paths = {"train": os.path.join(args.out, "data", "train.jsonl"), "eval": os.path.join(args.out, "data", "eval.jsonl")}
     if rank == 0:
@@ -293,34 +381,22 @@ def toy_run(args, engine=None):
         print(f"toy world: {len(train)} training problems, {len(held_out)} held out; warm start {warm}")
     seconds = {"warm_start": time.time() - t_start}
     owned, clean = engine is None, False
+    runs = toy_runs(args)
+    if args.jobs > 1 and not args.worker and owned and world_size == 1:
+        t0 = time.time()
+        run_workers(args, [r for r in runs if not os.path.exists(run_folder(args, *r, "eval.json"))])
+        seconds[f"runs ({args.jobs} workers)"] = time.time() - t0
     per_method = {}
     try:
-        if owned:
-            engine = prover.engine_from_args(args, warm, seed=args.seed + rank)
-        runs = [("base", s) for s in args.seed_list] + [(m, s) for m in args.methods for s in args.seed_list]
         for method, seed in runs:
-            folder = os.path.join(args.out, method, f"seed_{seed}")
+            folder = run_folder(args, method, seed)
             result_path = os.path.join(folder, "eval.json")
-            if not os.path.exists(result_path):
-                if rank == 0:
-                    print(f"== {method}, seed {seed}")
-                t0 = time.time()
-                if method == "base":
-                    weights = warm
-                    policy.load_weights_into_engine(warm, engine)
-                else:
-                    weights = toy_train(method, seed, folder, warm, engine, paths, args)
-                    seconds[f"train {method}"] = seconds.get(f"train {method}", 0.0) + time.time() - t0
-                t1 = time.time()
-                # the toy world's own reading of the traces (scripted J_r): what the training changed
-                if rank == 0:
-                    if method in RL_TOY_METHODS:   # the learning curve first: it loads the earlier checkpoints
-                        toy_curve(method, seed, folder, engine, held_out, args)
-                    traces = toy.measure(engine, toy.World(), held_out, n=args.eval_samples,
-                                         max_tokens=args.eval_max_tokens, seed=seed, mu=False)
-                    policy.write_atomic(os.path.join(folder, "toy_measures.json"), json.dumps(traces))
-                toy_evaluate(weights, seed, folder, engine, paths, args)
-                seconds[f"evaluate {method}"] = seconds.get(f"evaluate {method}", 0.0) + time.time() - t1
+            if not os.path.exists(result_path) and (not args.worker or claim(args.worker, method, seed)):
+                if engine is None:   # started at the first run to compute (none when every run is done)
+                    engine = prover.engine_from_args(args, warm, seed=args.seed + rank)
+                compute_run(method, seed, warm, engine, paths, held_out, args, seconds)
+            if args.worker:
+                continue
             dist.barrier()
             if rank == 0:
                 with open(result_path) as f, open(os.path.join(folder, "toy_measures.json")) as g:
@@ -341,7 +417,7 @@ def toy_run(args, engine=None):
     finally:
         if owned:
             policy.teardown(engine, clean=clean)
-    if rank != 0:
+    if rank != 0 or args.worker:
         return None
     methods = {name: toy_summary(per_seed) for name, per_seed in per_method.items()}
     differences = ({name: paired_difference(per_seed, per_method["grpo"]) for name, per_seed in per_method.items()
@@ -411,6 +487,12 @@ def add_toy_args(p):
     p.add_argument("--warm-start", default=toy.WARM_START_DIR, help="the shipped warm start folder (default toy_warm_start/)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the warm start (python toy.py build; ~25 min) into --out")
     p.add_argument("--no-plots", action="store_true", help="skip results.png (python plots.py results.json draws it later)")
+    p.add_argument("--jobs", type=flags.positive_int, default=None,
+                   help="worker processes that share the runs, the CPU's threads split between them (default: "
+                        "one per core, at most 2, on a CPU machine; 1 under torchrun or with a GPU). A toy step is "
+                        "mostly single-threaded Python, so on 2 cores two workers finish the comparison sooner")
+    p.add_argument("--worker", metavar="CLAIMS", default=None,
+                   help="internal: run as one --jobs worker, taking the runs no other worker has claimed in CLAIMS")
     flags.add_engine(p, max_model_len=512, max_model_len_help="engine context (default 512)")
     p.set_defaults(episode_end=toy.EPISODE_END)   # the toy world's episodes end at its interval statement
 
@@ -437,7 +519,18 @@ def check_toy_args(p, args):
         p.error(f"--curve-steps {args.curve_steps}: every step must be <= --steps {args.steps}")
     args.curve_steps = sorted(set(args.curve_steps))
     args.seed_list = list(range(args.seed, args.seed + args.seeds))
+    if args.jobs is None:
+        args.jobs = default_jobs()
     return args
+
+
+def default_jobs():
+    """--jobs auto: one worker per core, at most 2 (measured on 2 cores, README), on a CPU machine outside
+    torchrun; 1 with a GPU (the workers would share it) or under torchrun (its ranks share each run)."""
+    import torch
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    return max(1, min(2, len(os.sched_getaffinity(0))))
 
 
 def toy_parser(prog="compare.py", quick=False):
@@ -456,7 +549,9 @@ def toy_parser(prog="compare.py", quick=False):
 
 def parse_toy_args(argv, prog="compare.py"):
     p = toy_parser(prog, quick="--quick" in argv)
-    return check_toy_args(p, p.parse_args(argv))
+    args = check_toy_args(p, p.parse_args(argv))
+    args.argv = list(argv)   # what a --jobs worker is started with
+    return args
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ conftest: tiny_model, tokenizer, chatml_model, vllm_engine, restore_engine_weigh
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -519,6 +520,24 @@ def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
     again = compare.toy_run(args, engine=toy_engine)
     assert {m: (tmp_path / m / "seed_0" / "eval.json").stat().st_mtime_ns for m in results["methods"]} == before
     assert again["methods"] == results["methods"]
+
+
+def test_toy_run_shares_its_runs_between_two_workers(tmp_path):
+    """--jobs 2: two worker processes split the runs; each run is computed once, by one of them, and the
+    parent assembles every seed's result (it starts no engine of its own)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    argv = ["compare.py", "--out", str(tmp_path), "--methods", "grpo", "--seeds", "2", "--steps", "1",
+            "--batch-size", "4", "--eval-samples", "2", "--eval-traces", "1", "--max-completion-length", "96",
+            "--eval-max-tokens", "96", "--engine", "vllm", "--enforce-eager", "--no-plots", "--jobs", "2"]
+    proc = run_cli(argv, cwd=here, timeout=600)
+    computed = re.findall(r"== (\S+), seed (\d+) \(pid (\d+)\)", proc.stdout)
+    assert sorted((m, s) for m, s, _ in computed) == [("base", "0"), ("base", "1"), ("grpo", "0"), ("grpo", "1")]
+    assert len({pid for _, _, pid in computed}) == 2, proc.stdout        # both workers took runs
+    assert "4 runs on 2 workers of" in proc.stdout
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert sorted(results["per_seed"]["grpo"]) == ["0", "1"] and sorted(results["per_seed"]["base"]) == ["0", "1"]
+    assert not os.listdir(tmp_path / "claims")   # the invocation's claims are removed
 
 
 def test_toy_statistics_by_hand():

@@ -77,6 +77,11 @@ def test_toy_problems_are_correct_by_construction():
         assert q["problem"] == f"Find x with {q['function']}(x)={q['target']}."
         assert grader.reward(f"</think>\n\nThe answer is \\boxed{{{q['answer']}}}.", q["answer"]) == 1.0
     assert toy.make_problems(world) == (train, held_out)                             # seeded
+    # every comparison a held-out problem can make (a value of its function against its target) is made by some
+    # training problem: the held-out problems are new searches, not new facts
+    trained = {(v, q["target"]) for q in train for v in functions[q["function"]]}
+    held = {(v, q["target"]) for q in held_out for v in functions[q["function"]]}
+    assert held <= trained and len(held) > 100
 
 
 # "Find x with f(x)=16." of the seeded world: f = 15, 16, 22, 41, 48, 49, 60, 75, 77, 84, so x = 1
@@ -92,7 +97,8 @@ GAVE_UP = ["x in 0..9, try 0.\n\nf(0)=15, target 16, too low: x in 1..9.\n\n",  
 
 def test_toy_world_is_the_seeded_one_of_the_hand_examples():
     assert toy.hidden_functions(toy.World())["f"] == [15, 16, 22, 41, 48, 49, 60, 75, 77, 84]
-    assert F_PROBLEM in toy.make_problems(toy.World())[1]
+    train, held_out = toy.make_problems(toy.World())
+    assert F_PROBLEM in train + held_out
 
 
 def test_toy_scripted_j_r_is_one_over_the_implied_interval_by_hand():
@@ -167,10 +173,12 @@ def test_toy_shipped_warm_start_is_todays_world_and_met_its_gates():
     assert record["world"] == dataclasses.asdict(toy.World())     # else mrt.py would rebuild it
     assert record["command"].startswith(toy.BUILD_COMMAND)
     assert record["gates_met"] == {name: bool(test(record["gates"])) for name, test in toy.GATES.items()}
-    # the shipped warm start misses one gate: its stated intervals are right 0.924 of the time against the 0.95
-    # asked (a wrong verdict makes every later interval of that trace wrong too); the README says so
+    # the shipped warm start misses one gate: its stated intervals are right 0.914 of the time against the 0.95
+    # asked; every miss is a wrong verdict or follows one (a wrong verdict makes every later interval of its trace
+    # wrong too: the update alone is right 0.998 of the time); the README says so
     missed = [name for name, ok in record["gates_met"].items() if not ok]
     assert missed == ["interval_accuracy >= 0.95"] and record["gates"]["interval_accuracy"] >= 0.9, record["gates"]
+    assert record["gates"]["update_accuracy"] >= 0.99
     assert toy.warm_start() == toy.WARM_START_DIR
 
 
@@ -196,6 +204,7 @@ def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
     got = toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, m=3)
     assert got["pass@1"] == 0.5 and got["format_valid"] == 1.0 and got["gave_up"] == 0.5 and got["truncated"] == 0.0
     assert got["checks"] == 7 and got["check_accuracy"] == 6 / 7 and got["interval_accuracy"] == 6 / 7
+    assert got["update_accuracy"] == 6 / 7   # GAVE_UP's second statement: 1..3 where 1..9 and "too high" at 5 give 1..4
     assert got["mu_found"] == 1.0            # the two prefixes after "found: x = 1"
     assert got["mu_vs_ideal"] == 0.0         # 7 open prefixes (x untried), mu always answers 3
     assert got["prefixes"] == 9 and got["prefixes_after_a_wrong_check"] == 0 and got["mean_episodes"] == 3.5
@@ -207,7 +216,7 @@ def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
     assert got["scripted_curves"][0] == [cumulative, [1 / 10, 1 / 5, 1 / 5, 1.0, 1.0]]
     assert got["scripted_curves"][1] == [[0, sizes[4], sizes[4] + sizes[5], sum(sizes[4:])], [1 / 10, 1 / 9, 1 / 4, 1 / 2]]
     assert set(toy.measure(FakeEngine(tokenizer, respond), world, [q], n=2, mu=False)) == {
-        "pass@1", "check_accuracy", "interval_accuracy", "format_valid", "truncated", "unproductive_token_share",
+        "pass@1", "check_accuracy", "interval_accuracy", "update_accuracy", "format_valid", "truncated", "unproductive_token_share",
         "gave_up", "mean_episodes", "samples", "checks", "uninformative_share", "double_check_share",
         "scripted_curves", "statements_without_break"}
     assert got["statements_without_break"] == 0.0
