@@ -8,7 +8,8 @@ the exact J_r as an oracle mu, which separates the mechanism from its estimator)
 prompts and samples for several seeds (by default GRPO and the per-episode variant with mu and with the
 oracle; the others by --methods); the RL methods' checkpoints along the way give learning curves
 (toy.measure's scripted reading); evaluate.py measures every result and the warm start on held-out problems. Tables of mean ± standard error over seeds and of each method minus GRPO paired
-by seed (95 % t-intervals), results.json, results.png (plots.toy_figure).
+by seed (95 % t-intervals), results.json, results.png (plots.toy_figure). On a CPU machine two worker
+processes share the (method, seed) runs (--jobs, run_workers); the parent assembles the tables.
 
 Imports: policy (the process group, weight loads), prover (the engine), toy (the world, its warm start
 and its scripted reading of traces), grpo and mrt_rl (GRPO and Algorithm 2), star (STaR and
