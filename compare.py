@@ -523,6 +523,8 @@ def check_toy_args(p, args):
     args.seed_list = list(range(args.seed, args.seed + args.seeds))
     if args.jobs is None:
         args.jobs = default_jobs()
+    elif args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        p.error(f"--jobs {args.jobs}: under torchrun the ranks share each run; use --jobs 1")
     return args
 
 

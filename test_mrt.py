@@ -557,7 +557,7 @@ def test_toy_statistics_by_hand():
     assert compare.paired_difference({0: {"x": 1.0}}, {0: {"x": 0.25}})["x"] == {"mean": 0.75, "ci": 0.0}
 
 
-def test_toy_args_errors():
+def test_toy_args_errors(monkeypatch):
     with pytest.raises(SystemExit):
         compare.parse_toy_args(["--methods", "grpo,ppo"])
     with pytest.raises(SystemExit):
@@ -567,6 +567,12 @@ def test_toy_args_errors():
     with pytest.raises(SystemExit):
         compare.parse_toy_args(["--steps", "20", "--curve-steps", "10,30"])   # a curve step after the last step
     assert compare.parse_toy_args(["--steps", "20"]).curve_steps == [4, 10, 20]
+    assert compare.parse_toy_args(["--jobs", "3"]).jobs == 3
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert compare.parse_toy_args([]).jobs == 1                                 # torchrun: the ranks share each run
+    with pytest.raises(SystemExit):
+        compare.parse_toy_args(["--jobs", "2"])
+    monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(SystemExit):
         compare.parse_toy_args(["--episode-end", "(unclosed"])      # not a regular expression
     with pytest.raises(SystemExit):
