@@ -125,12 +125,11 @@ def scripted_regret(curves, budgets):
 def toy_curve(method, seed, folder, engine, held_out, args):
     """The learning curve of one RL run: toy.measure's reading of held-out samples (scripted, no mu) at the
     checkpoints of args.curve_steps, the same samples and seed as the final measurement. Written to
-    folder/curve.json; then every checkpoint but the last is removed. Returns the curve and toy.measure's
-    output at the last step when the curve measured it (the final measurement itself), else None."""
+    folder/curve.json; then every checkpoint but the last is removed. Returns toy.measure's output at the
+    last step when the curve measured it (the final measurement itself), else None."""
     path = os.path.join(folder, "curve.json")
     if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f), None
+        return None
     curve, last = [], None
     for step in args.curve_steps:
         policy.load_weights_into_engine(os.path.join(folder, "checkpoints", f"step_{step}"), engine)
@@ -144,7 +143,7 @@ def toy_curve(method, seed, folder, engine, held_out, args):
         if d.startswith("step_") and os.path.join(folder, "checkpoints", d) != final:
             shutil.rmtree(os.path.join(folder, "checkpoints", d), ignore_errors=True)
     policy.load_weights_into_engine(final, engine)
-    return curve, last
+    return last
 
 
 CURVE_MEASURES = ("pass@1", "uninformative_share", "double_check_share", "episodes_per_correct", "gave_up")
@@ -308,7 +307,7 @@ def compute_run(method, seed, warm, engine, paths, held_out, args, seconds):
     if rank == 0:
         traces = None
         if method in RL_TOY_METHODS:   # the learning curve first: it loads the earlier checkpoints
-            _, traces = toy_curve(method, seed, folder, engine, held_out, args)
+            traces = toy_curve(method, seed, folder, engine, held_out, args)
         if traces is None:   # the curve's last point is this measurement (same weights, samples, seed)
             traces = toy.measure(engine, toy.World(), held_out, n=args.eval_samples,
                                  max_tokens=args.eval_max_tokens, seed=seed, mu=False)

@@ -485,19 +485,18 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
             truncated.append(s.finish_reason == "length")
             thought, _, closed = episodes.split_think(s.text)
             valid.append(closed and grader.extract_answer(s.text) is not None)
-            state = (0, world.symbols - 1)   # the interval the true checks imply so far
-            for name, c, v, t, verdict, stated in read_statements(thought):
-                ok = name == q["function"] and c < world.symbols
-                right_verdict = ok and verdict == ("found" if v == t else "too low" if v < t else "too high")
-                checks.append(ok and v == values[c] and t == target and right_verdict)
-                if ok:
-                    state = narrow(state, c, values[c], target)
-                intervals.append(ok and stated == state)
             eps = split_toy_episodes(thought)
+            state = (0, world.symbols - 1)   # the interval the true checks imply so far
             last = (0, world.symbols - 1)    # the interval the thought itself stated last
-            for ep in eps:
-                for _, c, _, t, verdict, stated in read_statements(ep):
-                    restated = TRY.search(ep)
+            for ep in eps:                   # every statement ends an episode, so each is read once here
+                restated = TRY.search(ep)
+                for name, c, v, t, verdict, stated in read_statements(ep):
+                    ok = name == q["function"] and c < world.symbols
+                    right_verdict = ok and verdict == ("found" if v == t else "too low" if v < t else "too high")
+                    checks.append(ok and v == values[c] and t == target and right_verdict)
+                    if ok:
+                        state = narrow(state, c, values[c], target)
+                    intervals.append(ok and stated == state)
                     before = (int(restated.group(1)), int(restated.group(2))) if restated else last
                     said = t if verdict == "found" else t - 1 if verdict == "too low" else t + 1   # a value with that verdict
                     updates.append(stated == narrow(before, c, said, t))
