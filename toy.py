@@ -186,7 +186,7 @@ class World:
     """The task and the warm start's behaviour: everything the shipped checkpoint depends on."""
     task_version: int = 4          # bump when the task's text or split changes (the shipped warm start is then rebuilt)
     seed: int = 0
-    functions: str = "fghkmnpqrs"  # one letter per hidden function
+    functions: str = "fghkmnpqrsbcdjtvwyzl"  # one letter per hidden function (20: with 10, two held-out problems drew wrong verdicts)
     symbols: int = 10              # x in 0 .. symbols-1
     value_low: int = 10            # the functions' values: value_pool two-digit numbers in value_low..value_high,
     value_high: int = 99           # each function increasing through symbols of them
