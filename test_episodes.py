@@ -276,7 +276,7 @@ def test_lossless_with_sentence_ends_random_seeded():
         assert all(episodes.starts_with_phrase(e) for e in eps[1:])
 
 
-TOY_ENDS = r": x (?:in \d+\.\.\d+|= \d+)\."   # toy.py's statements: the interval left, or x found
+TOY_ENDS = r": x (?:in \d+\.\.\d+|= \d+)[^\w\s]?"   # toy.py's statements: the interval left, or x found
 
 
 def test_ends_pattern_cuts_after_each_statement():
@@ -284,6 +284,8 @@ def test_ends_pattern_cuts_after_each_statement():
     second = "Wait, try 7.\n\ng(7)=56, target 37, too high: x in 5..6.\n\n"
     assert split_episodes(first + second, ends=TOY_ENDS) == [first, second]
     assert split_episodes(first[:-2] + second, ends=TOY_ENDS) == [first[:-2], second]   # the break dropped
+    # a comma for the period, the break and the phrase dropped: the cut is where it was
+    assert split_episodes(first[:-3] + ", try 7." + second[12:], ends=TOY_ENDS) == [first[:-3] + ",", " try 7." + second[12:]]
     assert split_episodes(first + second, ends=re.compile(TOY_ENDS)) == [first, second]
     # spaces after a statement go with the next episode (where a BPE writes " Wait"), newlines with it
     assert split_episodes(first[:-2] + " " + second, ends=TOY_ENDS) == [first[:-2], " " + second]

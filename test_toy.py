@@ -130,6 +130,11 @@ def test_toy_traces_segment_at_their_statements_and_progress_is_the_information_
         dropped = re.sub(r"\.\n\n(?=Wait|Alternatively|But)", ".", thought)
         assert [e.replace("\n\n", "") for e in toy.split_toy_episodes(dropped)] == \
             [e.replace("\n\n", "") for e in trace["episodes"]]
+        # nor on the period: a per-episode policy wrote "too high: x in 0..1, x in 0..1, try 0." (a comma for the
+        # period, the break and the phrase dropped); its episodes are still one check and one statement each
+        comma = re.sub(r"(: x in \d+\.\.\d+)\.\n\n(?:Wait|Alternatively|But wait), ", r"\1, ", thought)
+        assert [(toy.CHECK.findall(e), toy.read_statements(e)) for e in toy.split_toy_episodes(comma)] == \
+            [(toy.CHECK.findall(e), toy.read_statements(e)) for e in trace["episodes"]]
         assert grader.reward(completion, q["answer"]) == float(trace["answer"] == int(q["answer"]))
         rates = [toy.scripted_success_rate(world, q, p) for p in episodes.thought_prefixes(trace["episodes"])]
         # the warm start states the true interval: J_r is one over the stated interval's size
@@ -220,3 +225,7 @@ def test_toy_measure_on_scripted_engine_exact_values(tokenizer):
     got = toy.measure(FakeEngine(tokenizer, lambda text, n, stop: drifted * n), world, [q], n=1, mu=False)
     assert got["statements_without_break"] == 0.25 and got["mean_episodes"] == 4   # the cut holds without it
     assert got["uninformative_share"] == 0.25 and got["double_check_share"] == 0.25
+    drifted = [responses[0].replace("0..4.\n\nAlternatively, ", "0..4, ")]   # a comma for the period, no break or phrase
+    got = toy.measure(FakeEngine(tokenizer, lambda text, n, stop: drifted * n), world, [q], n=1, mu=False)
+    assert got["statements_without_break"] == 0.25 and got["mean_episodes"] == 4
+    assert got["uninformative_share"] == 0.25 and got["check_accuracy"] == 1.0

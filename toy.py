@@ -164,7 +164,8 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 # "No", so the only progress was "found x", which the outcome reward already pays: the README's contrast.)
 #
 # Episodes end at the statement (EPISODE_END, split_episodes' `ends`): merging two episodes would mean not
-# writing the state that mu and the next try read, so no free token (a dropped step break) decides the cut.
+# writing the state that mu and the next try read, so no free token (a dropped step break, a comma for the
+# period) decides the cut.
 
 TRAINING_BUDGET = 320   # tokens per response in the warm start's gates and mrt.py's training runs: a "loose" budget,
 # where the outcome cannot pay for a shorter search and only per-episode progress can. By the toy tokenizer an
@@ -173,11 +174,14 @@ BINDING_BUDGET = 160    # the second configuration, a budget that binds: 4 episo
 
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
-EPISODE_END = r": x (?:in \d+\.\.\d+|= \d+)\."        # the state statement that ends every episode
+EPISODE_END = r": x (?:in \d+\.\.\d+|= \d+)[^\w\s]?"  # the state statement that ends every episode, with the
+# punctuation mark after it if there is one: the cut must not need the period (a per-episode policy learned to write
+# a comma there, which merged its episodes under a cut that did)
 CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=30" in a thought
-STATEMENT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+), (too low|too high|found): x (?:in (\d+)\.\.(\d+)|= (\d+))\.")
+STATEMENT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+), (too low|too high|found): x (?:in (\d+)\.\.(\d+)|= (\d+))")
 PROBLEM = re.compile(r"Find x with ([a-z])\(x\)=(\d+)\.")
-STATEMENT_END = re.compile(EPISODE_END + r"(\s?)")     # a statement and the character after it ("\n" in format)
+STATEMENT_END = re.compile(r": x (?:in \d+\.\.\d+|= \d+)(\S?\s?)")  # a statement and the two characters after it
+# (".\n" in format)
 TRY = re.compile(r"x in (\d+)\.\.(\d+), try (\d+)\.")  # a try, restating the interval it starts from
 
 
@@ -469,8 +473,8 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
     mean_episodes     episodes per sample (split_toy_episodes)
     scripted_curves   per sample [thought tokens at each prefix, scripted J_r there]: Fig. 9's scaling
                       curve under the ideal mu
-    statements_without_break  share of statements not followed by the step break: a format drift that the
-                      segmentation ignores (it cuts at the statement), measured per run
+    statements_without_break  share of statements not followed by their period and the step break: a format
+                      drift that the segmentation ignores (it cuts at the statement), measured per run
     gave_up           share of closed thoughts that end without a right "found" at x (a guess follows)
     With mu=False only the sampled traces are measured (no mu keys).
     """
@@ -517,7 +521,7 @@ def measure(engine, world, problems, n=8, max_tokens=TRAINING_BUDGET, temperatur
             curves.append([tokens_at, ideal])
             ends = STATEMENT_END.findall(thought)
             statements += len(ends)
-            broken += sum(e != "\n" for e in ends)
+            broken += sum(e != ".\n" for e in ends)
             kinds = []   # per prefix: "found" (a right found statement at x), "open" (x untried), or "wrong"
             for p in prefixes:
                 at_x = [r for r in read_statements(p) if r[0] == q["function"] and r[1] == x]
