@@ -169,7 +169,7 @@ def build_tiny_model(out_dir, seed=0, vocab_size=2048, hidden_size=128, num_laye
 
 TRAINING_BUDGET = 320   # tokens per response in the warm start's gates and mrt.py's training runs: a "loose" budget,
 # where the outcome cannot pay for a shorter search and only per-episode progress can. By the toy tokenizer an
-# episode is 33 tokens and the answer 11; the warm start's traces are 119 tokens on average, and 1 % are over 312
+# episode is 33 tokens and the answer 11; the warm start's responses are 108 tokens on average, and 0.2 % are cut at 320
 BINDING_BUDGET = 160    # the second configuration, a budget that binds: 4 episodes and the answer (143 tokens) fit
 
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
