@@ -56,10 +56,11 @@ TOY_LABELS = {"base": "the warm start", "grpo": "outcome-reward GRPO", "mrt-rl":
               "length-penalty": "GRPO + length penalty (Table 1)", "star": "STaR", "mrt-star": "Algorithm 1 (MRT-STaR)"}
 TOY_LEGEND = """
 pass@1, mean_tokens: evaluate.py accuracy (n samples per held-out problem at --eval-max-tokens); mean_episodes,
-episodes_per_correct (mean_episodes / pass@1, lower is better), uninformative_share, double_check_share, gave_up,
-truncated, statements_without_break: toy.measure's scripted reading of the same kind of samples (episodes before x
-is found whose check adds nothing: a try outside the interval or a re-try; episodes that check x again once found;
-closed thoughts without finding x; responses cut at the budget; statements not followed by the step break);
+episodes_per_correct (mean_episodes / pass@1, lower is better), uninformative_share, double_check_share,
+double_checks_per_trace, gave_up, truncated, statements_without_break: toy.measure's scripted reading of the same kind
+of samples (episodes before x is found whose check adds nothing: a try outside the interval or a re-try; episodes
+that check x again once found, as a share of all episodes and per trace; closed thoughts without finding x; responses
+cut at the budget; statements not followed by their period and the step break);
 regret@C0: normalized regret (Fig. 9, mu with m = 8 at every episode) at token budget C0, lower is better;
 scripted_regret: the same with the ideal mu."""
 
@@ -178,6 +179,9 @@ def toy_measures(result, traces):
             "tokens_per_correct": acc["mean_response_tokens"] / max(acc["pass@1"], 1e-9),
             "efficiency": [[r["total_tokens"], r["maj@K"]] for r in e["efficiency"]],
             "episodes_per_correct": episodes_per_correct(traces),
+            # per trace, where the shares are per episode: a method with fewer episodes per trace raises the share of
+            # double-checks without writing more of them
+            "double_checks_per_trace": traces["mean_episodes"] * traces["double_check_share"],
             **{k: traces[k] for k in TRACE_KEYS if k not in ("pass@1", "mean_episodes", "scripted_curves")}}
 
 
@@ -232,8 +236,8 @@ def paired_difference(per_seed, reference):
     return {**_over_seeds(pairs, leaf), "seeds": seeds}
 
 
-TABLE_COLUMNS = ["pass@1", "mean_tokens", "episodes_per_correct", "uninformative_share", "double_check_share", "gave_up",
-                 "truncated", "statements_without_break"]
+TABLE_COLUMNS = ["pass@1", "mean_tokens", "episodes_per_correct", "uninformative_share", "double_check_share",
+                 "double_checks_per_trace", "gave_up", "truncated", "statements_without_break"]
 
 
 def _cell(m, c, key):
