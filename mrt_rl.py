@@ -131,8 +131,9 @@ def sample_on_shared_context(engine, contexts, suffixes, budgets, cfg, step):
 # = grad E[r]. All three forms below therefore update, in expectation, as outcome GRPO does (up to a positive
 # scale, which Adam removes): test_mrt.py enumerates a tabular policy and finds the scales 1 - 1/G + alpha, 1
 # and 1 - 1/(2G) against GRPO's 1 - 1/G. What the trace-level form changes is where continuations start (pi_ref's
-# prefixes), and in the toy run that mattered: it cut uninformative tries against GRPO (README, prediction 3). Per-episode credit (Sec. 6.2, below) hands out the same total r - J_r(z_{0:j}) (its bonuses
-# telescope), but puts each episode's share on that episode's tokens, which changes the direction.
+# prefixes), and in the toy run that mattered: it cut uninformative tries against GRPO (README, prediction 3).
+# Per-episode credit (Sec. 6.2, below) hands out the same total r - J_r(z_{0:j}) (its bonuses telescope), but puts
+# each episode's share on that episode's tokens, which changes the direction.
 
 def progress_advantages(continuation_rewards, termination_rewards, alpha, scale="std"):
     """Eq. 3 / Alg. 2 lines 10-11 as trained (--advantage progress, the default): the outcome term is

@@ -502,13 +502,13 @@ def test_toy_quick_run_end_to_end_and_resume(tmp_path, toy_engine):
         assert m["seeds"] == [0]
         assert 0.0 <= m["pass@1"]["mean"] <= 1.0 and m["pass@1"]["se"] == 0.0
         assert m["mean_tokens"]["mean"] > 0 and m["mean_episodes"]["mean"] > 0
+        assert set(m["normalized_regret"]) == {"48", "96", "144", "192"}
+        assert all(0.0 <= v["mean"] <= 1.0 for v in m["normalized_regret"].values())
     for name in results["methods"]:   # double-checks per trace: toy.measure's episodes per trace times their share
         with open(tmp_path / name / "seed_0" / "toy_measures.json") as f:
             traces = json.load(f)
         assert results["per_seed"][name]["0"]["double_checks_per_trace"] == \
             pytest.approx(traces["mean_episodes"] * traces["double_check_share"])
-        assert set(m["normalized_regret"]) == {"48", "96", "144", "192"}
-        assert all(0.0 <= v["mean"] <= 1.0 for v in m["normalized_regret"].values())
     assert "| mrt-rl |" in results["table"]
     for method in compare.RL_TOY_METHODS:    # trained the asked number of steps, from the warm start
         with open(tmp_path / method / "seed_0" / "metrics.jsonl") as f:
