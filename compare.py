@@ -48,7 +48,7 @@ from transformers import AutoTokenizer
 
 TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty", "star", "mrt-star")
 RL_TOY_METHODS = ("grpo", "mrt-rl", "mrt-rl-episode", "mrt-rl-episode-oracle", "length-penalty")
-# what `python mrt.py` runs (the question the toy world asks; 22 min for 5 seeds on 2 cores with two workers); the rest by --methods
+# what `python mrt.py` runs (the question the toy world asks; 26 min for 5 seeds on 2 cores with two workers); the rest by --methods
 DEFAULT_TOY_METHODS = ("grpo", "mrt-rl-episode", "mrt-rl-episode-oracle")
 TOY_LABELS = {"base": "the warm start", "grpo": "outcome-reward GRPO", "mrt-rl": "Algorithm 2 as written (trace bonus)",
               "mrt-rl-episode": "Sec. 6.2 per-episode variant (not Algorithm 2), mu with m = G",

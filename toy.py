@@ -174,14 +174,14 @@ BINDING_BUDGET = 160    # the second configuration, a budget that binds: 4 episo
 
 TOY_PHRASES = ("Wait", "Alternatively", "But wait")   # Fig. 21 phrases that open a new try
 DOUBLE_CHECK = "But let me double-check"              # Fig. 21 phrase of an unproductive re-check
-EPISODE_END = r": x (?:in \d+\.\.\d+|= \d+)[^\w\s]?"  # the state statement that ends every episode, with the
-# punctuation mark after it if there is one: the cut must not need the period (a per-episode policy learned to write
-# a comma there, which merged its episodes under a cut that did)
+STATE = r": x (?:in \d+\.\.\d+|= \d+)"               # a statement's state: the interval left, or x found
+EPISODE_END = STATE + r"[^\w\s]?"   # the state statement that ends every episode, with the punctuation mark after it
+# if there is one: the cut must not need the period (a per-episode policy learned to write a comma there, which
+# merged its episodes under a cut that did)
 CHECK = re.compile(r"\b([a-z])\((\d+)\)=(\d+)")       # one check "g(4)=30" in a thought
 STATEMENT = re.compile(r"\b([a-z])\((\d+)\)=(\d+), target (\d+), (too low|too high|found): x (?:in (\d+)\.\.(\d+)|= (\d+))")
 PROBLEM = re.compile(r"Find x with ([a-z])\(x\)=(\d+)\.")
-STATEMENT_END = re.compile(r": x (?:in \d+\.\.\d+|= \d+)(\S?\s?)")  # a statement and the two characters after it
-# (".\n" in format)
+STATEMENT_END = re.compile(STATE + r"(\S?\s?)")       # a statement and the two characters after it (".\n" in format)
 TRY = re.compile(r"x in (\d+)\.\.(\d+), try (\d+)\.")  # a try, restating the interval it starts from
 
 
